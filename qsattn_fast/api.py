@@ -1,0 +1,88 @@
+"""Public API: entropy, selection, routing and the whole QS-Attn step on NCHW feature maps.
+
+Shapes: ``feat`` / ``feat_src`` (B, C, H, W); ``values`` one or more (B, C_v, H, W) maps with the same
+B, H, W (C_v may differ); N = H*W, row n = h*W + w. Dtypes float16, bfloat16, float32, float64, all
+inputs of one call on one device with one dtype; accumulation is float32 (float64 for float64).
+
+``check_finite=True`` (the default) rejects NaN/Inf in the inputs. It costs one extra read of every
+input map (B*C*N elements each, a few percent of a global step at C=256) and, on a GPU, one
+device-to-host synchronisation per input; pass ``check_finite=False`` in tight loops.
+"""
+from __future__ import annotations
+
+import torch
+
+from . import _checks as chk
+from .registry import Request, resolve
+
+
+def _prepare(feat_src, mode, modes, window, precision, variant, check_finite, values=None):
+    chk.check_feature_map("feat_src", feat_src)
+    chk.check_choice("mode", mode, modes)
+    chk.check_choice("variant", variant, chk.VARIANTS)
+    window = chk.check_window(window)
+    precision = chk.check_precision(precision, feat_src.dtype)
+    if values is not None:
+        values = chk.check_values(feat_src, values)
+    if check_finite:
+        chk.check_finite("feat_src", feat_src)
+        for i, v in enumerate(values or ()):
+            if v is not feat_src:
+                chk.check_finite(f"values[{i}]", v)
+    return window, precision, values
+
+
+def attention_entropy(feat, mode="global", window=7, *, backend="auto", precision=None, variant="paper",
+                      check_finite=True) -> torch.Tensor:
+    """Row entropies H_i = -sum_j A_ij log A_ij of the source attention (DESIGN §1).
+
+    ``mode="global"``: A = softmax(F F^T) over all N positions (no scaling). ``mode="local"``: softmax
+    over each position's ``window`` x ``window`` neighbourhood of the zero-padded map.
+    feat (B, C, H, W) -> (B, H*W) float32 (float64 for float64 input). Not differentiable.
+    """
+    window, precision, _ = _prepare(feat, mode, chk.MODES_ENTROPY, window, precision, variant, check_finite)
+    be = resolve(backend, Request("entropy", feat.device.type, feat.dtype, mode, precision, variant))
+    with torch.no_grad():
+        return be.entropy(feat, mode, window, precision, variant)
+
+
+def select_queries(entropy, k, *, backend="auto") -> torch.Tensor:
+    """The k lowest-entropy rows per image, ascending, ties broken by the lower index; equal to
+    ``argsort(entropy, stable=True)[:, :k]``. entropy (B, N) -> (B, k) int64."""
+    chk.check_entropy(entropy)
+    k = chk.check_k(k, entropy.shape[1])
+    be = resolve(backend, Request("select", entropy.device.type, entropy.dtype))
+    return be.select(entropy, k)
+
+
+def route(feat_src, idx, values, mode="global", window=7, *, backend="auto", precision=None, variant="paper",
+          check_finite=True) -> tuple[torch.Tensor, ...]:
+    """Route every value map with the attention rows of the selected queries of ``feat_src``.
+
+    Global: out_v = softmax(F[idx] F^T) V_v. Local: each selected position's softmax over its
+    ``window`` x ``window`` neighbourhood weights the same neighbourhood of V_v.
+    feat_src (B, C, H, W), idx (B, k) int64, values (B, C_v, H, W)... -> tuple of (B, k, C_v) in the
+    values' dtype; differentiable w.r.t. ``feat_src`` and every value.
+    """
+    window, precision, values = _prepare(feat_src, mode, chk.MODES_ROUTE, window, precision, variant,
+                                         check_finite, values)
+    chk.check_idx(idx, feat_src)
+    be = resolve(backend, Request("route", feat_src.device.type, feat_src.dtype, mode, precision, variant))
+    return be.route(feat_src, idx, values, mode, window, precision, variant)
+
+
+def query_selected_attention(feat_src, values, k=256, mode="global", window=7, *, backend="auto",
+                             precision=None, variant="paper", check_finite=True):
+    """The QS-Attn step: select k queries by the entropy of the source attention, route every value.
+
+    ``mode``: "global" (select and route globally), "local" (select and route within the window),
+    "local_global" (select by the local entropy, route with the global rows). ``variant="official"``
+    reproduces the released code's local layout (reference backend only; see README).
+    feat_src (B, C, H, W), values (B, C_v, H, W)... -> (idx (B, k) int64, tuple of (B, k, C_v)).
+    """
+    window, precision, values = _prepare(feat_src, mode, chk.MODES_QSATTN, window, precision, variant,
+                                         check_finite, values)
+    B, _, H, W = feat_src.shape
+    k = chk.check_k(k, H * W)
+    be = resolve(backend, Request("qsattn", feat_src.device.type, feat_src.dtype, mode, precision, variant))
+    return be.qsattn(feat_src, values, k, mode, window, precision, variant)

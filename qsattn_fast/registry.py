@@ -1,0 +1,132 @@
+"""Backend registry and dispatch.
+
+A backend declares the devices, dtypes, precisions and variants it supports; ``why_not`` returns the
+reasons it cannot take a request (empty when it can). ``resolve("auto", request)`` walks
+``AUTO_PRIORITY`` and takes the first backend with no reasons; it never picks ``reference``. A forced
+backend that cannot run, or an ``auto`` that finds none, raises ``BackendUnavailableError`` listing
+every reason.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+#: Order in which ``backend="auto"`` tries the backends. ``reference`` is deliberately absent.
+AUTO_PRIORITY = ("triton", "native", "torch")
+
+
+@dataclass(frozen=True)
+class Request:
+    """What a call needs from a backend: the op, where its data lives and how it must be computed."""
+    op: str                 # "entropy" | "select" | "route" | "qsattn"
+    device: str             # torch.device.type
+    dtype: torch.dtype
+    mode: str | None = None
+    precision: str | None = None
+    variant: str = "paper"
+
+
+class BackendUnavailableError(RuntimeError):
+    """No backend (or not the forced one) can run a request; ``reasons`` maps backend name to reasons."""
+
+    def __init__(self, message: str, reasons: dict[str, list[str]]):
+        lines = [message] + [f"  {name}: {'; '.join(r)}" for name, r in reasons.items()]
+        super().__init__("\n".join(lines))
+        self.reasons = reasons
+
+
+class Backend:
+    """Base class. Subclasses set the class attributes and implement the ops."""
+    name = ""
+    summary = ""
+    devices: tuple[str, ...] = ()
+    dtypes: tuple[torch.dtype, ...] = ()
+    precisions: tuple[str, ...] = ("ieee",)
+    variants: tuple[str, ...] = ("paper",)
+
+    def unavailable(self) -> str | None:
+        """Why the backend cannot run at all on this machine (not built, not importable), or None."""
+        return None
+
+    def why_not(self, req: Request) -> list[str]:
+        gone = self.unavailable()
+        if gone:
+            return [gone]
+        reasons = []
+        if req.device not in self.devices:
+            reasons.append(f"device '{req.device}' not supported (supports {', '.join(self.devices)})")
+        if req.dtype not in self.dtypes:
+            names = ", ".join(str(d).replace("torch.", "") for d in self.dtypes)
+            reasons.append(f"dtype {str(req.dtype).replace('torch.', '')} not supported (supports {names})")
+        if req.precision is not None and req.precision not in self.precisions:
+            reasons.append(f"precision '{req.precision}' not supported (supports {', '.join(self.precisions)})")
+        if req.variant not in self.variants:
+            reasons.append(f"variant '{req.variant}' not supported (supports {', '.join(self.variants)})")
+        return reasons
+
+    # Ops. Shapes: feat (B, C, H, W); entropy (B, N); idx (B, k) int64; values tuple of (B, C_v, H, W).
+    def entropy(self, feat, mode, window, precision, variant):
+        raise NotImplementedError
+
+    def select(self, entropy, k):
+        raise NotImplementedError
+
+    def route(self, feat, idx, values, mode, window, precision, variant):
+        raise NotImplementedError
+
+    def qsattn(self, feat, values, k, mode, window, precision, variant):
+        """Entropy -> selection -> routing; a backend may override this to share work between steps."""
+        sel_mode = "global" if mode == "global" else "local"
+        route_mode = "local" if mode == "local" else "global"
+        with torch.no_grad():
+            ent = self.entropy(feat, sel_mode, window, precision, variant)
+        idx = self.select(ent, k)
+        return idx, self.route(feat, idx, values, route_mode, window, precision, variant)
+
+
+_REGISTRY: dict[str, Backend] = {}
+
+
+def register_backend(backend: Backend) -> Backend:
+    _REGISTRY[backend.name] = backend
+    return backend
+
+
+def backends() -> dict[str, Backend]:
+    """All registered backends by name."""
+    return dict(_REGISTRY)
+
+
+def resolve(name: str, req: Request) -> Backend:
+    """The backend to run ``req``: ``name`` itself, or the first fit in ``AUTO_PRIORITY`` for ``"auto"``."""
+    if name == "auto":
+        reasons = {}
+        for cand in AUTO_PRIORITY:
+            be = _REGISTRY.get(cand)
+            if be is None:
+                continue
+            why = be.why_not(req)
+            if not why:
+                return be
+            reasons[cand] = why
+        hint = " (backend='reference' runs everything but materialises N x N; pass it explicitly)"
+        raise BackendUnavailableError(f"backend='auto': no backend can run {_describe(req)}{hint}", reasons)
+    if name not in _REGISTRY:
+        raise ValueError(f"backend: unknown backend {name!r}; choose 'auto' or one of {', '.join(_REGISTRY)}")
+    be = _REGISTRY[name]
+    why = be.why_not(req)
+    if why:
+        raise BackendUnavailableError(f"backend={name!r} cannot run {_describe(req)}", {name: why})
+    return be
+
+
+def _describe(req: Request) -> str:
+    parts = [req.op, req.device, str(req.dtype).replace("torch.", "")]
+    if req.mode:
+        parts.append(f"mode={req.mode}")
+    if req.precision:
+        parts.append(f"precision={req.precision}")
+    if req.variant != "paper":
+        parts.append(f"variant={req.variant}")
+    return "(" + ", ".join(parts) + ")"
