@@ -65,6 +65,11 @@ class Backend:
             reasons.append(f"variant '{req.variant}' not supported (supports {', '.join(self.variants)})")
         return reasons
 
+    def auto_reasons(self, req: Request) -> list[str]:
+        """Extra reasons for ``backend="auto"`` to pass over a backend that could run ``req`` if forced
+        (e.g. Triton on CPU tensors, which runs only under the slow interpreter)."""
+        return []
+
     # Ops. Shapes: feat (B, C, H, W); entropy (B, N); idx (B, k) int64; values tuple of (B, C_v, H, W).
     def entropy(self, feat, mode, window, precision, variant):
         raise NotImplementedError
@@ -106,7 +111,7 @@ def resolve(name: str, req: Request) -> Backend:
             be = _REGISTRY.get(cand)
             if be is None:
                 continue
-            why = be.why_not(req)
+            why = be.why_not(req) or be.auto_reasons(req)
             if not why:
                 return be
             reasons[cand] = why

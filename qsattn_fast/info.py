@@ -1,0 +1,42 @@
+"""``python -m qsattn_fast.info``: versions, devices, and which backend can run what on this machine."""
+from __future__ import annotations
+
+import importlib.util
+import platform
+
+import torch
+
+from . import __version__
+from .registry import AUTO_PRIORITY, Request, backends
+
+
+def _probe_devices() -> list[str]:
+    devices = ["cpu"]
+    if torch.cuda.is_available():
+        devices.append("cuda")
+    return devices
+
+
+def report() -> str:
+    """A human-readable summary of the installation (what the ``info`` module prints)."""
+    lines = [
+        f"qsattn_fast {__version__}",
+        f"python {platform.python_version()}, torch {torch.__version__}, "
+        f"triton {'importable' if importlib.util.find_spec('triton') else 'not installed'}",
+        f"compiled extension qsattn_fast._C: "
+        f"{'built' if importlib.util.find_spec('qsattn_fast._C') else 'not built'}",
+        f"cuda: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'not available'}",
+        f"auto priority: {' > '.join(AUTO_PRIORITY)} (reference is never picked by auto)",
+        "",
+        "backends (float32, global mode, the fp32-faithful default precision):",
+    ]
+    for name, be in backends().items():
+        lines.append(f"  {name:10s} {be.summary}")
+        for dev in _probe_devices():
+            why = be.why_not(Request("qsattn", dev, torch.float32, "global"))
+            lines.append(f"    {dev:5s} {'available' if not why else 'unavailable: ' + '; '.join(why)}")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    print(report())
