@@ -1,0 +1,74 @@
+"""Global row entropy: H_i = -sum_j A_ij log A_ij with A = softmax(F F^T), F the (N, C) rows of one image.
+
+One program per (block of BM query rows, image) streams the keys in blocks of BN: S = Q K^T (channels in
+chunks of BC), then the online, cancellation-free update of DESIGN §2 on (m, Z, T); H = log Z - T/Z.
+Nothing of size N x N (or k x N) is written; the output is (B, N). FLOPs: 2 N^2 C per image.
+"""
+from __future__ import annotations
+
+import torch
+import triton
+import triton.language as tl
+
+from ._common import INTERPRET, acc_dtype, block, dot_precision, mm
+
+
+@triton.jit
+def _entropy_global_kernel(x_ptr, out_ptr, N, C, sxb, sxc, sxn,
+                           BM: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr,
+                           DOT_PREC: tl.constexpr, INTERP: tl.constexpr):
+    pid_m = tl.program_id(0)
+    b = tl.program_id(1)
+    base = x_ptr + b.to(tl.int64) * sxb
+    rm = pid_m * BM + tl.arange(0, BM)
+    rc = tl.arange(0, BC)
+    acc_t = out_ptr.dtype.element_ty
+    m = tl.full((BM,), float("-inf"), acc_t)
+    z = tl.zeros((BM,), acc_t)
+    t = tl.zeros((BM,), acc_t)
+    for n0 in range(0, N, BN):
+        rn = n0 + tl.arange(0, BN)
+        s = tl.zeros((BM, BN), acc_t)
+        for c0 in range(0, C, BC):
+            cc = c0 + rc
+            q = tl.load(base + cc[None, :] * sxc + rm[:, None] * sxn,
+                        mask=(rm[:, None] < N) & (cc[None, :] < C), other=0.0)
+            kt = tl.load(base + cc[:, None] * sxc + rn[None, :] * sxn,
+                         mask=(cc[:, None] < C) & (rn[None, :] < N), other=0.0)
+            s = mm(q, kt, s, DOT_PREC, INTERP)
+        valid = rn[None, :] < N
+        s = tl.where(valid, s, float("-inf"))
+        m_new = tl.maximum(m, tl.max(s, 1))
+        delta = m - m_new                                   # <= 0; -inf on the first block
+        alpha = tl.exp(delta)
+        d = tl.where(valid, s - m_new[:, None], 0.0)
+        e = tl.where(valid, tl.exp(d), 0.0)
+        t = alpha * (t + tl.where(z > 0, delta, 0.0) * z) + tl.sum(e * d, 1)
+        z = alpha * z + tl.sum(e, 1)
+        m = m_new
+    h = tl.log(z) - t / z
+    tl.store(out_ptr + b.to(tl.int64) * N + rm, h, mask=rm < N)
+
+
+@torch.library.custom_op("qsattn_fast::triton_entropy_global", mutates_args=())
+def entropy_global(feat: torch.Tensor, precision: str | None = None) -> torch.Tensor:
+    """feat (B, C, H, W) -> (B, H*W): entropy of every row of softmax(F F^T); float32 (float64 for
+    float64). ``precision`` (fp32 inputs): None (tf32x3), "ieee", "tf32x3", "tf32", "bf16"."""
+    B, C, H, W = feat.shape
+    N = H * W
+    x = feat.reshape(B, C, N)
+    out = torch.empty(B, N, dtype=acc_dtype(feat.dtype), device=feat.device)
+    bm = block(N, 16, 128 if INTERPRET else 64)
+    bn = block(N, 16, 128 if INTERPRET else 64)
+    bc = block(C, 16, 128 if INTERPRET else 32)
+    grid = (triton.cdiv(N, bm), B)
+    _entropy_global_kernel[grid](x, out, N, C, x.stride(0), x.stride(1), x.stride(2),
+                                 BM=bm, BN=bn, BC=bc, DOT_PREC=dot_precision(feat.dtype, precision),
+                                 INTERP=INTERPRET)
+    return out
+
+
+@entropy_global.register_fake
+def _(feat, precision=None):
+    B, _, H, W = feat.shape
+    return feat.new_empty(B, H * W, dtype=acc_dtype(feat.dtype))
