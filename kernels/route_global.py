@@ -231,7 +231,7 @@ def route_global_backward(feat: torch.Tensor, idx: torch.Tensor, v: torch.Tensor
 
 @route_global_backward.register_fake
 def _(feat, idx, v, out, lse, grad_out, precision=None):
-    return torch.empty_like(feat), torch.empty_like(v)
+    return feat.new_empty(feat.shape), v.new_empty(v.shape)
 
 
 def _setup(ctx, inputs, output):
