@@ -21,10 +21,10 @@ def check_choice(name: str, value, choices) -> None:
 
 
 def check_int(name: str, value, *, low: int | None = None, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, torch.Tensor) or not hasattr(value, "__index__"):
+    if not isinstance(value, int) or isinstance(value, bool):
+        if isinstance(value, (bool, torch.Tensor)) or not hasattr(value, "__index__"):
             raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-        value = int(value)
+        value = int(value)                                  # e.g. numpy integers
     if low is not None and value < low:
         raise ValueError(f"{name}: must be >= {low}, got {value}")
     if high is not None and value > high:
