@@ -70,3 +70,11 @@ def neighbours(pos, H, W, WINDOW: tl.constexpr, W2P: tl.constexpr):
     w = pos[:, None] % W + (o % WINDOW)[None, :] - R
     inside = (h >= 0) & (h < H) & (w >= 0) & (w < W) & real[None, :]
     return tl.where(inside, h * W + w, 0), inside, real
+
+
+@triton.jit
+def log1p(x):
+    """log(1 + x) for x >= 0, accurate also when x is below the epsilon (Goldberg's trick: the rounding
+    of u = 1 + x cancels in log(u) * x / (u - 1)). Triton has no log1p that the interpreter runs."""
+    u = 1.0 + x
+    return tl.where(u == 1.0, x, tl.log(u) * (x / tl.where(u == 1.0, 1.0, u - 1.0)))

@@ -1,7 +1,9 @@
 """Global row entropy: H_i = -sum_j A_ij log A_ij with A = softmax(F F^T), F the (N, C) rows of one image.
 
 One program per (block of BM query rows, image) streams the keys in blocks of BN: S = Q K^T (channels in
-chunks of BC), then the online, cancellation-free update of DESIGN §2 on (m, Z, T); H = log Z - T/Z.
+chunks of BC), then the online, cancellation-free update of DESIGN §2 on (m, Z, T); H = log Z - T/Z. Z is kept as 1 + R,
+R the sum without the current max's own term, and H = log1p(R) - T/(1 + R): for peaked rows (R below
+fp32's epsilon) log Z would round to 0 and lose the entropy's leading digits.
 Nothing of size N x N (or k x N) is written; the output is (B, N). FLOPs: 2 N^2 C per image.
 """
 from __future__ import annotations
@@ -10,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, acc_dtype, block, dot_precision, mm
+from ._common import INTERPRET, acc_dtype, block, dot_precision, log1p, mm
 
 
 @triton.jit
@@ -24,7 +26,7 @@ def _entropy_global_kernel(x_ptr, out_ptr, N, C, sxb, sxc, sxn,
     rc = tl.arange(0, BC)
     acc_t = out_ptr.dtype.element_ty
     m = tl.full((BM,), float("-inf"), acc_t)
-    z = tl.zeros((BM,), acc_t)
+    r = tl.zeros((BM,), acc_t)                              # Z - 1: the sum without the max's own 1
     t = tl.zeros((BM,), acc_t)
     for n0 in range(0, N, BN):
         rn = n0 + tl.arange(0, BN)
@@ -38,15 +40,18 @@ def _entropy_global_kernel(x_ptr, out_ptr, N, C, sxb, sxc, sxn,
             s = mm(q, kt, s, DOT_PREC, INTERP)
         valid = rn[None, :] < N
         s = tl.where(valid, s, float("-inf"))
-        m_new = tl.maximum(m, tl.max(s, 1))
-        delta = m - m_new                                   # <= 0; -inf on the first block
-        alpha = tl.exp(delta)
+        blk_max = tl.max(s, 1)
+        new = blk_max > m                                   # this block holds the new row max
+        m_new = tl.maximum(m, blk_max)
+        delta = tl.where(m > float("-inf"), m - m_new, 0.0)  # <= 0
+        alpha = tl.exp(m - m_new)                           # 0 on the first block
         d = tl.where(valid, s - m_new[:, None], 0.0)
         e = tl.where(valid, tl.exp(d), 0.0)
-        t = alpha * (t + tl.where(z > 0, delta, 0.0) * z) + tl.sum(e * d, 1)
-        z = alpha * z + tl.sum(e, 1)
+        own = new[:, None] & (tl.arange(0, BN)[None, :] == tl.argmax(s, 1)[:, None])
+        t = alpha * (t + delta * (1.0 + r)) + tl.sum(e * d, 1)
+        r = tl.where(new, alpha * (1.0 + r), r) + tl.sum(tl.where(own, 0.0, e), 1)
         m = m_new
-    h = tl.log(z) - t / z
+    h = log1p(r) - t / (1.0 + r)
     tl.store(out_ptr + b.to(tl.int64) * N + rm, h, mask=rm < N)
 
 

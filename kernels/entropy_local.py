@@ -3,7 +3,8 @@ neighbourhood of the zero-padded map (out-of-map keys have feature 0, hence logi
 
 One program per (block of BP positions, image). The window offsets form the second axis of a
 (BP, next_pow2(WINDOW^2)) logit tile accumulated channel by channel (fp32 FMAs, or float64), so the
-tile's halo of neighbours is read through the cache; then H = log Z - T/Z over the tile's rows.
+tile's halo of neighbours is read through the cache; then H = log1p(Z - 1) - T/Z over the tile's rows
+(as in entropy_global.py).
 Memory: O(N) output; the window^2 * N logits are never stored. Any odd window.
 """
 from __future__ import annotations
@@ -12,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, acc_dtype, block, neighbours
+from ._common import INTERPRET, acc_dtype, block, log1p, neighbours
 
 
 @triton.jit
@@ -35,9 +36,10 @@ def _entropy_local_kernel(x_ptr, out_ptr, C, H, W, sxb, sxc, sxn,
     s = tl.where(real[None, :], s, float("-inf"))
     d = tl.where(real[None, :], s - tl.max(s, 1)[:, None], 0.0)
     e = tl.where(real[None, :], tl.exp(d), 0.0)
-    z = tl.sum(e, 1)
+    own = tl.arange(0, W2P)[None, :] == tl.argmax(s, 1)[:, None]
+    rest = tl.sum(tl.where(own, 0.0, e), 1)                 # Z - 1, kept exact for peaked rows
     t = tl.sum(e * d, 1)
-    tl.store(out_ptr + b.to(tl.int64) * N + pos, tl.log(z) - t / z, mask=live)
+    tl.store(out_ptr + b.to(tl.int64) * N + pos, log1p(rest) - t / (1.0 + rest), mask=live)
 
 
 @torch.library.custom_op("qsattn_fast::triton_entropy_local", mutates_args=())

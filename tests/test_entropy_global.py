@@ -24,10 +24,11 @@ def test_fp32_matches_reference(B, C, H, W):
 
 
 def test_peaked_rows_no_cancellation():
-    """Logits in the hundreds make rows nearly one-hot; H = log Z - T/Z keeps the tiny entropies accurate."""
-    x = features(2, 64, 6, 7, scale=2.0).to(DEVICE)
+    """256 channels make the rows peaked (all entropies < 1e-3, many below fp32's epsilon); the kernel's
+    log1p(R) - T/(1 + R) keeps them to fp32 accuracy where log Z - T/Z (Z rounded to 1) would not."""
+    x = features(1, 256, 6, 7, scale=0.3).to(DEVICE)
     ref = ref_entropy(x)
-    assert float(ref.min()) < 1e-3          # the regime where lse - sum(p*s) would cancel
+    assert float(ref.max()) < 1e-3 and float(ref.min()) < 1e-8
     assert rel_err(K.entropy_global(x).cpu(), ref) < 2e-4
 
 
