@@ -1,20 +1,11 @@
-"""pytest-benchmark, CUDA only: the local 7x7 row entropy (kernels/entropy_local.py)
-against reference and the SDPA composition, at the shapes S1..S5 of benchmarks/gpu_report.py.
+"""The local (7x7) row entropy kernel (kernels/entropy_local.py) against reference and the SDPA
+composition at S1..S5 (pytest-benchmark; CUDA only, see benchmarks/gpu_report.py).
 
     python -m pytest benchmarks/bench_entropy_local.py --benchmark-group-by=param:shape
 """
-import pytest
-import torch
-from gpu_report import PEERS, SHAPES, bench
-
-if not torch.cuda.is_available():
-    pytest.skip("GPU benchmark (needs CUDA; the Triton interpreter on CPU is not a benchmark)",
-                allow_module_level=True)
+from gpu_report import bench, cases
 
 
-@pytest.mark.parametrize("backward", [False])
-@pytest.mark.parametrize("what", ["entropy_local"])
-@pytest.mark.parametrize("peer", PEERS)
-@pytest.mark.parametrize("shape", list(SHAPES))
+@cases(["entropy_local"])
 def bench_entropy_local(benchmark, shape, peer, what, backward):
     bench(benchmark, what, shape, peer, backward)

@@ -129,6 +129,18 @@ def flops(what: str, C: int, N: int, B: int, backward: bool) -> float:
     return B * total
 
 
+def cases(whats, passes=(False,)):
+    """The parametrization of a benchmarks/bench_*.py function: shape x peer x quantity x pass, all
+    skipped without CUDA (the Triton interpreter on CPU is not a benchmark)."""
+    import pytest
+    grid = [(s, p, w, b) for s in SHAPES for p in PEERS for w in whats for b in passes]
+
+    def mark(fn):
+        fn = pytest.mark.parametrize("shape,peer,what,backward", grid)(fn)
+        return pytest.mark.skipif(not torch.cuda.is_available(), reason="GPU benchmark: needs CUDA")(fn)
+    return mark
+
+
 def bench(benchmark, what: str, shape: str, peer: str, backward: bool = False, precision=None):
     """pytest-benchmark body shared by benchmarks/bench_*.py: one quantity, one shape, one peer."""
     import pytest

@@ -78,3 +78,20 @@ def log1p(x):
     of u = 1 + x cancels in log(u) * x / (u - 1)). Triton has no log1p that the interpreter runs."""
     u = 1.0 + x
     return tl.where(u == 1.0, x, tl.log(u) * (x / tl.where(u == 1.0, 1.0, u - 1.0)))
+
+
+@triton.jit
+def selected_rows(idx_ptr, b, pid, K, BM: tl.constexpr):
+    """Block pid of the (B, k) selection, image b: row numbers rm, whether each is < k, the positions."""
+    rm = pid * BM + tl.arange(0, BM)
+    live = rm < K
+    return rm, live, tl.load(idx_ptr + b * K + rm, mask=live, other=0)
+
+
+@triton.jit
+def selected_neighbourhoods(idx_ptr, b, pid, K, H, W, WINDOW: tl.constexpr, W2P: tl.constexpr, BP: tl.constexpr):
+    """selected_rows plus each selected position's window (see ``neighbours``; ``inside`` also
+    excludes rows past k)."""
+    rm, live, pos = selected_rows(idx_ptr, b, pid, K, BP)
+    nb, inside, real = neighbours(pos, H, W, WINDOW, W2P)
+    return rm, live, pos, nb, inside & live[:, None], real

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, acc_dtype, block, dot_precision, mm
+from ._common import INTERPRET, acc_dtype, block, dot_precision, mm, selected_rows
 
 
 def _precisions(dtype, precision):
@@ -40,6 +40,14 @@ def _scores(base, qi, rm_live, rn, N, C, sxc, sxn, acc_t,
                      other=0.0)
         s = mm(q, kt, s, DOT_PREC, INTERP)
     return s
+
+
+@triton.jit
+def _probs(base, qi, rm_live, lse, rn, N, C, sxc, sxn, acc_t,
+           BM: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, DOT_PREC: tl.constexpr, INTERP: tl.constexpr):
+    """P = exp(S - lse) recomputed, (BM, BN); 0 outside the k rows and the N keys."""
+    s = _scores(base, qi, rm_live, rn, N, C, sxc, sxn, acc_t, BM, BN, BC, DOT_PREC, INTERP)
+    return tl.where(rm_live[:, None] & (rn[None, :] < N), tl.exp(s - lse[:, None]), 0.0)
 
 
 @triton.jit
@@ -70,9 +78,7 @@ def _route_fwd_kernel(x_ptr, idx_ptr, v_ptr, out_ptr, lse_ptr, N, C, CV, K,
     base = x_ptr + b * sxb
     vb = v_ptr + b * svb
     acc_t = lse_ptr.dtype.element_ty
-    rm = pid_m * BM + tl.arange(0, BM)
-    live = rm < K
-    qi = tl.load(idx_ptr + b * K + rm, mask=live, other=0)
+    rm, live, qi = selected_rows(idx_ptr, b, pid_m, K, BM)
     rv = pid_v * BV + tl.arange(0, BV)
     m = tl.full((BM,), float("-inf"), acc_t)
     l = tl.zeros((BM,), acc_t)
@@ -113,14 +119,11 @@ def _route_bwd_kv_kernel(x_ptr, idx_ptr, v_ptr, lse_ptr, d_ptr, go_ptr, dk_ptr, 
     ro = tl.where(is_dk, pid_o, pid_o - n_dk) * BO + tl.arange(0, BO)
     rn = pid_n * BN + tl.arange(0, BN)
     acc = tl.zeros((BN, BO), acc_t)
-    for m0 in range(0, K, BM):
-        rm = m0 + tl.arange(0, BM)
-        live = rm < K
-        qi = tl.load(idx_ptr + b * K + rm, mask=live, other=0)
+    for i in range(0, tl.cdiv(K, BM)):
+        rm, live, qi = selected_rows(idx_ptr, b, i, K, BM)
         lse = tl.load(lse_ptr + b * K + rm, mask=live, other=float("inf"))
-        s = _scores(base, qi, live, rn, N, C, sxc, sxn, acc_t, BM, BN, BC, DOT_PREC, INTERP)
-        p = tl.where(live[:, None] & (rn[None, :] < N), tl.exp(s - lse[:, None]), 0.0)
-        dob = go_ptr + (b * K + m0) * CV
+        p = _probs(base, qi, live, lse, rn, N, C, sxc, sxn, acc_t, BM, BN, BC, DOT_PREC, INTERP)
+        dob = go_ptr + (b * K + i * BM) * CV
         if is_dk:
             dp = _grad_scores(dob, vb, live, rn, N, CV, 1, svc, svn, acc_t, BM, BN, BC, PREC2, INTERP)
             dd = tl.load(d_ptr + b * K + rm, mask=live, other=0.0)
@@ -151,18 +154,15 @@ def _route_bwd_q_kernel(x_ptr, idx_ptr, v_ptr, lse_ptr, d_ptr, go_ptr, dq_ptr, N
     base = x_ptr + b * sxb
     vb = v_ptr + b * svb
     acc_t = lse_ptr.dtype.element_ty
-    rm = pid_m * BM + tl.arange(0, BM)
-    live = rm < K
+    rm, live, qi = selected_rows(idx_ptr, b, pid_m, K, BM)
     ro = pid_o * BO + tl.arange(0, BO)
-    qi = tl.load(idx_ptr + b * K + rm, mask=live, other=0)
     lse = tl.load(lse_ptr + b * K + rm, mask=live, other=float("inf"))
     dd = tl.load(d_ptr + b * K + rm, mask=live, other=0.0)
     dob = go_ptr + (b * K + pid_m * BM) * CV
     acc = tl.zeros((BM, BO), acc_t)
     for n0 in range(0, N, BN):
         rn = n0 + tl.arange(0, BN)
-        s = _scores(base, qi, live, rn, N, C, sxc, sxn, acc_t, BM, BN, BC, DOT_PREC, INTERP)
-        p = tl.where(live[:, None] & (rn[None, :] < N), tl.exp(s - lse[:, None]), 0.0)
+        p = _probs(base, qi, live, lse, rn, N, C, sxc, sxn, acc_t, BM, BN, BC, DOT_PREC, INTERP)
         dp = _grad_scores(dob, vb, live, rn, N, CV, 1, svc, svn, acc_t, BM, BN, BC, PREC2, INTERP)
         kc = tl.load(base + ro[None, :] * sxc + rn[:, None] * sxn, mask=(rn[:, None] < N) & (ro[None, :] < C),
                      other=0.0).to(acc_t)

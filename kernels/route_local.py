@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, acc_dtype, block, neighbours
+from ._common import INTERPRET, acc_dtype, block, selected_neighbourhoods
 
 
 @triton.jit
@@ -27,11 +27,7 @@ def _route_local_fwd_kernel(x_ptr, idx_ptr, v_ptr, out_ptr, a_ptr, C, CV, H, W, 
     base = x_ptr + b * sxb
     vb = v_ptr + b * svb
     acc_t = a_ptr.dtype.element_ty
-    rm = pid * BP + tl.arange(0, BP)
-    live = rm < K
-    pos = tl.load(idx_ptr + b * K + rm, mask=live, other=0)
-    nb, inside, real = neighbours(pos, H, W, WINDOW, W2P)
-    inside = inside & live[:, None]
+    rm, live, pos, nb, inside, real = selected_neighbourhoods(idx_ptr, b, pid, K, H, W, WINDOW, W2P, BP)
     s = tl.zeros((BP, W2P), acc_t)
     for c in range(0, C):
         q = tl.load(base + c * sxc + pos * sxn, mask=live, other=0.0).to(acc_t)
@@ -57,11 +53,7 @@ def _route_local_bwd_kernel(x_ptr, idx_ptr, v_ptr, a_ptr, go_ptr, dx_ptr, dv_ptr
     dxb = dx_ptr + b * C * N
     dvb = dv_ptr + b * CV * N
     acc_t = a_ptr.dtype.element_ty
-    rm = pid * BP + tl.arange(0, BP)
-    live = rm < K
-    pos = tl.load(idx_ptr + b * K + rm, mask=live, other=0)
-    nb, inside, real = neighbours(pos, H, W, WINDOW, W2P)
-    inside = inside & live[:, None]
+    rm, live, pos, nb, inside, real = selected_neighbourhoods(idx_ptr, b, pid, K, H, W, WINDOW, W2P, BP)
     a = tl.load(a_ptr + (b * K + rm[:, None]) * W2P + tl.arange(0, W2P)[None, :], mask=live[:, None], other=0.0)
     da = tl.zeros((BP, W2P), acc_t)
     for c in range(0, CV):
