@@ -52,10 +52,12 @@ def mm(a, b, acc, DOT_PREC: tl.constexpr, INTERP: tl.constexpr):
         if a.dtype != tl.float64:
             a = a.to(tl.float32)
             b = b.to(tl.float32)
-        return tl.dot(a, b, acc, input_precision="ieee")
-    if DOT_PREC == "native" or DOT_PREC == "bf16":
-        return tl.dot(a, b, acc)
-    return tl.dot(a, b, acc, input_precision=DOT_PREC)
+        out = tl.dot(a, b, acc, input_precision="ieee")
+    elif DOT_PREC == "native" or DOT_PREC == "bf16":
+        out = tl.dot(a, b, acc)
+    else:
+        out = tl.dot(a, b, acc, input_precision=DOT_PREC)
+    return out
 
 
 @triton.jit

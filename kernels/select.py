@@ -34,7 +34,7 @@ def _select_kernel(e_ptr, vals_ptr, idx_ptr, N, k, BLOCK: tl.constexpr):
     prefix = tl.zeros((), tl.int64)                         # the high digits of K* found so far
     r = k                                                   # rank of K* among keys sharing the prefix
     for p in tl.static_range(8):
-        shift: tl.constexpr = 28 - 4 * p
+        shift = 28 - 4 * p
         hist = tl.zeros((16,), tl.int32)
         for n0 in range(0, N, BLOCK):
             rn = n0 + tl.arange(0, BLOCK)
