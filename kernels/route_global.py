@@ -170,10 +170,19 @@ def _route_bwd_q_kernel(x_ptr, idx_ptr, v_ptr, lse_ptr, d_ptr, go_ptr, dq_ptr, N
     tl.store(dq_ptr + (b * K + rm[:, None]) * C + ro[None, :], acc, mask=live[:, None] & (ro[None, :] < C))
 
 
-def _blocks(N, C, K, CV):
-    big = 128 if INTERPRET else 64
-    return dict(BM=block(K, 16, big), BN=block(N, 16, big), BC=block(max(C, CV) if INTERPRET else C, 16,
-                                                                          big if INTERPRET else 32))
+#: GPU tiles per kernel: the largest found without register spills at fp32/tf32x3 on sm_90 with 8 warps
+#: (ahead-of-time compilation, tests/aot_compile.py); BV/BO: value / output channel blocks.
+_GPU_TILES = {"fwd": dict(BM=64, BN=64, BC=16, BV=64), "kv": dict(BM=64, BN=32, BC=16, BO=64),
+              "q": dict(BM=64, BN=64, BC=16, BO=64)}
+
+
+def _tiles(kernel, N, C, K, CV):
+    """(block sizes, num_warps) for one kernel: the GPU table clamped to the problem, or under the
+    interpreter blocks of up to 128 (fewer interpreted steps)."""
+    t = _GPU_TILES[kernel]
+    cap = (lambda name: 128) if INTERPRET else (lambda name: t[name])
+    extents = dict(BM=K, BN=N, BC=max(C, CV) if INTERPRET else C, BV=CV, BO=max(C, CV))
+    return {name: block(extents[name], 16, cap(name)) for name in t}, 4 if INTERPRET else 8
 
 
 @torch.library.custom_op("qsattn_fast::triton_route_global", mutates_args=())
@@ -186,12 +195,11 @@ def route_global(feat: torch.Tensor, idx: torch.Tensor, v: torch.Tensor,
     x, vv, idx = feat.reshape(B, C, N), v.reshape(B, CV, N), idx.contiguous()
     out = torch.empty(B, K, CV, dtype=v.dtype, device=feat.device)
     lse = torch.empty(B, K, dtype=acc_dtype(feat.dtype), device=feat.device)
-    blk = _blocks(N, C, K, CV)
-    bv = block(CV, 16, 128)
+    blk, warps = _tiles("fwd", N, C, K, CV)
     p1, p2 = _precisions(feat.dtype, precision)
-    grid = (triton.cdiv(K, blk["BM"]), triton.cdiv(CV, bv), B)
-    _route_fwd_kernel[grid](x, idx, vv, out, lse, N, C, CV, K, *x.stride(), *vv.stride(), BV=bv,
-                            DOT_PREC=p1, PREC2=p2, INTERP=INTERPRET, **blk)
+    grid = (triton.cdiv(K, blk["BM"]), triton.cdiv(CV, blk["BV"]), B)
+    _route_fwd_kernel[grid](x, idx, vv, out, lse, N, C, CV, K, *x.stride(), *vv.stride(),
+                            DOT_PREC=p1, PREC2=p2, INTERP=INTERPRET, num_warps=warps, **blk)
     return out, lse
 
 
@@ -216,15 +224,17 @@ def route_global_backward(feat: torch.Tensor, idx: torch.Tensor, v: torch.Tensor
     dk = torch.empty(B, C, N, dtype=at, device=feat.device)
     dv = torch.empty(B, CV, N, dtype=at, device=feat.device)
     dq = torch.empty(B, K, C, dtype=at, device=feat.device)
-    blk = _blocks(N, C, K, CV)
-    bo = block(max(C, CV), 16, 128 if INTERPRET else 64)
     p1, p2 = _precisions(feat.dtype, precision)
     args = (N, C, CV, K, *x.stride(), *vv.stride())
-    consts = dict(BO=bo, DOT_PREC=p1, PREC2=p2, INTERP=INTERPRET, **blk)
+    blk, warps = _tiles("kv", N, C, K, CV)
+    bo = blk["BO"]
     grid = (triton.cdiv(N, blk["BN"]), triton.cdiv(C, bo) + triton.cdiv(CV, bo), B)
-    _route_bwd_kv_kernel[grid](x, idx, vv, lse, d, go, dk, dv, *args, **consts)
-    grid = (triton.cdiv(K, blk["BM"]), triton.cdiv(C, bo), B)
-    _route_bwd_q_kernel[grid](x, idx, vv, lse, d, go, dq, *args, **consts)
+    _route_bwd_kv_kernel[grid](x, idx, vv, lse, d, go, dk, dv, *args, DOT_PREC=p1, PREC2=p2, INTERP=INTERPRET,
+                               num_warps=warps, **blk)
+    blk, warps = _tiles("q", N, C, K, CV)
+    grid = (triton.cdiv(K, blk["BM"]), triton.cdiv(C, blk["BO"]), B)
+    _route_bwd_q_kernel[grid](x, idx, vv, lse, d, go, dq, *args, DOT_PREC=p1, PREC2=p2, INTERP=INTERPRET,
+                              num_warps=warps, **blk)
     dk.scatter_add_(2, idx[:, None, :].expand(B, C, K), dq.transpose(1, 2))
     return dk.view(feat.shape).to(feat.dtype), dv.view(v.shape).to(v.dtype)
 

@@ -72,7 +72,7 @@ def _launch(feat, idx, v, window):
     B, C, H, W = feat.shape
     K = idx.shape[1]
     w2p = triton.next_power_of_2(window * window)
-    bp = block(K, 16, max(16, (8192 if INTERPRET else 2048) // w2p))
+    bp = block(K, 16, max(16, (8192 if INTERPRET else 1024) // w2p))   # GPU 7x7: 16 rows, no spills
     x, vv = feat.reshape(B, C, H * W), v.reshape(B, v.shape[1], H * W)
     args = (C, v.shape[1], H, W, K, *x.stride(), *vv.stride())
     return (triton.cdiv(K, bp), B), x, vv, args, dict(WINDOW=window, W2P=w2p, BP=bp)

@@ -24,29 +24,30 @@ def specs():
             second = p2 or prec
             yield (f"entropy_global/{dt}/{prec}", entropy_global._entropy_global_kernel,
                    dict(x_ptr=dt, out_ptr=acc), dict(BM=64, BN=64, BC=32, DOT_PREC=prec, INTERP=False))
-            common = dict(BM=64, BN=64, BC=32, DOT_PREC=prec, PREC2=second, INTERP=False)
+            common = dict(DOT_PREC=prec, PREC2=second, INTERP=False)
+            tiles = route_global._GPU_TILES
             yield (f"route_fwd/{dt}/{prec}", route_global._route_fwd_kernel,
-                   dict(x_ptr=dt, idx_ptr="i64", v_ptr=dt, out_ptr=dt, lse_ptr=acc), dict(common, BV=128))
+                   dict(x_ptr=dt, idx_ptr="i64", v_ptr=dt, out_ptr=dt, lse_ptr=acc), dict(common, **tiles["fwd"]))
             bwd = dict(x_ptr=dt, idx_ptr="i64", v_ptr=dt, lse_ptr=acc, d_ptr=acc, go_ptr=dt)
             yield (f"route_bwd_kv/{dt}/{prec}", route_global._route_bwd_kv_kernel,
-                   dict(bwd, dk_ptr=acc, dv_ptr=acc), dict(common, BO=64))
+                   dict(bwd, dk_ptr=acc, dv_ptr=acc), dict(common, **tiles["kv"]))
             yield (f"route_bwd_q/{dt}/{prec}", route_global._route_bwd_q_kernel, dict(bwd, dq_ptr=acc),
-                   dict(common, BO=64))
+                   dict(common, **tiles["q"]))
         local = dict(WINDOW=7, W2P=64, BP=32)
         yield (f"entropy_local/{dt}", entropy_local._entropy_local_kernel, dict(x_ptr=dt, out_ptr=acc), local)
         yield (f"route_local_fwd/{dt}", route_local._route_local_fwd_kernel,
                dict(x_ptr=dt, idx_ptr="i64", v_ptr=dt, out_ptr=dt, a_ptr=acc), local)
         yield (f"route_local_bwd/{dt}", route_local._route_local_bwd_kernel,
-               dict(x_ptr=dt, idx_ptr="i64", v_ptr=dt, a_ptr=acc, go_ptr=dt, dx_ptr=acc, dv_ptr=acc), local)
-    yield ("select/fp32", select._select_kernel, dict(e_ptr="fp32", vals_ptr="fp32", idx_ptr="i64"), dict(BLOCK=1024))
+               dict(x_ptr=dt, idx_ptr="i64", v_ptr=dt, a_ptr=acc, go_ptr=dt, dx_ptr=acc, dv_ptr=acc), dict(local, BP=16))
+    yield ("select/fp32", select._select_kernel, dict(e_ptr="fp32", vals_ptr="fp32", idx_ptr="i64"), dict(BLOCK=512))
 
 
-def compile_one(kernel, ptrs, constexprs, arch):
+def compile_one(kernel, ptrs, constexprs, arch, num_warps=8):
     sig = {}
     for name in kernel.arg_names:
         sig[name] = "constexpr" if name in constexprs else (f"*{ptrs[name]}" if name.endswith("_ptr") else "i32")
     return triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=constexprs),
-                          target=GPUTarget("cuda", arch, 32))
+                          target=GPUTarget("cuda", arch, 32), options=dict(num_warps=num_warps))
 
 
 def main(archs):
@@ -54,7 +55,7 @@ def main(archs):
     for arch in archs:
         for name, kernel, ptrs, constexprs in specs():
             try:
-                k = compile_one(kernel, ptrs, constexprs, arch)
+                k = compile_one(kernel, ptrs, constexprs, arch, num_warps=4 if "local" in name else 8)
                 ptx = k.asm["ptx"]
                 tensor_core = "mma" in ptx
                 print(f"ok   sm_{arch} {name}: shared {k.metadata.shared} B, tensor cores: {tensor_core}", flush=True)
