@@ -113,3 +113,11 @@ def test_select_is_stable_argsort():
     ent = torch.randint(0, 4, (3, 50)).float()                          # many exact ties
     for be in ("torch", "reference"):
         assert torch.equal(q.select_queries(ent, 20, backend=be), torch.argsort(ent, dim=1, stable=True)[:, :20])
+
+
+def test_official_global_runs_on_any_backend():
+    """The released global mode is the paper's, so variant='official' does not restrict the backend."""
+    x, v = x_and_values()
+    a = q.query_selected_attention(x, v, k=5, variant="official", backend="torch")
+    b = q.query_selected_attention(x, v, k=5, backend="torch")
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1][1], b[1][1])

@@ -115,3 +115,18 @@ def test_state_from_another_configuration_is_rejected():
     _, ids, state = s(feats, 4)
     with pytest.raises(ValueError, match="state"):
         s(feats, 4, ids, {4: state[4]})
+
+
+@pytest.mark.parametrize("mode", ["local", "local_global"])
+def test_official_variant_sampler_reproduces_released_patch_sampler(mode):
+    """Source and target calls of the released PatchSampleF (use_mlp=False, QS-Attn on layer 3) on the
+    fixed example of test_reference.py."""
+    from test_reference import OFFICIAL, OFFICIAL_IDS, official_example
+    src, tgt = official_example()
+    pad = [features(2, 2, 3, 4, torch.float64) for _ in range(3)]
+    s = QSPatchSampler(use_mlp=False, qs_layers=[3], mode=mode, backend="reference", variant="official")
+    pooled_src, ids, state = s(pad + [src], 3)
+    pooled_tgt, _, _ = s(pad + [tgt], 3, ids, state)
+    assert ids[3].tolist() == OFFICIAL_IDS
+    assert rel_err(pooled_src[3], torch.tensor(OFFICIAL[mode][0], dtype=torch.float64)) < 1e-12
+    assert rel_err(pooled_tgt[3], torch.tensor(OFFICIAL[mode][1], dtype=torch.float64)) < 1e-12
