@@ -189,11 +189,12 @@ def _tiles(kernel, N, C, K, CV):
 def route_global(feat: torch.Tensor, idx: torch.Tensor, v: torch.Tensor,
                  precision: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """feat (B, C, H, W), idx (B, k) int64, v (B, C_v, H, W) -> out = softmax(F[idx] F^T) V (B, k, C_v)
-    in v's dtype, and lse (B, k) (float32; float64 for float64)."""
+    and lse (B, k), both float32 (float64 for float64): the backward's D = rowsum(dO * O) cancels in
+    dO V^T - D, so O is kept unrounded (k x C_v values; the caller casts to the values' dtype)."""
     B, C, H, W = feat.shape
     N, K, CV = H * W, idx.shape[1], v.shape[1]
     x, vv, idx = feat.reshape(B, C, N), v.reshape(B, CV, N), idx.contiguous()
-    out = torch.empty(B, K, CV, dtype=v.dtype, device=feat.device)
+    out = torch.empty(B, K, CV, dtype=acc_dtype(feat.dtype), device=feat.device)
     lse = torch.empty(B, K, dtype=acc_dtype(feat.dtype), device=feat.device)
     blk, warps = _tiles("fwd", N, C, K, CV)
     p1, p2 = _precisions(feat.dtype, precision)
@@ -206,7 +207,8 @@ def route_global(feat: torch.Tensor, idx: torch.Tensor, v: torch.Tensor,
 @route_global.register_fake
 def _(feat, idx, v, precision=None):
     B, K = idx.shape
-    return v.new_empty(B, K, v.shape[1]), feat.new_empty(B, K, dtype=acc_dtype(feat.dtype))
+    return (feat.new_empty(B, K, v.shape[1], dtype=acc_dtype(feat.dtype)),
+            feat.new_empty(B, K, dtype=acc_dtype(feat.dtype)))
 
 
 @torch.library.custom_op("qsattn_fast::triton_route_global_backward", mutates_args=())

@@ -79,6 +79,7 @@ class TritonBackend(Backend):
         v = values[0] if len(values) == 1 else torch.cat(values, dim=1)
         if mode == "global":
             out, _ = _kernel("route_global").route_global(feat, idx, v, precision)
+            out = out.to(v.dtype)
         else:
             out, _ = _kernel("route_local").route_local(feat, idx, v, window)
         return tuple(out.split([x.shape[1] for x in values], dim=2))

@@ -27,7 +27,7 @@ def specs():
             common = dict(DOT_PREC=prec, PREC2=second, INTERP=False)
             tiles = route_global._GPU_TILES
             yield (f"route_fwd/{dt}/{prec}", route_global._route_fwd_kernel,
-                   dict(x_ptr=dt, idx_ptr="i64", v_ptr=dt, out_ptr=dt, lse_ptr=acc), dict(common, **tiles["fwd"]))
+                   dict(x_ptr=dt, idx_ptr="i64", v_ptr=dt, out_ptr=acc, lse_ptr=acc), dict(common, **tiles["fwd"]))
             bwd = dict(x_ptr=dt, idx_ptr="i64", v_ptr=dt, lse_ptr=acc, d_ptr=acc, go_ptr=dt)
             yield (f"route_bwd_kv/{dt}/{prec}", route_global._route_bwd_kv_kernel,
                    dict(bwd, dk_ptr=acc, dv_ptr=acc), dict(common, **tiles["kv"]))
