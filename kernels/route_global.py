@@ -4,10 +4,10 @@ image), V one or more value maps concatenated along channels (source and target 
 Forward: one program per (block of BM selected rows, block of BV value channels, image) streams the
 keys with the online softmax and saves the per-row log-sum-exp (B, k). Backward (flash-attention
 style, P = exp(Q K^T - lse) recomputed, DESIGN §2): with D = rowsum(dO * O) and dS = P * (dO V^T - D),
-one kernel per (key block, output-channel block) accumulates dK = dS^T Q (channels < C) or
-dV = P^T dO (channels >= C) over the k selected rows; another accumulates dQ = dS K per (row block,
-channel block); dF = dK + index_add(idx, dQ). Nothing of size k x N is stored. The value channel and
-output channel blocks trade parallelism for recomputation of S (and dP).
+one kernel per (key block, output-channel block) accumulates dK = dS^T Q (channels < C, also adding
+its share dS K of dQ by atomic adds, so the sum order over key blocks is not deterministic on GPUs) or
+dV = P^T dO (channels >= C) over the k selected rows; dF = dK + index_add(idx, dQ). Nothing of size
+k x N is stored. The value and output channel blocks trade parallelism for recomputation of S (and dP).
 """
 from __future__ import annotations
 
@@ -103,11 +103,13 @@ def _route_fwd_kernel(x_ptr, idx_ptr, v_ptr, out_ptr, lse_ptr, N, C, CV, K,
 
 
 @triton.jit
-def _route_bwd_kv_kernel(x_ptr, idx_ptr, v_ptr, lse_ptr, d_ptr, go_ptr, dk_ptr, dv_ptr, N, C, CV, K,
-                         sxb, sxc, sxn, svb, svc, svn,
-                         BM: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, BO: tl.constexpr,
-                         DOT_PREC: tl.constexpr, PREC2: tl.constexpr, INTERP: tl.constexpr):
-    """Per (key block, output channel block): dK[:, rn] (channel blocks < cdiv(C, BO)) or dV[:, rn]."""
+def _route_bwd_kernel(x_ptr, idx_ptr, v_ptr, lse_ptr, d_ptr, go_ptr, dk_ptr, dv_ptr, dq_ptr, N, C, CV, K,
+                      sxb, sxc, sxn, svb, svc, svn,
+                      BM: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, BO: tl.constexpr,
+                      DOT_PREC: tl.constexpr, PREC2: tl.constexpr, INTERP: tl.constexpr):
+    """Per (key block rn, output channel block ro): for ro < C, dK[ro, rn] = sum over the k rows of
+    dS^T Q[:, ro], and dQ[:, ro] += dS K[rn, ro] by atomic adds (every key block adds its share);
+    for the blocks past C, dV[ro - C, rn] = P^T dO."""
     pid_n = tl.program_id(0)
     pid_o = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -119,6 +121,8 @@ def _route_bwd_kv_kernel(x_ptr, idx_ptr, v_ptr, lse_ptr, d_ptr, go_ptr, dk_ptr, 
     ro = tl.where(is_dk, pid_o, pid_o - n_dk) * BO + tl.arange(0, BO)
     rn = pid_n * BN + tl.arange(0, BN)
     acc = tl.zeros((BN, BO), acc_t)
+    kc = tl.load(base + ro[None, :] * sxc + rn[:, None] * sxn, mask=(rn[:, None] < N) & (ro[None, :] < C),
+                 other=0.0).to(acc_t)                       # K[rn, ro], for dQ
     for i in range(0, tl.cdiv(K, BM)):
         rm, live, qi = selected_rows(idx_ptr, b, i, K, BM)
         lse = tl.load(lse_ptr + b * K + rm, mask=live, other=float("inf"))
@@ -131,6 +135,9 @@ def _route_bwd_kv_kernel(x_ptr, idx_ptr, v_ptr, lse_ptr, d_ptr, go_ptr, dk_ptr, 
             q = tl.load(base + ro[None, :] * sxc + qi[:, None] * sxn, mask=live[:, None] & (ro[None, :] < C),
                         other=0.0).to(acc_t)
             acc = mm(tl.trans(ds), q, acc, PREC2, INTERP)
+            dq = mm(ds, kc, tl.zeros((BM, BO), acc_t), PREC2, INTERP)
+            tl.atomic_add(dq_ptr + (b * K + rm[:, None]) * C + ro[None, :], dq,
+                          mask=live[:, None] & (ro[None, :] < C))
         else:
             do = tl.load(dob + tl.arange(0, BM)[:, None] * CV + ro[None, :], mask=live[:, None] & (ro[None, :] < CV),
                          other=0.0).to(acc_t)
@@ -142,38 +149,9 @@ def _route_bwd_kv_kernel(x_ptr, idx_ptr, v_ptr, lse_ptr, d_ptr, go_ptr, dk_ptr, 
                  mask=(ro[None, :] < CV) & (rn[:, None] < N))
 
 
-@triton.jit
-def _route_bwd_q_kernel(x_ptr, idx_ptr, v_ptr, lse_ptr, d_ptr, go_ptr, dq_ptr, N, C, CV, K,
-                        sxb, sxc, sxn, svb, svc, svn,
-                        BM: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, BO: tl.constexpr,
-                        DOT_PREC: tl.constexpr, PREC2: tl.constexpr, INTERP: tl.constexpr):
-    """Per (selected-row block, channel block): dQ = dS K, written as (B, k, C)."""
-    pid_m = tl.program_id(0)
-    pid_o = tl.program_id(1)
-    b = tl.program_id(2).to(tl.int64)
-    base = x_ptr + b * sxb
-    vb = v_ptr + b * svb
-    acc_t = lse_ptr.dtype.element_ty
-    rm, live, qi = selected_rows(idx_ptr, b, pid_m, K, BM)
-    ro = pid_o * BO + tl.arange(0, BO)
-    lse = tl.load(lse_ptr + b * K + rm, mask=live, other=float("inf"))
-    dd = tl.load(d_ptr + b * K + rm, mask=live, other=0.0)
-    dob = go_ptr + (b * K + pid_m * BM) * CV
-    acc = tl.zeros((BM, BO), acc_t)
-    for n0 in range(0, N, BN):
-        rn = n0 + tl.arange(0, BN)
-        p = _probs(base, qi, live, lse, rn, N, C, sxc, sxn, acc_t, BM, BN, BC, DOT_PREC, INTERP)
-        dp = _grad_scores(dob, vb, live, rn, N, CV, 1, svc, svn, acc_t, BM, BN, BC, PREC2, INTERP)
-        kc = tl.load(base + ro[None, :] * sxc + rn[:, None] * sxn, mask=(rn[:, None] < N) & (ro[None, :] < C),
-                     other=0.0).to(acc_t)
-        acc = mm(p * (dp - dd[:, None]), kc, acc, PREC2, INTERP)
-    tl.store(dq_ptr + (b * K + rm[:, None]) * C + ro[None, :], acc, mask=live[:, None] & (ro[None, :] < C))
-
-
 #: GPU tiles per kernel: the largest found without register spills at fp32/tf32x3 on sm_90 with 8 warps
 #: (ahead-of-time compilation, tests/aot_compile.py); BV/BO: value / output channel blocks.
-_GPU_TILES = {"fwd": dict(BM=64, BN=64, BC=16, BV=64), "kv": dict(BM=64, BN=32, BC=16, BO=64),
-              "q": dict(BM=64, BN=64, BC=16, BO=64)}
+_GPU_TILES = {"fwd": dict(BM=64, BN=64, BC=16, BV=64), "bwd": dict(BM=32, BN=32, BC=16, BO=64)}
 
 
 def _tiles(kernel, N, C, K, CV):
@@ -225,18 +203,14 @@ def route_global_backward(feat: torch.Tensor, idx: torch.Tensor, v: torch.Tensor
     d = (go.to(at) * out.to(at)).sum(-1)
     dk = torch.empty(B, C, N, dtype=at, device=feat.device)
     dv = torch.empty(B, CV, N, dtype=at, device=feat.device)
-    dq = torch.empty(B, K, C, dtype=at, device=feat.device)
+    dq = torch.zeros(B, K, C, dtype=at, device=feat.device)
     p1, p2 = _precisions(feat.dtype, precision)
     args = (N, C, CV, K, *x.stride(), *vv.stride())
-    blk, warps = _tiles("kv", N, C, K, CV)
+    blk, warps = _tiles("bwd", N, C, K, CV)
     bo = blk["BO"]
     grid = (triton.cdiv(N, blk["BN"]), triton.cdiv(C, bo) + triton.cdiv(CV, bo), B)
-    _route_bwd_kv_kernel[grid](x, idx, vv, lse, d, go, dk, dv, *args, DOT_PREC=p1, PREC2=p2, INTERP=INTERPRET,
-                               num_warps=warps, **blk)
-    blk, warps = _tiles("q", N, C, K, CV)
-    grid = (triton.cdiv(K, blk["BM"]), triton.cdiv(C, blk["BO"]), B)
-    _route_bwd_q_kernel[grid](x, idx, vv, lse, d, go, dq, *args, DOT_PREC=p1, PREC2=p2, INTERP=INTERPRET,
-                              num_warps=warps, **blk)
+    _route_bwd_kernel[grid](x, idx, vv, lse, d, go, dk, dv, dq, *args, DOT_PREC=p1, PREC2=p2, INTERP=INTERPRET,
+                            num_warps=warps, **blk)
     dk.scatter_add_(2, idx[:, None, :].expand(B, C, K), dq.transpose(1, 2))
     return dk.view(feat.shape).to(feat.dtype), dv.view(v.shape).to(v.dtype)
 

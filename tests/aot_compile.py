@@ -29,10 +29,8 @@ def specs():
             yield (f"route_fwd/{dt}/{prec}", route_global._route_fwd_kernel,
                    dict(x_ptr=dt, idx_ptr="i64", v_ptr=dt, out_ptr=acc, lse_ptr=acc), dict(common, **tiles["fwd"]))
             bwd = dict(x_ptr=dt, idx_ptr="i64", v_ptr=dt, lse_ptr=acc, d_ptr=acc, go_ptr=dt)
-            yield (f"route_bwd_kv/{dt}/{prec}", route_global._route_bwd_kv_kernel,
-                   dict(bwd, dk_ptr=acc, dv_ptr=acc), dict(common, **tiles["kv"]))
-            yield (f"route_bwd_q/{dt}/{prec}", route_global._route_bwd_q_kernel, dict(bwd, dq_ptr=acc),
-                   dict(common, **tiles["q"]))
+            yield (f"route_bwd/{dt}/{prec}", route_global._route_bwd_kernel,
+                   dict(bwd, dk_ptr=acc, dv_ptr=acc, dq_ptr=acc), dict(common, **tiles["bwd"]))
         local = dict(WINDOW=7, W2P=64, BP=32)
         yield (f"entropy_local/{dt}", entropy_local._entropy_local_kernel, dict(x_ptr=dt, out_ptr=acc), local)
         yield (f"route_local_fwd/{dt}", route_local._route_local_fwd_kernel,
