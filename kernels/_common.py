@@ -37,6 +37,18 @@ def block(n: int, lo: int, hi: int) -> int:
     return max(lo, min(hi, triton.next_power_of_2(n)))
 
 
+def fill_sms(bm: int, programs, device) -> int:
+    """Halve the row block bm (down to 16) until ``programs(bm)`` programs cover every SM of the GPU
+    once (small k or N would otherwise leave SMs idle; e.g. S1's 4096 rows in blocks of 64 are 64
+    programs for 132 SMs). Unchanged under the interpreter."""
+    if INTERPRET:
+        return bm
+    sms = torch.cuda.get_device_properties(device).multi_processor_count
+    while bm > 16 and programs(bm) < sms:
+        bm //= 2
+    return bm
+
+
 @triton.jit
 def mm(a, b, acc, DOT_PREC: tl.constexpr, INTERP: tl.constexpr):
     """acc + a @ b with fp32 (float64 for float64) accumulation at the requested precision.

@@ -12,7 +12,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, acc_dtype, block, dot_precision, log1p, mm
+from ._common import INTERPRET, acc_dtype, block, dot_precision, fill_sms, log1p, mm
 
 
 @triton.jit
@@ -64,14 +64,10 @@ def entropy_global(feat: torch.Tensor, precision: str | None = None) -> torch.Te
     x = feat.reshape(B, C, N)
     out = torch.empty(B, N, dtype=acc_dtype(feat.dtype), device=feat.device)
     # GPU: 64 x 64 tiles, 32 channels, 8 warps: no register spills at fp32/tf32x3 on sm_90
-    # (tests/aot_compile.py); query blocks shrink to 32 or 16 rows until the grid fills every SM once
-    # (S1: N = 4096, B = 1 gives 64 blocks of 64 rows for 132 SMs). The interpreter takes blocks of up
-    # to 128 (fewer interpreted steps).
+    # (tests/aot_compile.py), query blocks halved until the grid fills the GPU; the interpreter takes
+    # blocks of up to 128 (fewer interpreted steps).
     bm = bn = block(N, 16, 128 if INTERPRET else 64)
-    if not INTERPRET:
-        sms = torch.cuda.get_device_properties(feat.device).multi_processor_count
-        while bm > 16 and B * triton.cdiv(N, bm) < sms:
-            bm //= 2
+    bm = fill_sms(bm, lambda m: B * triton.cdiv(N, m), feat.device)
     bc = block(C, 16, 128 if INTERPRET else 32)
     _entropy_global_kernel[(triton.cdiv(N, bm), B)](x, out, N, C, x.stride(0), x.stride(1), x.stride(2),
                                                    BM=bm, BN=bn, BC=bc, DOT_PREC=dot_precision(feat.dtype, precision),

@@ -15,7 +15,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, acc_dtype, block, dot_precision, mm, selected_rows
+from ._common import INTERPRET, acc_dtype, block, dot_precision, fill_sms, mm, selected_rows
 
 
 def _precisions(dtype, precision):
@@ -175,6 +175,7 @@ def route_global(feat: torch.Tensor, idx: torch.Tensor, v: torch.Tensor,
     out = torch.empty(B, K, CV, dtype=acc_dtype(feat.dtype), device=feat.device)
     lse = torch.empty(B, K, dtype=acc_dtype(feat.dtype), device=feat.device)
     blk, warps = _tiles("fwd", N, C, K, CV)
+    blk["BM"] = fill_sms(blk["BM"], lambda m: B * triton.cdiv(K, m) * triton.cdiv(CV, blk["BV"]), feat.device)
     p1, p2 = _precisions(feat.dtype, precision)
     grid = (triton.cdiv(K, blk["BM"]), triton.cdiv(CV, blk["BV"]), B)
     _route_fwd_kernel[grid](x, idx, vv, out, lse, N, C, CV, K, *x.stride(), *vv.stride(),
