@@ -142,7 +142,7 @@ def parse(argv=None) -> argparse.Namespace:
     model = first.model or ("qs" if first.demo else "cut")
     if first.CUT_mode:
         model = "fastcut" if first.CUT_mode.lower() == "fastcut" else "cut"
-    defaults = dict(n_epochs=200, n_epochs_decay=200, flip_equivariance=False, **MODEL_DEFAULTS[model])
+    defaults = {"n_epochs": 200, "n_epochs_decay": 200, "flip_equivariance": False, **MODEL_DEFAULTS[model]}
     if first.demo:
         defaults.update(DEMO_DEFAULTS)
     defaults["model"] = model

@@ -178,7 +178,8 @@ class Trainer:
                                        opt.serial_batches, skip=self.epoch_iter * opt.batch_size)
                 loader = torch.utils.data.DataLoader(self.dataset, opt.batch_size, sampler=sampler,
                                                      num_workers=opt.num_threads,
-                                                     pin_memory=self.device.type == "cuda")
+                                                     pin_memory=self.device.type == "cuda",
+                                                     generator=torch.Generator())  # keeps the global RNG untouched
                 bar = tqdm(loader, desc=f"epoch {self.epoch}/{last_epoch}", disable=self.rank != 0,
                            dynamic_ncols=True, unit="it")
                 for batch in bar:
