@@ -147,6 +147,17 @@ def test_sigint_saves_and_exits(tmp_path):
     assert state["step"] == 1
 
 
+def test_cpu_run_never_touches_cuda(tmp_path, monkeypatch):
+    def boom(name):
+        def f(*args, **kwargs):
+            raise AssertionError(f"torch.cuda.{name} called with --gpu_ids -1")
+        return f
+    for name in ("is_available", "_lazy_init", "get_rng_state", "set_device", "synchronize", "device_count"):
+        monkeypatch.setattr(torch.cuda, name, boom(name))
+    assert trainer.main(tiny(tmp_path, "--model", "qs", "--max_steps", "2", "--save_latest_freq", "1")) == 0
+    assert trainer.main(tiny(tmp_path, "--model", "qs", "--max_steps", "3", "--continue_train")) == 0
+
+
 def test_bad_dataroot_and_cuda_request(tmp_path):
     (tmp_path / "trainA").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "trainA" / "a.png")

@@ -20,7 +20,7 @@ MODEL_DEFAULTS = {
 DEMO_DEFAULTS = dict(model="qs", dataset_mode="synthetic", name="demo", gpu_ids="-1", synthetic_size=64,
                      load_size=72, crop_size=64, ngf=16, ndf=16, netG="resnet_6blocks", num_patches=64,
                      netF_nc=64, n_epochs=3, n_epochs_decay=2, lr=0.001, save_epoch_freq=5,
-                     display_freq=64, print_freq=16, save_latest_freq=160, num_threads=0)
+                     display_freq=64, print_freq=16, save_latest_freq=160, num_threads=0, cpu_threads=1)
 
 
 def str2bool(v) -> bool:
@@ -51,6 +51,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--gpu_ids", default="0", help="GPU ids, e.g. 0 or 0,1 (one per torchrun process); -1 for CPU")
     g.add_argument("--seed", type=int, default=0, help="random seed (initialisation, data order, patches)")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the networks (GPU only)")
+    g.add_argument("--cpu_threads", type=int, default=0,
+                   help="torch intra-op threads (0: torch's default); 1 is fastest for small runs on a busy machine")
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, choices=sorted(MODEL_DEFAULTS),
                    help="cut: CUT (the default); fastcut: FastCUT; qs: CUT with QS-Attn on --qs_layers")

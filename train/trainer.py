@@ -71,6 +71,8 @@ class Trainer:
 
     def __init__(self, opt):
         self.opt = opt
+        if opt.cpu_threads > 0:
+            torch.set_num_threads(opt.cpu_threads)
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.device = pick_device(opt.gpu_ids, int(os.environ.get("LOCAL_RANK", "0")))
