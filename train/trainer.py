@@ -35,7 +35,8 @@ LOG_NAME = "loss_log.jsonl"
 
 
 def pick_device(gpu_ids: str, local_rank: int = 0) -> torch.device:
-    """``-1`` -> CPU (CUDA is never touched); otherwise the GPU ``ids[local_rank % len(ids)]``."""
+    """``-1`` -> CPU (CUDA is never touched); otherwise the GPU ``ids[local_rank % len(ids)]``, made
+    current, with cuDNN autotuning on (CUT's networks have fixed shapes per run)."""
     ids = [int(i) for i in str(gpu_ids).split(",") if i.strip()]
     if not ids or ids[0] < 0:
         return torch.device("cpu")
@@ -44,6 +45,7 @@ def pick_device(gpu_ids: str, local_rank: int = 0) -> torch.device:
                          "pass --gpu_ids -1 for CPU")
     dev = torch.device("cuda", ids[local_rank % len(ids)])
     torch.cuda.set_device(dev)
+    torch.backends.cudnn.benchmark = True
     return dev
 
 
