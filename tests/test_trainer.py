@@ -2,8 +2,10 @@
 exact resume, the demo path, SIGINT, and a two-process gloo run under torchrun."""
 import json
 import os
+import signal
 import subprocess
 import sys
+import time
 
 import pytest
 import torch
@@ -145,6 +147,23 @@ def test_sigint_saves_and_exits(tmp_path):
     assert t.step == 1 and os.path.exists(tmp_path / "run" / "latest_net_G.pth")
     state = torch.load(tmp_path / "run" / "latest_state.pth", weights_only=True)
     assert state["step"] == 1
+
+
+def test_real_sigint_saves_and_exits(tmp_path):
+    """Ctrl-C on a running qsattn-train process: it finishes the step, saves latest_* and exits 130."""
+    argv = tiny(tmp_path, "--n_epochs", "1000", "--cpu_threads", "1")
+    proc = subprocess.Popen([sys.executable, "-m", "qsattn_fast.train.trainer", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "run" / trainer.LOG_NAME
+    deadline = time.time() + 120
+    while not (log.exists() and log.read_text().count("\n") >= 2) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err
+    state = torch.load(tmp_path / "run" / "latest_state.pth", weights_only=True)
+    assert state["step"] >= 2 and state["step"] == read_log(tmp_path / "run")[-1]["step"]
 
 
 def test_cpu_run_never_touches_cuda(tmp_path, monkeypatch):
