@@ -13,7 +13,7 @@ from PIL import Image
 
 from qsattn_fast.train import options, trainer
 from qsattn_fast.train.data import SyntheticDataset
-from qsattn_fast.train.model import CUTModel, lr_factor
+from qsattn_fast.train.model import CUTModel, lr_factor, qs_layer_positions
 from conftest import rel_err
 from train_tiny import TINY, one_thread, tiny  # noqa: F401 (fixture)
 
@@ -45,6 +45,15 @@ def test_cut_defaults_and_model_defaults():
         options.parse(["--dataroot", "x", "--qs_layers", "3"])
     with pytest.raises(SystemExit):
         options.parse([])  # no --dataroot
+
+
+def test_qs_layers_map_to_sampler_positions():
+    base = ["--dataroot", "x", "--model", "qs"]
+    assert qs_layer_positions(options.parse(base)) is None  # the sampler's default: the last two
+    assert qs_layer_positions(options.parse(base + ["--qs_layers", "8,16"])) == (2, 4)
+    assert qs_layer_positions(options.parse(["--dataroot", "x", "--model", "cut", "--qs_layers", "16"])) == ()
+    with pytest.raises(SystemExit, match="bf16"):
+        trainer.Trainer(options.parse(TINY + ["--bf16"]))
 
 
 def test_linear_lr_schedule_is_cuts():
