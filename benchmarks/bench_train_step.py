@@ -72,11 +72,14 @@ def report(size=256, ngf=64, batch=1, mode="global", gpu_ids="0", steps=50, warm
     backends = backends or available_backends(device, mode)
     rows = []
     for model_name, backend in [("cut", "auto")] + [("qs", b) for b in backends]:
-        model, data = make_step(model_name, backend, size, ngf, batch, mode, gpu_ids, bf16)
-        t = median_step_time(model, data, steps, warmup)
-        rows.append({"model": model_name, "backend": backend if model_name == "qs" else "-", "mode": mode,
-                     "median_ms": t * 1e3})
-        del model, data
+        row = {"model": model_name, "backend": backend if model_name == "qs" else "-", "mode": mode}
+        try:
+            model, data = make_step(model_name, backend, size, ngf, batch, mode, gpu_ids, bf16)
+            row["median_ms"] = median_step_time(model, data, steps, warmup) * 1e3
+            del model, data
+        except (RuntimeError, ValueError) as e:  # one failing backend (e.g. out of memory) leaves the rest
+            row["median_ms"], row["error"] = float("nan"), str(e).splitlines()[0][:200]
+        rows.append(row)
         if device.type == "cuda":
             torch.cuda.empty_cache()
     for r in rows:
@@ -103,7 +106,8 @@ def main(argv=None):
     print(f"device: {name}; {a.size}x{a.size}, batch {a.batch_size}, ngf {a.ngf}, median of {a.steps} steps")
     print(f"{'model':6} {'backend':10} {'mode':13} {'median ms':>10} {'x cut':>7}")
     for r in rows:
-        print(f"{r['model']:6} {r['backend']:10} {r['mode']:13} {r['median_ms']:10.2f} {r['vs_cut']:7.3f}")
+        print(f"{r['model']:6} {r['backend']:10} {r['mode']:13} {r['median_ms']:10.2f} {r['vs_cut']:7.3f}"
+              + (f"  ({r['error']})" if "error" in r else ""))
     if a.json:
         with open(a.json, "w") as f:
             json.dump({"device": name, "args": vars(a), "torch": torch.__version__, "rows": rows}, f, indent=1)
