@@ -17,7 +17,9 @@ setup(
     python_requires=">=3.9",
     packages=["qsattn_fast", "qsattn_fast.kernels", "qsattn_fast.train"],
     package_dir={"qsattn_fast": "qsattn_fast", "qsattn_fast.kernels": "kernels", "qsattn_fast.train": "train"},
-    install_requires=["torch>=2.4,<3", "numpy"],
+    install_requires=["torch>=2.4,<3", "numpy", "pillow", "tqdm"],
+    entry_points={"console_scripts": ["qsattn-train = qsattn_fast.train.trainer:main",
+                                      "qsattn-translate = qsattn_fast.train.translate:main"]},
     extras_require={
         "triton": ["triton>=3.0"],
         "test": ["pytest", "pytest-benchmark"],
