@@ -1,0 +1,90 @@
+"""Global routing kernels (kernels/route_global.py): outputs and gradients (w.r.t. the source features,
+through Q = F[idx] and K = F, and every value) against the float64 reference."""
+import pytest
+import torch
+from conftest import features, rel_err
+from triton_env import DEVICE, kernel
+
+from qsattn_fast import route
+
+K = kernel("route_global")
+
+# (B, C, H, W, k, value channels): N and C not block multiples, C = 3, k = N, three batch sizes.
+SHAPES = [(1, 3, 7, 9, 20, (3, 5)), (2, 19, 9, 11, 37, (19, 21)), (3, 8, 5, 5, 25, (8,)), (1, 130, 9, 9, 81, (2,))]
+TOL = {torch.float64: (1e-8, 1e-8), torch.float32: (2e-4, 1e-4), torch.float16: (2e-3, 5e-3),
+       torch.bfloat16: (1e-2, 2e-2)}
+
+
+def run(backend, x, idx, values, mode="global", precision=None):
+    """Routed outputs and the gradients of a random linear loss w.r.t. x and the values."""
+    x = x.detach().requires_grad_()
+    values = [x if v is None else v.detach().requires_grad_() for v in values]
+    outs = route(x, idx, values, mode, 5, backend=backend, precision=precision)
+    gen = torch.Generator().manual_seed(7)
+    loss = sum((o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device)).sum()
+               for o in outs)
+    leaves = [x] + [v for v in values if v is not x]
+    return outs, torch.autograd.grad(loss, leaves)
+
+
+def compare(x, idx, values, dtype, mode="global", precision=None, tol=None):
+    out_tol, grad_tol = tol or TOL[dtype]
+    got_o, got_g = run("triton", x.to(DEVICE), idx.to(DEVICE), [None if v is None else v.to(DEVICE) for v in values],
+                       mode, precision)
+    ref_o, ref_g = run("reference", x.double(), idx, [None if v is None else v.double() for v in values], mode)
+    for g, r in zip(got_o, ref_o):
+        assert g.dtype == dtype and g.shape == r.shape
+        assert rel_err(g.cpu(), r) < out_tol
+    for g, r in zip(got_g, ref_g):
+        assert g.dtype == dtype and g.shape == r.shape
+        assert rel_err(g.cpu(), r) < grad_tol
+
+
+def random_idx(B, N, k):
+    return torch.stack([torch.randperm(N)[:k] for _ in range(B)])
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
+@pytest.mark.parametrize("B,C,H,W,k,cvs", SHAPES)
+def test_matches_reference(dtype, B, C, H, W, k, cvs):
+    x = features(B, C, H, W, dtype, scale=1.5 * C ** -0.5)   # logits O(1): well-conditioned gradients
+    values = [torch.randn(B, cv, H, W, dtype=torch.float64).to(dtype) for cv in cvs]
+    compare(x, random_idx(B, H * W, k), values, dtype)
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_source_features_as_value(dtype):
+    """QS-Attn routes the source features themselves: F gets gradients through Q, K and V."""
+    x = features(2, 12, 6, 7, dtype)
+    compare(x, random_idx(2, 42, 10), [None, torch.randn(2, 12, 6, 7, dtype=dtype)], dtype)
+
+
+def test_bfloat16():
+    x = features(2, 10, 5, 6, torch.bfloat16)
+    compare(x, random_idx(2, 30, 9), [torch.randn(2, 4, 5, 6).bfloat16()], torch.bfloat16)
+
+
+@pytest.mark.parametrize("precision,tol", [("ieee", (2e-4, 1e-4)), ("tf32x3", (2e-4, 1e-4)), ("tf32", (2e-2, 5e-2)),
+                                           ("bf16", (5e-2, 1e-1))])
+def test_precisions(precision, tol):
+    x = features(2, 16, 6, 7, scale=0.3)
+    compare(x, random_idx(2, 42, 11), [torch.randn(2, 5, 6, 7)], torch.float32, precision=precision, tol=tol)
+
+
+def test_lse_saved():
+    x = features(2, 6, 5, 7, torch.float64)
+    idx = random_idx(2, 35, 8)
+    _, lse = K.route_global(x.to(DEVICE), idx.to(DEVICE), torch.randn(2, 3, 5, 7, dtype=torch.float64).to(DEVICE))
+    f = x.flatten(2).transpose(1, 2)
+    s = torch.gather(f, 1, idx[..., None].expand(-1, -1, 6)) @ f.transpose(1, 2)
+    assert rel_err(lse.cpu(), torch.logsumexp(s, -1)) < 1e-12
+
+
+def test_opcheck():
+    x = features(2, 5, 4, 3, requires_grad=True).to(DEVICE)
+    v = torch.randn(2, 4, 4, 3).to(DEVICE).requires_grad_()
+    idx = random_idx(2, 12, 5).to(DEVICE)
+    torch.library.opcheck(K.route_global, (x, idx, v, None))
+    out, lse = K.route_global(x, idx, v)
+    torch.library.opcheck(K.route_global_backward, (x.detach(), idx, v.detach(), out.detach(), lse.detach(),
+                                                    torch.randn_like(out), "ieee"))
