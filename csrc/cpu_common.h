@@ -1,0 +1,120 @@
+// Shared helpers of the C++/OpenMP CPU kernels (DESIGN §2): input checks, the thread count, a
+// vectorisable exp for float, and the online cancellation-free entropy state.
+#pragma once
+
+#include <ATen/ATen.h>
+#include <ATen/Parallel.h>
+
+#include <cmath>
+#include <cstdint>
+#include <cstring>
+#include <limits>
+
+namespace qsattn {
+
+// Raises a c10::Error naming the argument unless `t` is a CPU float32/float64 tensor of rank `dim`.
+inline void check_float_input(const at::Tensor& t, const char* name, int64_t dim) {
+  TORCH_CHECK(t.dim() == dim, name, ": expected a ", dim, "-D tensor, got shape ", t.sizes());
+  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
+              ": expected float32 or float64 (cast half inputs up first), got ", t.scalar_type());
+}
+
+inline void check_same_dtype(const at::Tensor& t, const char* name, const at::Tensor& ref) {
+  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, ": dtype ", t.scalar_type(), " differs from ",
+              ref.scalar_type());
+  TORCH_CHECK(t.device() == ref.device(), name, ": on ", t.device(), " but the features are on ", ref.device());
+}
+
+// idx (B, k) int64 with entries in [0, n).
+inline void check_index(const at::Tensor& idx, int64_t B, int64_t n) {
+  TORCH_CHECK(idx.dim() == 2 && idx.size(0) == B, "idx: expected shape (B=", B, ", k), got ", idx.sizes());
+  TORCH_CHECK(idx.scalar_type() == at::kLong, "idx: expected int64 indices, got ", idx.scalar_type());
+  if (idx.numel() > 0 && idx.device().is_cpu()) {
+    TORCH_CHECK(idx.min().item<int64_t>() >= 0 && idx.max().item<int64_t>() < n,
+                "idx: indices must lie in [0, ", n, ")");
+  }
+}
+
+// H, W, window for the local ops on rows f (B, N, C).
+inline void check_grid(const at::Tensor& f, int64_t H, int64_t W, int64_t window) {
+  TORCH_CHECK(H >= 1 && W >= 1 && H * W == f.size(1), "H, W: H*W must equal N = ", f.size(1), ", got H=", H,
+              ", W=", W);
+  TORCH_CHECK(window >= 1 && window % 2 == 1, "window: must be a positive odd number, got ", window);
+}
+
+inline int num_threads() { return at::get_num_threads(); }
+
+// exp(x) for float to ~1 ulp, written so that GCC vectorises loops calling it (no libm call, no
+// branch): x = n ln2 + r with |r| <= ln2/2, e^r by its degree-7 Taylor polynomial, 2^n from the
+// exponent bits. Inputs below -87 are clamped (e^-87 ~ 1.6e-38, so their contribution is nil).
+inline float fast_exp(float x) {
+  x = x < -87.0f ? -87.0f : x;
+  const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
+  float t = x * 1.44269504088896341f + shifter;
+  int32_t ti;
+  std::memcpy(&ti, &t, sizeof(ti));
+  const float n = t - shifter;
+  const float r = (x - n * 0.693145751953125f) - n * 1.42860682030941723e-6f;
+  float p = 1.0f / 5040.0f;
+  p = p * r + 1.0f / 720.0f;
+  p = p * r + 1.0f / 120.0f;
+  p = p * r + 1.0f / 24.0f;
+  p = p * r + 1.0f / 6.0f;
+  p = p * r + 0.5f;
+  p = p * r + 1.0f;
+  p = p * r + 1.0f;
+  const int32_t bits = (ti - 0x4B400000 + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof(scale));
+  return p * scale;
+}
+
+inline double fast_exp(double x) { return std::exp(x); }
+
+// *zz = sum_j e^{s_j - m}, *tt = sum_j e^{s_j - m} (s_j - m) over n logits. The float version is
+// compiled for several instruction sets and picked at load time (cpu_common.cpp).
+void exp_sums(const float* s, int64_t n, float m, float* zz, float* tt);
+void exp_sums(const double* s, int64_t n, double m, double* zz, double* tt);
+
+// s_j <- e^{s_j - m} in place (attention rows of the routing kernels); returns sum_j s_j.
+float exp_shift(float* s, int64_t n, float m);
+double exp_shift(double* s, int64_t n, double m);
+
+// max_j s_j over n > 0 logits.
+template <typename T>
+inline T row_max(const T* s, int64_t n) {
+  T bm = -std::numeric_limits<T>::infinity();
+#pragma omp simd reduction(max : bm)
+  for (int64_t j = 0; j < n; ++j) bm = s[j] > bm ? s[j] : bm;
+  return bm;
+}
+
+// Running softmax statistics of one row over the keys seen so far, relative to the running max m:
+// z = sum e^{s-m}, t = sum e^{s-m} (s-m) <= 0. The entropy is log z - t/z (both terms >= 0).
+template <typename T>
+struct EntropyState {
+  T m = -std::numeric_limits<T>::infinity();
+  T z = 0;
+  T t = 0;
+
+  // Folds n more logits in (DESIGN §2): rescale to the new max, then add the block's sums.
+  void update(const T* s, int64_t n) {
+    const T bm = row_max(s, n);
+    if (bm > m) {
+      if (z > 0) {
+        const T d = m - bm, a = std::exp(d);
+        t = a * (t + d * z);
+        z = a * z;
+      }
+      m = bm;
+    }
+    T zz, tt;
+    exp_sums(s, n, m, &zz, &tt);
+    z += zz;
+    t += tt;
+  }
+
+  T entropy() const { return std::log(z) - t / z; }
+};
+
+}  // namespace qsattn
