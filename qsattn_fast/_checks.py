@@ -21,10 +21,10 @@ def check_choice(name: str, value, choices) -> None:
 
 
 def check_int(name: str, value, *, low: int | None = None, high: int | None = None) -> int:
-    if isinstance(value, bool) or not isinstance(value, int):
-        if isinstance(value, torch.Tensor) or not hasattr(value, "__index__"):
+    if not isinstance(value, int) or isinstance(value, bool):
+        if isinstance(value, (bool, torch.Tensor)) or not hasattr(value, "__index__"):
             raise TypeError(f"{name}: expected an int, got {type(value).__name__}")
-        value = int(value)
+        value = int(value)                                  # e.g. numpy integers
     if low is not None and value < low:
         raise ValueError(f"{name}: must be >= {low}, got {value}")
     if high is not None and value > high:
@@ -99,7 +99,7 @@ def check_entropy(entropy) -> torch.Tensor:
     return entropy
 
 
-def check_idx(idx, feat_src: torch.Tensor) -> torch.Tensor:
+def check_idx(idx, feat_src: torch.Tensor, check_range: bool = True) -> torch.Tensor:
     if not isinstance(idx, torch.Tensor):
         raise TypeError(f"idx: expected a torch.Tensor, got {type(idx).__name__}")
     B, _, H, W = feat_src.shape
@@ -111,7 +111,7 @@ def check_idx(idx, feat_src: torch.Tensor) -> torch.Tensor:
     check_k(idx.shape[1], n)
     if idx.device != feat_src.device:
         raise ValueError(f"idx: on {idx.device} but feat_src is on {feat_src.device}")
-    if bool((idx < 0).any()) or bool((idx >= n).any()):
+    if check_range and (bool((idx < 0).any()) or bool((idx >= n).any())):
         raise ValueError(f"idx: indices must lie in [0, H*W) = [0, {n})")
     return idx
 

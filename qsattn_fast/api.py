@@ -4,9 +4,10 @@ Shapes: ``feat`` / ``feat_src`` (B, C, H, W); ``values`` one or more (B, C_v, H,
 B, H, W (C_v may differ); N = H*W, row n = h*W + w. Dtypes float16, bfloat16, float32, float64, all
 inputs of one call on one device with one dtype; accumulation is float32 (float64 for float64).
 
-``check_finite=True`` (the default) rejects NaN/Inf in the inputs. It costs one extra read of every
-input map (B*C*N elements each, a few percent of a global step at C=256) and, on a GPU, one
-device-to-host synchronisation per input; pass ``check_finite=False`` in tight loops.
+``check_finite=True`` (the default) rejects NaN/Inf in the inputs and, in ``route``, indices outside
+[0, N). It costs one extra read of every input map (B*C*N elements each, about 2 % of a global step at
+C=256) and, on a GPU, one device-to-host synchronisation per input; pass ``check_finite=False`` in tight
+loops. Shapes, dtypes, devices, k and window are always checked (no data is read for that).
 """
 from __future__ import annotations
 
@@ -22,6 +23,8 @@ def _prepare(feat_src, mode, modes, window, precision, variant, check_finite, va
     chk.check_choice("variant", variant, chk.VARIANTS)
     window = chk.check_window(window)
     precision = chk.check_precision(precision, feat_src.dtype)
+    if mode == "global":
+        variant = "paper"            # the released global mode is the paper's: any backend may run it
     if values is not None:
         values = chk.check_values(feat_src, values)
     if check_finite:
@@ -29,7 +32,7 @@ def _prepare(feat_src, mode, modes, window, precision, variant, check_finite, va
         for i, v in enumerate(values or ()):
             if v is not feat_src:
                 chk.check_finite(f"values[{i}]", v)
-    return window, precision, values
+    return window, precision, variant, values
 
 
 def attention_entropy(feat, mode="global", window=7, *, backend="auto", precision=None, variant="paper",
@@ -40,7 +43,7 @@ def attention_entropy(feat, mode="global", window=7, *, backend="auto", precisio
     over each position's ``window`` x ``window`` neighbourhood of the zero-padded map.
     feat (B, C, H, W) -> (B, H*W) float32 (float64 for float64 input). Not differentiable.
     """
-    window, precision, _ = _prepare(feat, mode, chk.MODES_ENTROPY, window, precision, variant, check_finite)
+    window, precision, variant, _ = _prepare(feat, mode, chk.MODES_ENTROPY, window, precision, variant, check_finite)
     be = resolve(backend, Request("entropy", feat.device.type, feat.dtype, mode, precision, variant))
     with torch.no_grad():
         return be.entropy(feat, mode, window, precision, variant)
@@ -64,9 +67,9 @@ def route(feat_src, idx, values, mode="global", window=7, *, backend="auto", pre
     feat_src (B, C, H, W), idx (B, k) int64, values (B, C_v, H, W)... -> tuple of (B, k, C_v) in the
     values' dtype; differentiable w.r.t. ``feat_src`` and every value.
     """
-    window, precision, values = _prepare(feat_src, mode, chk.MODES_ROUTE, window, precision, variant,
+    window, precision, variant, values = _prepare(feat_src, mode, chk.MODES_ROUTE, window, precision, variant,
                                          check_finite, values)
-    chk.check_idx(idx, feat_src)
+    chk.check_idx(idx, feat_src, check_range=check_finite)
     be = resolve(backend, Request("route", feat_src.device.type, feat_src.dtype, mode, precision, variant))
     return be.route(feat_src, idx, values, mode, window, precision, variant)
 
@@ -80,7 +83,7 @@ def query_selected_attention(feat_src, values, k=256, mode="global", window=7, *
     reproduces the released code's local layout (reference backend only; see README).
     feat_src (B, C, H, W), values (B, C_v, H, W)... -> (idx (B, k) int64, tuple of (B, k, C_v)).
     """
-    window, precision, values = _prepare(feat_src, mode, chk.MODES_QSATTN, window, precision, variant,
+    window, precision, variant, values = _prepare(feat_src, mode, chk.MODES_QSATTN, window, precision, variant,
                                          check_finite, values)
     B, _, H, W = feat_src.shape
     k = chk.check_k(k, H * W)

@@ -62,7 +62,8 @@ class QSPatchSampler(nn.Module):
         self.mlp_init = False
 
     def create_mlp(self, feats) -> None:
-        """Create the per-layer heads ``mlp_<i>`` for these features (CUT's ``create_mlp``)."""
+        """Create the per-layer heads ``mlp_<i>`` for these features (CUT's ``create_mlp``): float32
+        parameters on the features' device; call it (or a first forward) before building the optimizer."""
         for i, feat in enumerate(feats):
             mlp = nn.Sequential(nn.Linear(feat.shape[1], self.nc), nn.ReLU(), nn.Linear(self.nc, self.nc))
             setattr(self, f"mlp_{i}", mlp.to(feat.device))

@@ -27,12 +27,14 @@ def _block_rows(n_keys: int) -> int:
 
 
 def _entropy_of_logits(s: Tensor, dim: int = -1) -> Tensor:
-    """Row entropy of softmax(s) along ``dim`` as log Z - T/Z (both terms >= 0). Overwrites ``s``."""
-    s.sub_(s.amax(dim, keepdim=True))
-    e = torch.exp(s)
-    z = e.sum(dim)
-    t_over_z = e.mul_(s).sum(dim).div_(z)
-    return z.log_().sub_(t_over_z)
+    """Row entropy of softmax(s) along ``dim``, overwriting ``s``. With m the row max, e = exp(s - m),
+    Z = 1 + R (R: the sum without the max's own 1) and T = sum e (s - m) <= 0:
+    H = log1p(R) - T / (1 + R), two terms >= 0, so peaked rows (R << eps) keep their digits."""
+    m, arg = s.max(dim, keepdim=True)
+    e = torch.exp(s.sub_(m))
+    rest = e.scatter_(dim, arg, 0.0).sum(dim)
+    t = e.mul_(s).sum(dim)
+    return torch.log1p(rest).sub_(t.div_(rest.add_(1.0)))
 
 
 @torch.library.custom_op("qsattn_fast::torch_entropy_global", mutates_args=())

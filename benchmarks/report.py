@@ -1,0 +1,225 @@
+"""Measure every available backend across shapes: forward and forward+backward time, extra peak memory,
+achieved GFLOP/s next to the dense matmul rate measured in the same run. Writes JSON (device, versions,
+commit, raw numbers) and prints a table.
+
+    python benchmarks/report.py                     # the default CPU list (minutes)
+    python benchmarks/report.py --quick             # two small shapes, a smoke run
+    python benchmarks/report.py --shapes global:64:4096:1 local:256:4096:1 --backends torch reference
+
+Each (shape, backend, pass) runs in a fresh subprocess so that the peak-memory reading belongs to it
+alone: on CPU the rise of the process's peak RSS over its level once the inputs exist, on CUDA
+``max_memory_allocated`` over the allocation once the inputs exist. The work measured is one QS-Attn step
+as CUT+QS-Attn runs it: ``query_selected_attention(x, [x, t], k)`` (select on the source, route source
+and target), and for forward+backward a weighted sum of both routed outputs backpropagated to x and t.
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import resource
+import statistics
+import subprocess
+import sys
+import time
+
+DEFAULT_SHAPES = [f"global:64:{s * s}:1" for s in (32, 48, 64, 96, 128)] + ["global:256:4096:1",
+                                                                             "local:256:4096:1"]
+QUICK_SHAPES = ["global:16:256:2", "local:16:256:2"]
+
+
+def parse_shape(text: str) -> dict:
+    mode, c, n, b = text.split(":")
+    side = int(round(int(n) ** 0.5))
+    if side * side != int(n):
+        raise argparse.ArgumentTypeError(f"--shapes: N={n} must be a square (N = H*W with H = W)")
+    return dict(mode=mode, C=int(c), N=int(n), B=int(b), H=side, W=side)
+
+
+def flops(mode: str, C: int, N: int, B: int, k: int, backward: bool) -> float:
+    """Matrix-product FLOPs of one step with values [x (C), t (C)] (global; local counts window dots)."""
+    cv = 2 * C
+    if mode == "local":
+        per = 2 * 49 * (N * C + k * (C + cv))               # entropy over all N, routing at the k rows
+        return B * per * (3 if backward else 1)
+    fwd = 2 * N * N * C + 2 * k * N * (C + cv)
+    bwd = 2 * k * N * C + 2 * k * N * cv * 2 + 2 * k * N * C * 2
+    return B * (fwd + (bwd if backward else 0))
+
+
+# ---------------------------------------------------------------- worker (one measurement per process)
+def _rss_peak_bytes() -> int:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+def worker(cfg: dict) -> dict:
+    import torch
+    import qsattn_fast as q
+
+    dev = torch.device(cfg["device"])
+    cuda = dev.type == "cuda"
+    torch.manual_seed(0)
+
+    def make(C, H, W):
+        x = (torch.randn(cfg["B"], C, H, W, device=dev) * 0.5).requires_grad_(cfg["backward"])
+        t = torch.randn(cfg["B"], C, H, W, device=dev).requires_grad_(cfg["backward"])
+        return x, t
+
+    def step(x, t, k):
+        _, (a, b) = q.query_selected_attention(x, [x, t], k=k, mode=cfg["mode"], backend=cfg["backend"],
+                                               check_finite=False)
+        if cfg["backward"]:
+            (a.sum() + 0.5 * b.sum()).backward()
+            x.grad = t.grad = None
+        if cuda:
+            torch.cuda.synchronize()
+
+    step(*make(cfg["C"], 8, 8), k=16)                        # library / kernel initialisation
+    x, t = make(cfg["C"], cfg["H"], cfg["W"])
+    if cuda:
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated()
+    else:
+        base = _rss_peak_bytes()
+    step(x, t, cfg["k"])
+    peak = (torch.cuda.max_memory_allocated() if cuda else _rss_peak_bytes()) - base
+    times = []
+    deadline = time.perf_counter() + cfg["budget_s"]
+    while len(times) < cfg["repeats"] and (len(times) < 2 or time.perf_counter() < deadline):
+        t0 = time.perf_counter()
+        step(x, t, cfg["k"])
+        times.append(time.perf_counter() - t0)
+    return dict(peak_extra_bytes=max(peak, 0), times_s=times)
+
+
+def matmul_gflops(device: str, n: int = 2048, repeats: int = 5) -> float:
+    """The dense fp32 matrix-product rate of this device, measured now (GFLOP/s, median)."""
+    import torch
+    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
+    times = []
+    for _ in range(repeats + 1):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        a @ b
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return 2 * n ** 3 / statistics.median(times[1:]) / 1e9
+
+
+# ---------------------------------------------------------------- driver
+def environment(device: str) -> dict:
+    import numpy
+    import torch
+    import qsattn_fast
+    try:
+        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
+                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
+                               text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() != ""
+    except OSError:
+        commit, dirty = "unknown", False
+    if device == "cuda":
+        name = torch.cuda.get_device_name(0)
+    else:
+        name = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
+                    platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
+    return dict(device=device, device_name=name, cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
+                python=platform.python_version(), torch=torch.__version__, numpy=numpy.__version__,
+                qsattn_fast=qsattn_fast.__version__, commit=commit, dirty=dirty,
+                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+
+
+def run_one(cfg: dict) -> dict:
+    proc = subprocess.run([sys.executable, os.path.abspath(__file__), "--worker", json.dumps(cfg)],
+                          capture_output=True, text=True)
+    if proc.returncode != 0:
+        return dict(error=proc.stderr.strip().splitlines()[-1] if proc.stderr.strip() else f"exit {proc.returncode}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shapes", nargs="+", type=parse_shape, help="mode:C:N:B entries (N a square)")
+    ap.add_argument("--quick", action="store_true", help="two small shapes, for a smoke run")
+    ap.add_argument("--backends", nargs="+", help="default: every registered backend available here")
+    ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    ap.add_argument("--k", type=int, default=256)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--budget", type=float, default=20.0, help="seconds per measurement after 2 repeats")
+    ap.add_argument("--out", help="JSON path (default benchmarks/results/report-<device>-<date>.json)")
+    ap.add_argument("--worker", help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.worker:
+        print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+
+    import torch
+    import qsattn_fast as q
+    from qsattn_fast.registry import Request
+
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    shapes = args.shapes or [parse_shape(s) for s in (QUICK_SHAPES if args.quick else DEFAULT_SHAPES)]
+    names = args.backends or [n for n, be in q.backends().items()
+                              if not be.why_not(Request("qsattn", device, torch.float32, "global"))]
+    env = environment(device)
+    env["matmul_fp32_gflops"] = matmul_gflops(device)
+    rows = []
+    total = len(shapes) * len(names) * 2
+    for shape in shapes:
+        for name in names:
+            for backward in (False, True):
+                cfg = dict(shape, backend=name, device=device, backward=backward, k=min(args.k, shape["N"]),
+                           repeats=args.repeats, budget_s=args.budget)
+                print(f"[{len(rows) + 1}/{total}] {shape['mode']} C={shape['C']} N={shape['N']} B={shape['B']} "
+                      f"{name} {'fwd+bwd' if backward else 'fwd'}", file=sys.stderr, flush=True)
+                res = run_one(cfg)
+                if "times_s" in res:
+                    res["median_s"] = statistics.median(res["times_s"])
+                    res["gflops"] = flops(shape["mode"], shape["C"], shape["N"], shape["B"], cfg["k"],
+                                          backward) / res["median_s"] / 1e9
+                rows.append(dict(cfg, **res))
+    out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                                   f"report-{device}-{env['date'][:10]}.json")
+    os.makedirs(os.path.dirname(out), exist_ok=True)
+    with open(out, "w") as fh:
+        json.dump(dict(environment=env, results=rows), fh, indent=1)
+    print(table(rows, env))
+    print(f"\nwrote {out}")
+    return 0
+
+
+def table(rows: list[dict], env: dict) -> str:
+    """Markdown table: one line per (shape, backend) with fwd and fwd+bwd time, peak and speed-up."""
+    ref = {(r["mode"], r["C"], r["N"], r["B"], r["backward"]): r for r in rows if r["backend"] == "reference"}
+    lines = [f"{env['device_name']} ({env['torch_threads']} threads), torch {env['torch']}, "
+             f"fp32 matmul {env['matmul_fp32_gflops']:.0f} GFLOP/s, commit {env['commit'][:10]}",
+             "",
+             "| mode | C | N | B | backend | fwd ms | fwd+bwd ms | extra peak MB (fwd+bwd) | GFLOP/s | "
+             "vs reference (time, memory) |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    by_key = {}
+    for r in rows:
+        by_key.setdefault((r["mode"], r["C"], r["N"], r["B"], r["backend"]), {})[r["backward"]] = r
+    for (mode, C, N, B, name), pair in by_key.items():
+        fwd, both = pair.get(False, {}), pair.get(True, {})
+        if "error" in both or "error" in fwd:
+            lines.append(f"| {mode} | {C} | {N} | {B} | {name} | error: {both.get('error') or fwd.get('error')} |")
+            continue
+        base = ref.get((mode, C, N, B, True))
+        vs = ""
+        if base and name != "reference" and "median_s" in base:
+            vs = f"speed-up {base['median_s'] / both['median_s']:.1f}x"
+            if base["peak_extra_bytes"] >= 2**20:                 # below 1 MiB the RSS reading is noise
+                vs += f", memory {both['peak_extra_bytes'] / base['peak_extra_bytes']:.3f}x"
+        lines.append(f"| {mode} | {C} | {N} | {B} | {name} | {fwd['median_s'] * 1e3:.1f} | {both['median_s'] * 1e3:.1f} "
+                     f"| {both['peak_extra_bytes'] / 2**20:.1f} | {both['gflops']:.1f} | {vs} |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

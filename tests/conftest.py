@@ -1,0 +1,40 @@
+"""Shared test helpers: fresh random seeds (printed, so a failure can be replayed) and error measures."""
+import os
+import random
+
+import pytest
+import torch
+
+
+@pytest.fixture(autouse=True)
+def fresh_seed():
+    """Seed torch from the OS for every test; QSATTN_TEST_SEED=<n> replays a failure."""
+    seed = int(os.environ.get("QSATTN_TEST_SEED", random.SystemRandom().randrange(2**31)))
+    torch.manual_seed(seed)
+    print(f"QSATTN_TEST_SEED={seed}")
+    return seed
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64 (NaN in out never passes)."""
+    out, ref = out.detach().double(), ref.detach().double()
+    if not torch.isfinite(out).all():
+        return float("inf")
+    return float((out - ref).norm() / ref.norm().clamp_min(1e-300))
+
+
+def features(B, C, H, W, dtype=torch.float32, scale=0.5, requires_grad=False):
+    """Random NCHW features; ``scale`` sets how peaked the attention rows are (logits ~ scale^2 * C)."""
+    x = (torch.randn(B, C, H, W, dtype=torch.float64) * scale).to(dtype)
+    return x.requires_grad_(requires_grad)
+
+
+def assert_valid_selection(idx, ref_entropy, k, tol):
+    """DESIGN §5: k distinct indices per image whose reference entropy is <= the reference k-th
+    smallest + tol (near-ties may legitimately swap)."""
+    assert idx.shape == (ref_entropy.shape[0], k) and idx.dtype == torch.int64
+    kth = ref_entropy.sort(dim=1).values[:, k - 1:k]
+    for b in range(idx.shape[0]):
+        assert idx[b].unique().numel() == k, "selected indices are not distinct"
+    picked = ref_entropy.gather(1, idx)
+    assert bool((picked <= kth + tol).all()), f"selected entropies exceed the k-th smallest by {float((picked - kth).max())}"

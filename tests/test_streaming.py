@@ -1,0 +1,169 @@
+"""The streaming ``torch`` backend against the reference: entropies, selections, routed outputs and
+gradients for every mode, with blocks forced small so that N is never a multiple of the block."""
+import pytest
+import torch
+
+import qsattn_fast as q
+from qsattn_fast import streaming
+
+from conftest import assert_valid_selection, features, rel_err
+
+MODES = ["global", "local", "local_global"]
+SHAPES = [(1, 8, 7, 9), (2, 5, 6, 11), (3, 3, 5, 5)]      # N = 63, 66, 25: odd, never a block multiple
+
+
+@pytest.fixture(params=[None, 97], ids=["default-block", "block-97"])
+def block(request, monkeypatch):
+    """Run with the default block and with a block of 97 entries (a few rows, ragged last block)."""
+    if request.param:
+        monkeypatch.setattr(streaming, "BLOCK_ELEMS", request.param)
+
+
+@pytest.mark.parametrize("mode", ["global", "local"])
+@pytest.mark.parametrize("B,C,H,W", SHAPES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-12)])
+def test_entropy(block, mode, B, C, H, W, dtype, tol):
+    x = features(B, C, H, W, dtype, scale=1.0)
+    got = q.attention_entropy(x, mode, 5, backend="torch")
+    ref = q.attention_entropy(x.double(), mode, 5, backend="reference")
+    assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
+    assert rel_err(got, ref) < tol
+
+
+def test_entropy_peaked_rows_do_not_cancel():
+    """Logits of 256-channel features are large and rows peaked, so entropies are tiny (here < 1e-3, some
+    far below fp32's epsilon): log1p(R) - T/Z keeps them to fp32 accuracy where the textbook
+    lse - sum(p*s) loses most digits (checked here too)."""
+    x = features(1, 256, 6, 7, torch.float32, scale=0.3)
+    got = q.attention_entropy(x, "global", backend="torch")
+    ref = q.attention_entropy(x.double(), "global", backend="reference")
+    assert float(ref.max()) < 1e-3
+    assert rel_err(got, ref) < 2e-4
+    f = x.flatten(2).transpose(1, 2)
+    s = f @ f.transpose(1, 2)
+    textbook = torch.logsumexp(s, -1) - (torch.softmax(s, -1) * s).sum(-1)
+    assert rel_err(textbook, ref) > 1e-2
+
+
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("B,C,H,W", SHAPES)
+def test_qsattn_fp32_against_reference(block, mode, B, C, H, W):
+    x, t = features(B, C, H, W), features(B, C + 2, H, W)
+    k = min(13, H * W)
+    idx, (a, b) = q.query_selected_attention(x, [x, t], k=k, mode=mode, window=5, backend="torch")
+    ref_ent = q.attention_entropy(x.double(), "global" if mode == "global" else "local", 5, backend="reference")
+    assert_valid_selection(idx, ref_ent, k, tol=1e-4 * float(ref_ent.abs().max()))
+    ra, rb = q.route(x.double(), idx, [x.double(), t.double()], "local" if mode == "local" else "global", 5,
+                     backend="reference")
+    assert a.dtype == torch.float32 and a.shape == (B, k, C) and b.shape == (B, k, C + 2)
+    assert rel_err(a, ra) < 2e-4 and rel_err(b, rb) < 2e-4
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_float64_identical_selection_and_gradients(block, mode):
+    B, C, H, W = 2, 6, 5, 7
+    x, t = features(B, C, H, W, torch.float64, requires_grad=True), features(B, 4, H, W, torch.float64,
+                                                                             requires_grad=True)
+    w1, w2 = torch.randn(B, 9, C, dtype=torch.float64), torch.randn(B, 9, 4, dtype=torch.float64)
+    grads = {}
+    for be in ("reference", "torch"):
+        idx, (a, b) = q.query_selected_attention(x, [x, t], k=9, mode=mode, window=3, backend=be)
+        ((a * w1).sum() + (b * w2).sum()).backward()
+        grads[be] = (idx, a.detach(), b.detach(), x.grad.clone(), t.grad.clone())
+        x.grad = t.grad = None
+    ref, got = grads["reference"], grads["torch"]
+    assert torch.equal(ref[0], got[0])
+    for r, g in zip(ref[1:], got[1:]):
+        assert rel_err(g, r) < 1e-8
+
+
+@pytest.mark.parametrize("mode", ["global", "local"])
+def test_gradcheck(block, mode):
+    x = features(2, 3, 3, 5, torch.float64, requires_grad=True)
+    t = features(2, 2, 3, 5, torch.float64, requires_grad=True)
+    idx = torch.stack([torch.randperm(15)[:6], torch.randperm(15)[:6]])
+    assert torch.autograd.gradcheck(lambda a, b: q.route(a, idx, [a, b], mode, 3, backend="torch"), (x, t))
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_fp32_gradients_against_reference(mode):
+    x, t = features(2, 7, 6, 5, requires_grad=True), features(2, 5, 6, 5, requires_grad=True)
+    grads = []
+    for be in ("reference", "torch"):
+        _, (a, b) = q.query_selected_attention(x, [x, t], k=11, mode=mode, backend=be)
+        (a.square().sum() + b.sum()).backward()
+        grads.append((x.grad.clone(), t.grad.clone()))
+        x.grad = t.grad = None
+    for r, g in zip(*grads):
+        assert rel_err(g, r) < 1e-4
+
+
+@pytest.mark.parametrize("mode", MODES)
+def test_k_equals_n(mode):
+    x = features(2, 4, 3, 4, torch.float64)
+    idx, (out,) = q.query_selected_attention(x, [x], k=12, mode=mode, backend="torch")
+    assert sorted(idx[0].tolist()) == list(range(12)) and sorted(idx[1].tolist()) == list(range(12))
+    _, (ref,) = q.query_selected_attention(x, [x], k=12, mode=mode, backend="reference")
+    assert rel_err(out, ref) < 1e-12
+
+
+def test_ties_broken_by_lower_index():
+    """Repeated feature vectors give exactly equal entropies: selection must be the stable argsort."""
+    base = features(1, 4, 1, 5, torch.float64)
+    x = base.repeat(2, 1, 3, 1)                           # every column repeated on 3 rows: 3-way ties
+    x[1] = x[1].flip(-1)
+    ent = q.attention_entropy(x, "global", backend="torch")
+    idx = q.select_queries(ent, 7, backend="torch")
+    assert torch.equal(idx, torch.argsort(ent, dim=1, stable=True)[:, :7])
+    for b in range(2):
+        e = ent[b, idx[b]]
+        assert bool((e[1:] >= e[:-1]).all())
+        ties = e[1:] == e[:-1]
+        assert ties.any() and bool((idx[b, 1:][ties] > idx[b, :-1][ties]).all())
+
+
+def test_local_borders():
+    """Corners and edges, window larger than the map: out-of-map keys are zeros with logit 0."""
+    x, v = features(2, 3, 4, 5, torch.float64), features(2, 2, 4, 5, torch.float64)
+    idx = torch.tensor([[0, 4, 15, 19, 7], [19, 0, 10, 9, 2]])
+    for window in (3, 7, 9):
+        out = q.route(x, idx, [x, v], "local", window, backend="torch")
+        ref = q.route(x, idx, [x, v], "local", window, backend="reference")
+        assert all(rel_err(o, r) < 1e-12 for o, r in zip(out, ref))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_accumulate_in_fp32(dtype):
+    x, t = features(2, 8, 5, 6, dtype), features(2, 8, 5, 6, dtype)
+    idx, (a, b) = q.query_selected_attention(x, [x, t], k=10, backend="torch")
+    ra, rb = q.route(x.double(), idx, [x.double(), t.double()], backend="reference")
+    assert a.dtype == dtype and q.attention_entropy(x, backend="torch").dtype == torch.float32
+    tol = 1e-2 if dtype == torch.bfloat16 else 2e-3
+    assert rel_err(a, ra) < tol and rel_err(b, rb) < tol
+
+
+def test_opcheck_registered_ops():
+    f = torch.randn(2, 13, 5, dtype=torch.float64, requires_grad=True)
+    v = torch.randn(2, 13, 3, dtype=torch.float64, requires_grad=True)
+    idx = torch.stack([torch.randperm(13)[:4], torch.randperm(13)[:4]])
+    out, lse = streaming.route_global(f, idx, v)
+    samples = [
+        (streaming.route_global, (f, idx, v)),
+        (streaming.route_global_backward, (f.detach(), idx, v.detach(), out.detach(), lse.detach(), torch.randn_like(out))),
+        (streaming.entropy_global, (f.detach(),)),
+        (streaming.entropy_local, (torch.randn(2, 3, 4, 5), 3)),
+    ]
+    for op, args in samples:
+        torch.library.opcheck(op, args)
+
+
+def test_torch_compile_runs_the_streaming_ops():
+    x, t = features(1, 4, 5, 6, requires_grad=True), features(1, 4, 5, 6)
+
+    def step(x, t):
+        return q.query_selected_attention(x, [x, t], k=6, backend="torch", check_finite=False)[1][1].sum()
+
+    compiled = torch.compile(step, backend="aot_eager", fullgraph=False)
+    got = compiled(x, t)
+    got.backward()
+    assert torch.allclose(got, step(x, t)) and x.grad is not None
