@@ -11,27 +11,32 @@
 namespace qsattn {
 
 template <typename T>
-static inline void exp_sums_impl(const T* s, int64_t n, T m, T* zz, T* tt) {
-  T z = 0, t = 0;
-#pragma omp simd reduction(+ : z, t)
+static inline __attribute__((always_inline)) void exp_sums_impl(const T* s, int64_t n, T m, T* rr, T* tt, T* cc) {
+  T r = 0, t = 0, c = 0;
+#pragma omp simd reduction(+ : r, t, c)
   for (int64_t j = 0; j < n; ++j) {
     const T d = s[j] - m;
-    const T e = fast_exp(d);
-    z += e;
+    const bool top = d == T(0);
+    const T e = top ? T(0) : fast_exp(d);
+    r += e;
     t += e * d;
+    c += top ? T(1) : T(0);
   }
-  *zz = z;
+  *rr = r;
   *tt = t;
+  *cc = c;
 }
 
-QSATTN_CLONES void exp_sums(const float* s, int64_t n, float m, float* zz, float* tt) {
-  exp_sums_impl(s, n, m, zz, tt);
+QSATTN_CLONES void exp_sums(const float* s, int64_t n, float m, float* rr, float* tt, float* cc) {
+  exp_sums_impl(s, n, m, rr, tt, cc);
 }
 
-void exp_sums(const double* s, int64_t n, double m, double* zz, double* tt) { exp_sums_impl(s, n, m, zz, tt); }
+void exp_sums(const double* s, int64_t n, double m, double* rr, double* tt, double* cc) {
+  exp_sums_impl(s, n, m, rr, tt, cc);
+}
 
 template <typename T>
-static inline T exp_shift_impl(T* s, int64_t n, T m) {
+static inline __attribute__((always_inline)) T exp_shift_impl(T* s, int64_t n, T m) {
   T z = 0;
 #pragma omp simd reduction(+ : z)
   for (int64_t j = 0; j < n; ++j) {

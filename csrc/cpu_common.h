@@ -42,13 +42,22 @@ inline void check_grid(const at::Tensor& f, int64_t H, int64_t W, int64_t window
   TORCH_CHECK(window >= 1 && window % 2 == 1, "window: must be a positive odd number, got ", window);
 }
 
+// t (B, N, C) itself when each t[b] is a matrix BLAS can read in place (unit stride along one of its
+// dimensions, e.g. the view rows(feat) of an NCHW map), else a contiguous copy.
+inline at::Tensor blas_rows(const at::Tensor& t) {
+  return (t.stride(2) == 1 || t.stride(1) == 1) ? t : t.contiguous();
+}
+
 inline int num_threads() { return at::get_num_threads(); }
 
 // exp(x) for float to ~1 ulp, written so that GCC vectorises loops calling it (no libm call, no
 // branch): x = n ln2 + r with |r| <= ln2/2, e^r by its degree-7 Taylor polynomial, 2^n from the
-// exponent bits. Inputs below -87 are clamped (e^-87 ~ 1.6e-38, so their contribution is nil).
-inline float fast_exp(float x) {
-  x = x < -87.0f ? -87.0f : x;
+// exponent bits. exp(x) for x < -64 is returned as 0 (e^-64 ~ 1.6e-28 is below the float resolution
+// of any sum it joins): this keeps subnormal numbers, which are ~100x slower in MKL's sgemm, out of
+// the attention rows and their products.
+__attribute__((always_inline)) inline float fast_exp(float x) {
+  const bool flush = x < -64.0f;
+  x = flush ? -64.0f : x;
   const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
   float t = x * 1.44269504088896341f + shifter;
   int32_t ti;
@@ -66,15 +75,16 @@ inline float fast_exp(float x) {
   const int32_t bits = (ti - 0x4B400000 + 127) << 23;
   float scale;
   std::memcpy(&scale, &bits, sizeof(scale));
-  return p * scale;
+  return flush ? 0.0f : p * scale;
 }
 
 inline double fast_exp(double x) { return std::exp(x); }
 
-// *zz = sum_j e^{s_j - m}, *tt = sum_j e^{s_j - m} (s_j - m) over n logits. The float version is
+// Over n logits with max <= m: *rr = sum of e^{s_j - m} over the s_j < m, *tt = sum_j e^{s_j - m} (s_j - m)
+// and *cc = the number of s_j == m (each contributes exactly 1 to Z and 0 to T). The float version is
 // compiled for several instruction sets and picked at load time (cpu_common.cpp).
-void exp_sums(const float* s, int64_t n, float m, float* zz, float* tt);
-void exp_sums(const double* s, int64_t n, double m, double* zz, double* tt);
+void exp_sums(const float* s, int64_t n, float m, float* rr, float* tt, float* cc);
+void exp_sums(const double* s, int64_t n, double m, double* rr, double* tt, double* cc);
 
 // s_j <- e^{s_j - m} in place (attention rows of the routing kernels); returns sum_j s_j.
 float exp_shift(float* s, int64_t n, float m);
@@ -90,31 +100,38 @@ inline T row_max(const T* s, int64_t n) {
 }
 
 // Running softmax statistics of one row over the keys seen so far, relative to the running max m:
-// z = sum e^{s-m}, t = sum e^{s-m} (s-m) <= 0. The entropy is log z - t/z (both terms >= 0).
+// Z = sum e^{s-m} = 1 + r (r: the sum without the max's own 1, kept apart so that peaked rows with
+// r << eps keep their digits) and t = sum e^{s-m} (s-m) <= 0. The entropy is log1p(r) - t/(1+r), two
+// terms >= 0: no cancellation (DESIGN §2).
 template <typename T>
 struct EntropyState {
   T m = -std::numeric_limits<T>::infinity();
-  T z = 0;
+  T r = 0;
   T t = 0;
 
-  // Folds n more logits in (DESIGN §2): rescale to the new max, then add the block's sums.
+  // Folds n > 0 more logits in: rescale to the new max (the old max's 1 joins r), then add the block.
   void update(const T* s, int64_t n) {
     const T bm = row_max(s, n);
+    T rb, tb, cb;
     if (bm > m) {
-      if (z > 0) {
+      exp_sums(s, n, bm, &rb, &tb, &cb);
+      if (m == -std::numeric_limits<T>::infinity()) {
+        r = rb + (cb - 1);
+        t = tb;
+      } else {
         const T d = m - bm, a = std::exp(d);
-        t = a * (t + d * z);
-        z = a * z;
+        t = a * (t + d * (1 + r)) + tb;
+        r = a * (1 + r) + rb + (cb - 1);
       }
       m = bm;
+    } else {
+      exp_sums(s, n, m, &rb, &tb, &cb);
+      r += rb + cb;
+      t += tb;
     }
-    T zz, tt;
-    exp_sums(s, n, m, &zz, &tt);
-    z += zz;
-    t += tt;
   }
 
-  T entropy() const { return std::log(z) - t / z; }
+  T entropy() const { return std::log1p(r) - t / (1 + r); }
 };
 
 }  // namespace qsattn

@@ -4,6 +4,8 @@
 // and is folded into the rows' running (max, Z, T) by the cancellation-free epilogue (DESIGN §2).
 #include <torch/library.h>
 
+#include <ATen/ThreadLocalState.h>
+
 #include <vector>
 
 #include "cpu_common.h"
@@ -20,8 +22,10 @@ void entropy_global_kernel(const at::Tensor& f, at::Tensor& out) {
   const int64_t nqb = (N + BQ - 1) / BQ;
   const int64_t tasks = B * nqb;
   T* o = out.data_ptr<T>();
+  const at::ThreadLocalState tls;  // the caller's dispatch state (autograd excluded), for the workers
 #pragma omp parallel num_threads(num_threads())
   {
+    at::ThreadLocalStateGuard guard(tls);
     at::Tensor tile = at::empty({BQ * std::min(BK, N)}, f.options());
     std::vector<EntropyState<T>> st(BQ);
 #pragma omp for schedule(dynamic, 1)
@@ -44,7 +48,7 @@ void entropy_global_kernel(const at::Tensor& f, at::Tensor& out) {
 
 at::Tensor entropy_global_cpu(const at::Tensor& f_) {
   check_float_input(f_, "f", 3);
-  const at::Tensor f = f_.contiguous();
+  const at::Tensor f = blas_rows(f_);
   at::Tensor out = at::empty({f.size(0), f.size(1)}, f.options());
   if (out.numel() == 0) return out;
   AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "entropy_global_cpu", [&] { entropy_global_kernel<scalar_t>(f, out); });

@@ -3,6 +3,7 @@
 // one after the other; their matrix products are MKL calls that use every thread, and the softmax
 // epilogues run OpenMP over the rows. The backward recomputes P = exp(Q K^T - lse) block by block:
 // dV = P^T dO, dS = P * (dO V^T - rowsum(dO * O)), dF = dS^T Q + index_add(idx, dS K).
+// f and v may be the transposed views rows(feat) of NCHW maps: BLAS reads them in place.
 #include <torch/library.h>
 
 #include <tuple>
@@ -57,8 +58,10 @@ void route_forward(const at::Tensor& f, const at::Tensor& idx, const at::Tensor&
 template <typename T>
 void route_backward(const at::Tensor& f, const at::Tensor& idx, const at::Tensor& v, const at::Tensor& out,
                     const at::Tensor& lse, const at::Tensor& g, at::Tensor& df, at::Tensor& dv) {
-  const int64_t B = f.size(0), N = f.size(1), k = idx.size(1);
+  const int64_t B = f.size(0), N = f.size(1), C = f.size(2), k = idx.size(1);
   const int64_t bq = block_rows(N);
+  T* dfp = df.data_ptr<T>();
+  at::Tensor dq = at::empty({std::min(bq, k), C}, f.options());
   at::Tensor pbuf = at::empty({std::min(bq, k) * N}, f.options());
   at::Tensor sbuf = at::empty({std::min(bq, k) * N}, f.options());
   const at::Tensor dsum = (g * out).sum(-1);  // D = rowsum(dO * O), (B, k)
@@ -70,6 +73,7 @@ void route_backward(const at::Tensor& f, const at::Tensor& idx, const at::Tensor
       const int64_t nq = std::min(bq, k - i0);
       const at::Tensor qb = q.narrow(0, i0, nq), gb = g[b].narrow(0, i0, nq);
       at::Tensor p = pbuf.narrow(0, 0, nq * N).view({nq, N});
+      at::Tensor dqb = dq.narrow(0, 0, nq);
       at::Tensor ds = sbuf.narrow(0, 0, nq * N).view({nq, N});
       at::mm_out(p, qb, fb.t());
       at::mm_out(ds, gb, vb.t());
@@ -86,7 +90,14 @@ void route_backward(const at::Tensor& f, const at::Tensor& idx, const at::Tensor
       }
       dv[b].addmm_(p.t(), gb);
       df[b].addmm_(ds.t(), qb);
-      df[b].index_add_(0, ib.narrow(0, i0, nq), at::mm(ds, fb));
+      at::mm_out(dqb, ds, fb);  // dQ = dS K, added to the selected rows of dF
+      const int64_t* ip = ib.data_ptr<int64_t>() + i0;
+      const T* dqp = dqb.data_ptr<T>();
+      for (int64_t r = 0; r < nq; ++r) {
+        T* dst = dfp + (b * N + ip[r]) * C;
+#pragma omp simd
+        for (int64_t c = 0; c < C; ++c) dst[c] += dqp[r * C + c];
+      }
     }
   }
 }
@@ -94,7 +105,7 @@ void route_backward(const at::Tensor& f, const at::Tensor& idx, const at::Tensor
 std::tuple<at::Tensor, at::Tensor> route_global_cpu(const at::Tensor& f_, const at::Tensor& idx_,
                                                     const at::Tensor& v_) {
   check_route_inputs(f_, idx_, v_);
-  const at::Tensor f = f_.contiguous(), idx = idx_.contiguous(), v = v_.contiguous();
+  const at::Tensor f = blas_rows(f_), idx = idx_.contiguous(), v = blas_rows(v_);
   at::Tensor out = at::empty({f.size(0), idx.size(1), v.size(2)}, v.options());
   at::Tensor lse = at::empty({f.size(0), idx.size(1)}, f.options());
   if (out.numel() > 0 || lse.numel() > 0) {
@@ -117,8 +128,8 @@ std::tuple<at::Tensor, at::Tensor> route_global_backward_cpu(const at::Tensor& f
   check_same_dtype(out_, "out", f_);
   check_same_dtype(lse_, "lse", f_);
   check_same_dtype(g_, "grad_out", f_);
-  const at::Tensor f = f_.contiguous(), idx = idx_.contiguous(), v = v_.contiguous();
-  at::Tensor df = at::zeros_like(f), dv = at::zeros_like(v);
+  const at::Tensor f = blas_rows(f_), idx = idx_.contiguous(), v = blas_rows(v_);
+  at::Tensor df = at::zeros(f.sizes(), f.options()), dv = at::zeros(v.sizes(), v.options());
   AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "route_global_backward_cpu", [&] {
     route_backward<scalar_t>(f, idx, v, out_.contiguous(), lse_.contiguous(), g_.contiguous(), df, dv);
   });

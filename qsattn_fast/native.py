@@ -96,21 +96,23 @@ class NativeBackend(Backend):
             reasons.append("dtype float64 not supported on CUDA (CUDA kernels are float32)")
         return reasons
 
+    # The global ops read the transposed views rows(feat) in place; the local ops want contiguous rows.
     def entropy(self, feat, mode, window, precision, variant):
-        f = rows(feat.to(compute_dtype(feat.dtype))).contiguous()
+        f = rows(feat.to(compute_dtype(feat.dtype)))
         if mode == "global":
             return torch.ops.qsattn.entropy_global(f)
-        return torch.ops.qsattn.entropy_local(f, feat.shape[2], feat.shape[3], window)
+        return torch.ops.qsattn.entropy_local(f.contiguous(), feat.shape[2], feat.shape[3], window)
 
     def select(self, entropy, k):
         return torch.ops.qsattn.select_topk(entropy.to(compute_dtype(entropy.dtype)), k)
 
     def route(self, feat, idx, values, mode, window, precision, variant):
         cd = compute_dtype(feat.dtype)
-        f = rows(feat.to(cd)).contiguous()
-        v = torch.cat([rows(x.to(cd)) for x in values], dim=2).contiguous()
+        f = rows(feat.to(cd))
+        v = rows(torch.cat([x.to(cd) for x in values], dim=1))
         if mode == "local":
-            out, _ = torch.ops.qsattn.route_local(f, idx, v, feat.shape[2], feat.shape[3], window)
+            out, _ = torch.ops.qsattn.route_local(f.contiguous(), idx, v.contiguous(), feat.shape[2], feat.shape[3],
+                                                  window)
         else:
             out, _ = torch.ops.qsattn.route_global(f, idx, v)
         return tuple(o.to(x.dtype) for o, x in zip(out.split([x.shape[1] for x in values], dim=2), values))
