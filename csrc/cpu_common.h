@@ -1,5 +1,5 @@
-// Shared helpers of the C++/OpenMP CPU kernels (DESIGN §2): input checks, the thread count, a
-// vectorisable exp for float, and the online cancellation-free entropy state.
+// Shared helpers of the C++/OpenMP CPU kernels (DESIGN §2): the thread count, a vectorisable exp for
+// float, and the online cancellation-free entropy state.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -10,37 +10,9 @@
 #include <cstring>
 #include <limits>
 
+#include "op_checks.h"
+
 namespace qsattn {
-
-// Raises a c10::Error naming the argument unless `t` is a CPU float32/float64 tensor of rank `dim`.
-inline void check_float_input(const at::Tensor& t, const char* name, int64_t dim) {
-  TORCH_CHECK(t.dim() == dim, name, ": expected a ", dim, "-D tensor, got shape ", t.sizes());
-  TORCH_CHECK(t.scalar_type() == at::kFloat || t.scalar_type() == at::kDouble, name,
-              ": expected float32 or float64 (cast half inputs up first), got ", t.scalar_type());
-}
-
-inline void check_same_dtype(const at::Tensor& t, const char* name, const at::Tensor& ref) {
-  TORCH_CHECK(t.scalar_type() == ref.scalar_type(), name, ": dtype ", t.scalar_type(), " differs from ",
-              ref.scalar_type());
-  TORCH_CHECK(t.device() == ref.device(), name, ": on ", t.device(), " but the features are on ", ref.device());
-}
-
-// idx (B, k) int64 with entries in [0, n).
-inline void check_index(const at::Tensor& idx, int64_t B, int64_t n) {
-  TORCH_CHECK(idx.dim() == 2 && idx.size(0) == B, "idx: expected shape (B=", B, ", k), got ", idx.sizes());
-  TORCH_CHECK(idx.scalar_type() == at::kLong, "idx: expected int64 indices, got ", idx.scalar_type());
-  if (idx.numel() > 0 && idx.device().is_cpu()) {
-    TORCH_CHECK(idx.min().item<int64_t>() >= 0 && idx.max().item<int64_t>() < n,
-                "idx: indices must lie in [0, ", n, ")");
-  }
-}
-
-// H, W, window for the local ops on rows f (B, N, C).
-inline void check_grid(const at::Tensor& f, int64_t H, int64_t W, int64_t window) {
-  TORCH_CHECK(H >= 1 && W >= 1 && H * W == f.size(1), "H, W: H*W must equal N = ", f.size(1), ", got H=", H,
-              ", W=", W);
-  TORCH_CHECK(window >= 1 && window % 2 == 1, "window: must be a positive odd number, got ", window);
-}
 
 // t (B, N, C) itself when each t[b] is a matrix BLAS can read in place (unit stride along one of its
 // dimensions, e.g. the view rows(feat) of an NCHW map), else a contiguous copy.

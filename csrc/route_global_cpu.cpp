@@ -16,15 +16,6 @@ namespace {
 // Query rows per block so that a block of logits holds about 2^18 values.
 int64_t block_rows(int64_t N) { return std::max<int64_t>(1, (int64_t(1) << 18) / std::max<int64_t>(N, 1)); }
 
-void check_route_inputs(const at::Tensor& f, const at::Tensor& idx, const at::Tensor& v) {
-  check_float_input(f, "f", 3);
-  check_float_input(v, "v", 3);
-  check_same_dtype(v, "v", f);
-  TORCH_CHECK(v.size(0) == f.size(0) && v.size(1) == f.size(1), "v: expected shape (B=", f.size(0), ", N=",
-              f.size(1), ", C_v), got ", v.sizes());
-  check_index(idx, f.size(0), f.size(1));
-}
-
 template <typename T>
 void route_forward(const at::Tensor& f, const at::Tensor& idx, const at::Tensor& v, at::Tensor& out,
                    at::Tensor& lse) {
@@ -119,15 +110,7 @@ std::tuple<at::Tensor, at::Tensor> route_global_backward_cpu(const at::Tensor& f
                                                              const at::Tensor& v_, const at::Tensor& out_,
                                                              const at::Tensor& lse_, const at::Tensor& g_) {
   check_route_inputs(f_, idx_, v_);
-  const int64_t B = f_.size(0), k = idx_.size(1);
-  TORCH_CHECK(out_.sizes() == at::IntArrayRef({B, k, v_.size(2)}), "out: expected shape (B, k, C_v), got ",
-              out_.sizes());
-  TORCH_CHECK(g_.sizes() == out_.sizes(), "grad_out: expected the shape of out ", out_.sizes(), ", got ",
-              g_.sizes());
-  TORCH_CHECK(lse_.sizes() == at::IntArrayRef({B, k}), "lse: expected shape (B, k), got ", lse_.sizes());
-  check_same_dtype(out_, "out", f_);
-  check_same_dtype(lse_, "lse", f_);
-  check_same_dtype(g_, "grad_out", f_);
+  check_saved_inputs(f_, idx_, v_, out_, lse_, g_);
   const at::Tensor f = blas_rows(f_), idx = idx_.contiguous(), v = blas_rows(v_);
   at::Tensor df = at::zeros(f.sizes(), f.options()), dv = at::zeros(v.sizes(), v.options());
   AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "route_global_backward_cpu", [&] {

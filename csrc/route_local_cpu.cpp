@@ -17,17 +17,6 @@ namespace {
 
 constexpr int64_t CHUNK = 64;  // channels per scatter task
 
-void check_local_inputs(const at::Tensor& f, const at::Tensor& idx, const at::Tensor& v, int64_t H, int64_t W,
-                        int64_t window) {
-  check_float_input(f, "f", 3);
-  check_float_input(v, "v", 3);
-  check_same_dtype(v, "v", f);
-  TORCH_CHECK(v.size(0) == f.size(0) && v.size(1) == f.size(1), "v: expected shape (B=", f.size(0), ", N=",
-              f.size(1), ", C_v), got ", v.sizes());
-  check_grid(f, H, W, window);
-  check_index(idx, f.size(0), f.size(1));
-}
-
 // The attention weights of selected row (b, i) over its neighbourhood: fills nb and p, returns lse.
 template <typename T>
 T local_softmax(const T* fb, int64_t C, int64_t p, int64_t H, int64_t W, int64_t window, int64_t* nb, T* w) {
@@ -125,7 +114,8 @@ void local_backward(const at::Tensor& f, const at::Tensor& idx, const at::Tensor
 
 std::tuple<at::Tensor, at::Tensor> route_local_cpu(const at::Tensor& f_, const at::Tensor& idx_,
                                                    const at::Tensor& v_, int64_t H, int64_t W, int64_t window) {
-  check_local_inputs(f_, idx_, v_, H, W, window);
+  check_route_inputs(f_, idx_, v_);
+  check_grid(f_, H, W, window);
   const at::Tensor f = f_.contiguous(), idx = idx_.contiguous(), v = v_.contiguous();
   at::Tensor out = at::empty({f.size(0), idx.size(1), v.size(2)}, v.options());
   at::Tensor lse = at::empty({f.size(0), idx.size(1)}, f.options());
@@ -138,15 +128,9 @@ std::tuple<at::Tensor, at::Tensor> route_local_backward_cpu(const at::Tensor& f_
                                                             const at::Tensor& v_, const at::Tensor& out,
                                                             const at::Tensor& lse, const at::Tensor& g,
                                                             int64_t H, int64_t W, int64_t window) {
-  check_local_inputs(f_, idx_, v_, H, W, window);
-  const int64_t B = f_.size(0), k = idx_.size(1);
-  TORCH_CHECK(out.sizes() == at::IntArrayRef({B, k, v_.size(2)}), "out: expected shape (B, k, C_v), got ",
-              out.sizes());
-  TORCH_CHECK(g.sizes() == out.sizes(), "grad_out: expected the shape of out ", out.sizes(), ", got ", g.sizes());
-  TORCH_CHECK(lse.sizes() == at::IntArrayRef({B, k}), "lse: expected shape (B, k), got ", lse.sizes());
-  check_same_dtype(out, "out", f_);
-  check_same_dtype(lse, "lse", f_);
-  check_same_dtype(g, "grad_out", f_);
+  check_route_inputs(f_, idx_, v_);
+  check_grid(f_, H, W, window);
+  check_saved_inputs(f_, idx_, v_, out, lse, g);
   const at::Tensor f = f_.contiguous(), idx = idx_.contiguous(), v = v_.contiguous();
   at::Tensor df = at::zeros_like(f), dv = at::zeros_like(v);
   AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "route_local_backward_cpu", [&] {
