@@ -13,8 +13,8 @@
 namespace qsattn {
 namespace {
 
-constexpr int64_t BQ = 128;  // query rows per task: 128 x 256 fp32 = 128 KiB of queries
-constexpr int64_t BK = 512;  // keys per tile: the 128 x 512 tile (256 KiB) stays in L2
+constexpr int64_t BQ = 256;  // query rows per task: 256 x 256 fp32 = 256 KiB of queries
+constexpr int64_t BK = 512;  // keys per tile: the 256 x 512 tile (512 KiB) stays in L2
 
 template <typename T>
 void entropy_global_kernel(const at::Tensor& f, at::Tensor& out) {

@@ -10,7 +10,7 @@ from conftest import features, rel_err
 
 pytestmark = pytest.mark.skipif(native.LOAD_ERROR is not None, reason=str(native.LOAD_ERROR))
 
-SHAPES = [(1, 8, 7, 9), (2, 5, 6, 11), (3, 3, 5, 5), (1, 3, 23, 29)]   # N = 667 spans 6 x 2 tiles
+SHAPES = [(1, 8, 7, 9), (2, 5, 6, 11), (3, 3, 5, 5), (1, 3, 23, 29)]   # N = 667: 3 query x 2 key tiles, ragged
 
 
 @pytest.mark.parametrize("B,C,H,W", SHAPES)

@@ -44,11 +44,11 @@ def test_gradcheck_float64():
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-10)])
 def test_gradients_over_several_query_blocks(dtype, tol):
-    """N = 667 and k = N: 2^18 / N = 393 rows per block, so the backward runs two blocks."""
-    x = features(1, 3, 23, 29, dtype, scale=0.8, requires_grad=True)
-    t = features(1, 4, 23, 29, dtype, requires_grad=True)
-    idx = torch.randperm(667)[None]
-    w1, w2 = torch.randn(1, 667, 3, dtype=torch.float64), torch.randn(1, 667, 4, dtype=torch.float64)
+    """N = 1221 and k = N: 2^20 / N = 858 rows per block, so forward and backward run two blocks."""
+    x = features(1, 3, 33, 37, dtype, scale=0.8, requires_grad=True)
+    t = features(1, 4, 33, 37, dtype, requires_grad=True)
+    idx = torch.randperm(1221)[None]
+    w1, w2 = torch.randn(1, 1221, 3, dtype=torch.float64), torch.randn(1, 1221, 4, dtype=torch.float64)
     grads = []
     for be, (a_in, b_in) in (("native", (x, t)), ("reference", (x, t))):
         a, b = q.route(a_in, idx, [a_in, b_in], "global", backend=be)
