@@ -67,7 +67,7 @@ __device__ __forceinline__ float warp_max(float x) {
 
 // Sum (or max) over the block; `scratch` holds 32 floats; every thread gets the result.
 template <bool kMax>
-__device__ float block_reduce(float x, float* scratch) {
+__device__ inline float block_reduce(float x, float* scratch) {
   const int lane = threadIdx.x % 32, wid = threadIdx.x / 32, nw = (blockDim.x + 31) / 32;
   x = kMax ? warp_max(x) : warp_sum(x);
   __syncthreads();
@@ -76,6 +76,21 @@ __device__ float block_reduce(float x, float* scratch) {
   float y = lane < nw ? scratch[lane] : (kMax ? -INFINITY : 0.f);
   y = kMax ? warp_max(y) : warp_sum(y);
   return y;
+}
+
+// Softmax of row[0..n) in place over the block (`scratch`: 32 floats); returns the row's log-sum-exp.
+// Ends with a barrier, so shared-memory rows are ready for every thread.
+__device__ inline float block_softmax(float* row, int n, float* scratch) {
+  float m = -INFINITY;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) m = fmaxf(m, row[j]);
+  m = block_reduce<true>(m, scratch);
+  float z = 0.f;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) z += __expf(row[j] - m);
+  z = block_reduce<false>(z, scratch);  // its barriers order the reads above before the writes below
+  const float inv = 1.f / z;
+  for (int j = threadIdx.x; j < n; j += blockDim.x) row[j] = __expf(row[j] - m) * inv;
+  __syncthreads();
+  return m + logf(z);
 }
 
 inline int ceil_div(int a, int b) { return (a + b - 1) / b; }

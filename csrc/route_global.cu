@@ -81,16 +81,8 @@ void gemm(int M, int Nn, int K, Mat A, Mat B, float* out, int64_t ldc, float bet
 // Row-wise softmax of s (rows x N) in place; lse[r] = log sum exp of the raw row.
 __global__ void softmax_rows_kernel(float* __restrict__ s, int N, float* __restrict__ lse) {
   __shared__ float scratch[32];
-  float* row = s + static_cast<int64_t>(blockIdx.x) * N;
-  float m = -INFINITY;
-  for (int j = threadIdx.x; j < N; j += blockDim.x) m = fmaxf(m, row[j]);
-  m = block_reduce<true>(m, scratch);
-  float z = 0.f;
-  for (int j = threadIdx.x; j < N; j += blockDim.x) z += __expf(row[j] - m);
-  z = block_reduce<false>(z, scratch);
-  const float inv = 1.f / z;
-  for (int j = threadIdx.x; j < N; j += blockDim.x) row[j] = __expf(row[j] - m) * inv;
-  if (threadIdx.x == 0) lse[blockIdx.x] = m + logf(z);
+  const float l = block_softmax(s + static_cast<int64_t>(blockIdx.x) * N, N, scratch);
+  if (threadIdx.x == 0) lse[blockIdx.x] = l;
 }
 
 // d[r] = sum_c g[r, c] * o[r, c] over rows of length Cv.

@@ -42,16 +42,8 @@ __global__ void __launch_bounds__(THREADS) local_forward_kernel(const float* __r
   const int64_t N = static_cast<int64_t>(H) * W;
   const float* fb = f + b * N * C;
   local_logits(fb, H, W, C, window, idx[bi], nb, s);
-  float m = -INFINITY;
-  for (int j = threadIdx.x; j < w2; j += blockDim.x) m = fmaxf(m, s[j]);
-  m = block_reduce<true>(m, scratch);
-  float z = 0.f;
-  for (int j = threadIdx.x; j < w2; j += blockDim.x) z += __expf(s[j] - m);
-  z = block_reduce<false>(z, scratch);
-  __syncthreads();
-  for (int j = threadIdx.x; j < w2; j += blockDim.x) s[j] = __expf(s[j] - m) / z;
-  if (threadIdx.x == 0) lse[bi] = m + logf(z);
-  __syncthreads();
+  const float l = block_softmax(s, w2, scratch);
+  if (threadIdx.x == 0) lse[bi] = l;
   const float* vb = v + b * N * Cv;
   for (int c = threadIdx.x; c < Cv; c += blockDim.x) {
     float acc = 0.f;
