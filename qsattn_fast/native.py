@@ -13,16 +13,22 @@ import torch
 from ._common import compute_dtype, rows
 from .registry import Backend, Request, register_backend
 
-try:
-    from . import _C  # noqa: F401  (registers torch.ops.qsattn)
-    LOAD_ERROR: str | None = None
-except ImportError as exc:  # not built, or built against another torch
-    LOAD_ERROR = f"compiled extension qsattn_fast._C not importable ({exc}); build it with " \
-                 f"'python setup.py build_ext --inplace' or 'pip install --no-build-isolation -e .'"
+_BUILD = "'python setup.py build_ext --inplace' or 'pip install --no-build-isolation -e .'"
 
-OPS = ("entropy_global", "entropy_local", "select_topk", "route_global", "route_global_backward",
-       "route_local", "route_local_backward")
 
+def _load_extension() -> str | None:
+    """Import qsattn_fast._C (which registers torch.ops.qsattn); None, or why it is not usable."""
+    try:
+        from . import _C  # noqa: F401
+    except ImportError as exc:
+        if isinstance(exc, ModuleNotFoundError) or "cannot import name '_C'" in str(exc):
+            return f"compiled extension qsattn_fast._C is not built; build it with {_BUILD}"
+        return f"compiled extension qsattn_fast._C failed to load ({exc}); rebuild it for this torch with {_BUILD}"
+    return None
+
+
+#: Why the extension cannot be used (shown by ``python -m qsattn_fast.info``), or None when loaded.
+LOAD_ERROR = _load_extension()
 
 def has_kernel(op: str, device: str) -> bool:
     """Whether the loaded extension has a kernel for ``qsattn::<op>`` on ``device`` ("cpu"/"cuda")."""
