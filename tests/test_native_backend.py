@@ -149,3 +149,16 @@ def test_cuda_select_equals_stable_argsort():
     e = torch.randint(0, 7, (3, 4097)).float().cuda()
     for k in (1, 256, 4097):
         assert torch.equal(q.select_queries(e, k, backend="native"), torch.argsort(e, dim=1, stable=True)[:, :k])
+
+
+@built
+@pytest.mark.parametrize("mode", ["global", "local"])
+def test_torch_compile_runs_the_native_ops(mode):
+    x, t = features(1, 4, 5, 6, requires_grad=True), features(1, 4, 5, 6)
+
+    def step(x, t):
+        return q.query_selected_attention(x, [x, t], k=6, mode=mode, backend="native", check_finite=False)[1][1].sum()
+
+    got = torch.compile(step, backend="aot_eager", fullgraph=False)(x, t)
+    got.backward()
+    assert torch.allclose(got, step(x, t)) and x.grad is not None
