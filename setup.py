@@ -63,7 +63,9 @@ setup(
     package_dir={"qsattn_fast": "qsattn_fast", "qsattn_fast.kernels": "kernels", "qsattn_fast.train": "train"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,
-    install_requires=["torch>=2.4,<3", "numpy"],
+    install_requires=["torch>=2.4,<3", "numpy", "pillow", "tqdm"],
+    entry_points={"console_scripts": ["qsattn-train = qsattn_fast.train.trainer:main",
+                                      "qsattn-translate = qsattn_fast.train.translate:main"]},
     extras_require={
         "triton": ["triton>=3.0"],
         "test": ["pytest", "pytest-benchmark"],

@@ -1,1 +1,9 @@
-"""The CUT trainer with QS-Attn plugged in (installed as ``qsattn_fast.train``)."""
+"""The CUT trainer with QS-Attn plugged in (installed as ``qsattn_fast.train``).
+
+Modules: :mod:`.networks` (CUT's generator, discriminator, GAN and PatchNCE losses, CUT's state-dict
+layout), :mod:`.data` (``trainA/trainB`` folders, the synthetic shapes -> striped shapes set with
+:func:`.data.synthetic_pair` returning (A, B, object mask) for evaluation), :mod:`.model` (CUT,
+FastCUT and QS-Attn with :class:`qsattn_fast.QSPatchSampler` as netF), :mod:`.checkpoint`,
+:mod:`.options`, :mod:`.trainer` (``qsattn-train``), :mod:`.translate` (``qsattn-translate``),
+:mod:`.viz` (PNG sample grids and loss plot). Importing this package does not touch CUDA.
+"""

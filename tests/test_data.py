@@ -1,0 +1,112 @@
+"""train/data.py: folder dataset (CUT's layout and preprocessing), errors naming files and folders,
+the synthetic pair, and the epoch sampler's order, sharding and skipping."""
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qsattn_fast.train import data as D
+
+
+def write_images(folder, n, size=(40, 30), seed=0):
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(folder / f"im{i}.png")
+
+
+def test_unaligned_dataset_items(tmp_path):
+    write_images(tmp_path / "trainA", 3)
+    write_images(tmp_path / "trainB", 5, seed=1)
+    ds = D.UnalignedDataset(str(tmp_path), load_size=36, crop_size=32)
+    assert len(ds) == 5
+    item = ds[(4, 123)]
+    assert item["A"].shape == (3, 32, 32) and item["B"].shape == (3, 32, 32)
+    assert item["A_paths"].endswith("im1.png")  # index 4 % 3
+    assert -1 <= item["A"].min() and item["A"].max() <= 1
+    again = ds[(4, 123)]
+    assert torch.equal(item["A"], again["A"]) and item["B_paths"] == again["B_paths"]
+
+
+def test_resize_and_crop_is_bicubic_then_crop(tmp_path):
+    """Without flip the crop is a window of Pillow's bicubic resize to load_size, scaled to [-1, 1]."""
+    write_images(tmp_path / "trainA", 1, size=(50, 20))
+    write_images(tmp_path / "trainB", 1)
+    ds = D.UnalignedDataset(str(tmp_path), load_size=24, crop_size=16, no_flip=True, serial_batches=True)
+    a = ds[(0, 7)]["A"]
+    full = Image.open(tmp_path / "trainA" / "im0.png").convert("RGB").resize((24, 24), Image.BICUBIC)
+    full = torch.from_numpy(np.array(full)).permute(2, 0, 1).float() / 127.5 - 1
+    hits = [(t, l) for t in range(9) for l in range(9) if torch.equal(full[:, t:t + 16, l:l + 16], a)]
+    assert hits, "the crop is not a window of the bicubic resize"
+
+
+def test_preprocess_none_rounds_to_multiple_of_4():
+    img = Image.new("RGB", (41, 30))
+    assert D.resize_for(img, "none", 0, 0).size == (40, 32)
+    assert D.resize_for(img, "scale_width", 20, 16).size == (20, 16)
+    with pytest.raises(ValueError, match="preprocess"):
+        D.resize_for(img, "zoom", 1, 1)
+
+
+def test_missing_and_empty_folders_name_what_is_expected(tmp_path):
+    with pytest.raises(FileNotFoundError, match="trainA/ and trainB/"):
+        D.UnalignedDataset(str(tmp_path / "nope"))
+    write_images(tmp_path / "trainA", 1)
+    with pytest.raises(FileNotFoundError, match="trainB"):
+        D.UnalignedDataset(str(tmp_path))
+    (tmp_path / "trainB").mkdir()
+    (tmp_path / "trainB" / "notes.txt").write_text("x")
+    with pytest.raises(FileNotFoundError, match="holds no images"):
+        D.UnalignedDataset(str(tmp_path))
+
+
+def test_corrupt_image_error_names_the_file(tmp_path):
+    write_images(tmp_path / "trainA", 1)
+    write_images(tmp_path / "trainB", 1)
+    bad = tmp_path / "trainB" / "broken.jpg"
+    bad.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
+    ds = D.UnalignedDataset(str(tmp_path), load_size=36, crop_size=32, serial_batches=True)
+    with pytest.raises(ValueError, match="broken.jpg"):
+        ds[(0, 0)]  # sorted: broken.jpg is B_paths[0]
+    truncated = tmp_path / "trainA" / "cut.png"
+    raw = (tmp_path / "trainA" / "im0.png").read_bytes()
+    truncated.write_bytes(raw[: len(raw) // 2])
+    with pytest.raises(ValueError, match="cut.png"):
+        D.load_image(str(truncated))
+
+
+@pytest.mark.parametrize("size", [24, 37])
+def test_synthetic_pair_is_deterministic_and_masked(size):
+    a, b, m = D.synthetic_pair(3, 5, size)
+    a2, b2, m2 = D.synthetic_pair(3, 5, size)
+    assert torch.equal(a, a2) and torch.equal(b, b2) and torch.equal(m, m2)
+    assert a.shape == b.shape == (3, size, size) and m.shape == (size, size) and m.dtype == torch.bool
+    assert a.min() >= -1 and a.max() <= 1 and b.min() >= -1 and b.max() <= 1
+    assert 0 < m.sum() < size * size
+    assert torch.equal(a[:, ~m], b[:, ~m])  # the background is shared
+    inside_a, inside_b = a[:, m], b[:, m]
+    assert inside_a.std(dim=1).max() < 1e-6  # plain colour
+    assert set(inside_b.unique().tolist()) <= {-0.9, 0.9} or torch.allclose(inside_b.abs(), torch.tensor(0.9))
+    other = D.synthetic_pair(4, 5, size)[0]
+    assert not torch.equal(a, other)
+
+
+def test_synthetic_dataset_items():
+    ds = D.SyntheticDataset(seed=1, length=6, load_size=40, crop_size=32)
+    item = ds[(2, 99)]
+    assert item["A"].shape == (3, 32, 32) and len(ds) == 6
+    assert torch.equal(item["A"], ds[(2, 99)]["A"])
+    with pytest.raises(ValueError, match="crop_size"):
+        D.SyntheticDataset(crop_size=80, load_size=40)
+
+
+@pytest.mark.parametrize("length,world", [(7, 1), (7, 2), (10, 3)])
+def test_epoch_sampler_shards_cover_the_epoch(length, world):
+    shards = [D.EpochSampler(length, 5, 2, r, world).keys() for r in range(world)]
+    assert len({len(s) for s in shards}) == 1 and len(shards[0]) == len(D.EpochSampler(length, 5, 2, 0, world))
+    assert {i for s in shards for i, _ in s} == set(range(length))
+    skipped = D.EpochSampler(length, 5, 2, 0, world, skip=2).keys()
+    assert skipped == shards[0][2:]
+    other_epoch = D.EpochSampler(length, 5, 3, 0, 1).keys()
+    assert other_epoch != D.EpochSampler(length, 5, 2, 0, 1).keys()
+    assert [i for i, _ in D.EpochSampler(length, 5, 2, serial=True).keys()] == list(range(length))

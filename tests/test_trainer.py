@@ -1,0 +1,221 @@
+"""train/trainer.py, model.py, options.py: CUT's defaults, QS-Attn backends agreeing on a training step,
+exact resume, the demo path, SIGINT, and a two-process gloo run under torchrun."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+import torch
+from PIL import Image
+
+from qsattn_fast.train import options, trainer
+from qsattn_fast.train.data import SyntheticDataset
+from qsattn_fast.train.model import CUTModel, lr_factor, qs_layer_positions
+from conftest import rel_err
+from train_tiny import TINY, one_thread, tiny  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+HERE = os.path.dirname(__file__)
+
+
+def read_log(path):
+    with open(os.path.join(path, trainer.LOG_NAME)) as f:
+        return [json.loads(line) for line in f]
+
+
+def test_cut_defaults_and_model_defaults():
+    opt = options.parse(["--dataroot", "x"])
+    assert (opt.model, opt.load_size, opt.crop_size, opt.n_epochs, opt.n_epochs_decay, opt.lr, opt.beta1,
+            opt.beta2, opt.num_patches, opt.netF_nc, opt.nce_T, opt.nce_layers, opt.gan_mode, opt.ngf, opt.ndf,
+            opt.netG, opt.normG, opt.init_type, opt.init_gain, opt.batch_size, opt.gpu_ids) == \
+        ("cut", 286, 256, 200, 200, 0.0002, 0.5, 0.999, 256, 256, 0.07, "0,4,8,12,16", "lsgan", 64, 64,
+         "resnet_9blocks", "instance", "xavier", 0.02, 1, "0")
+    assert opt.nce_idt is True and opt.lambda_NCE == 1.0 and opt.flip_equivariance is False
+    fast = options.parse(["--dataroot", "x", "--model", "fastcut"])
+    assert (fast.nce_idt, fast.lambda_NCE, fast.flip_equivariance, fast.n_epochs, fast.n_epochs_decay) == \
+        (False, 10.0, True, 150, 50)
+    assert options.parse(["--dataroot", "x", "--CUT_mode", "FastCUT"]).model == "fastcut"
+    qs = options.parse(["--dataroot", "x", "--model", "qs", "--QS_mode", "local", "--nce_idt", "false"])
+    assert (qs.qs_mode, qs.nce_idt, qs.qs_backend) == ("local", False, "auto")
+    with pytest.raises(SystemExit):
+        options.parse(["--dataroot", "x", "--qs_layers", "3"])
+    with pytest.raises(SystemExit):
+        options.parse([])  # no --dataroot
+
+
+def test_qs_layers_map_to_sampler_positions():
+    base = ["--dataroot", "x", "--model", "qs"]
+    assert qs_layer_positions(options.parse(base)) is None  # the sampler's default: the last two
+    assert qs_layer_positions(options.parse(base + ["--qs_layers", "8,16"])) == (2, 4)
+    assert qs_layer_positions(options.parse(["--dataroot", "x", "--model", "cut", "--qs_layers", "16"])) == ()
+    with pytest.raises(SystemExit, match="bf16"):
+        trainer.Trainer(options.parse(TINY + ["--bf16"]))
+
+
+def test_linear_lr_schedule_is_cuts():
+    opt = options.parse(["--dataroot", "x", "--n_epochs", "3", "--n_epochs_decay", "4"])
+    assert [lr_factor(opt, e) for e in range(1, 8)] == [1, 1, 1, 0.8, 0.6, 0.4, 0.19999999999999996]
+
+
+def _one_step(opt, seed=3):
+    torch.manual_seed(seed)
+    model = CUTModel(opt, "cpu")
+    ds = SyntheticDataset(opt.seed, 4, opt.load_size, opt.crop_size)
+    batch = torch.utils.data.default_collate([ds[(0, 11)], ds[(1, 12)]])
+    losses = model.optimize(batch)
+    grads = {k: p.grad.clone() for k, p in model.netG.named_parameters()}
+    return losses, model.last_patch_ids, grads
+
+
+@pytest.mark.parametrize("mode", ["global", "local", "local_global"])
+def test_reference_and_torch_backends_give_the_same_step(tmp_path, mode):
+    """One training step (batch 2) with --qs_backend reference and torch from the same seed: equal losses
+    (1e-4 relative), the same selected queries on the QS layers, the same generator gradients."""
+    runs = {}
+    for backend in ("reference", "torch"):
+        opt = options.parse(tiny(tmp_path, "--model", "qs", "--qs_mode", mode, "--qs_backend", backend))
+        runs[backend] = _one_step(opt)
+    (l_ref, ids_ref, g_ref), (l_t, ids_t, g_t) = runs["reference"], runs["torch"]
+    assert l_ref.keys() == l_t.keys() and "NCE_Y" in l_ref
+    for k in l_ref:
+        assert torch.allclose(l_t[k], l_ref[k], rtol=1e-4, atol=1e-6), k
+    assert len(ids_ref) == 5
+    for i in (3, 4):  # the QS layers: (B, k) selected queries per image
+        assert ids_ref[i].shape == (2, 16) and torch.equal(ids_ref[i], ids_t[i])
+    for i in (0, 1, 2):  # random layers: shared ids from the same seed
+        assert torch.equal(ids_ref[i], ids_t[i])
+    # conv biases before an instance norm have a zero true gradient: compare those in the whole vector
+    for k in [k for k in g_ref if k.endswith("weight")]:
+        assert rel_err(g_t[k], g_ref[k]) < 1e-3, k
+    assert rel_err(torch.cat([g.flatten() for g in g_t.values()]), torch.cat([g.flatten() for g in g_ref.values()])) < 1e-3
+
+
+def test_cut_model_uses_random_patches_everywhere(tmp_path):
+    opt = options.parse(tiny(tmp_path, "--model", "cut"))
+    losses, ids, _ = _one_step(opt)
+    assert all(t.dim() == 1 and t.numel() == 16 for t in ids)
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_resume_is_exact(tmp_path):
+    """5 uninterrupted steps vs 3 steps + --continue_train to 5: steps 4 and 5 log the same losses
+    bit for bit (crossing an epoch boundary: 4 steps per epoch, the LR decays in epoch 2)."""
+    extra = ["--model", "qs", "--qs_backend", "torch", "--flip_equivariance", "--seed", "5"]
+    assert trainer.main(tiny(tmp_path, *extra, "--max_steps", "5", name="full")) == 0
+    assert trainer.main(tiny(tmp_path, *extra, "--max_steps", "3", name="cut")) == 0
+    state = torch.load(tmp_path / "cut" / "latest_state.pth", weights_only=True)
+    assert (state["epoch"], state["epoch_iter"], state["step"]) == (1, 3, 3)
+    assert trainer.main(tiny(tmp_path, *extra, "--max_steps", "5", "--continue_train", name="cut")) == 0
+    full, resumed = read_log(tmp_path / "full"), read_log(tmp_path / "cut")
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5]
+    for a, b in zip(full, resumed):
+        assert a["losses"] == b["losses"] and a["lr"] == b["lr"] and a["epoch"] == b["epoch"], a["step"]
+    assert full[4]["lr"] < full[3]["lr"]
+    g_full = torch.load(tmp_path / "full" / "latest_net_G.pth", weights_only=True)
+    g_res = torch.load(tmp_path / "cut" / "latest_net_G.pth", weights_only=True)
+    assert all(torch.equal(g_full[k], g_res[k]) for k in g_full)
+
+
+def test_continue_from_weights_without_state(tmp_path):
+    """A CUT checkpoint folder (nets only, no resume state) is loaded and training starts at --epoch_count."""
+    assert trainer.main(tiny(tmp_path, "--max_steps", "1", name="a")) == 0
+    os.remove(tmp_path / "a" / "latest_state.pth")
+    t = trainer.Trainer(options.parse(tiny(tmp_path, "--continue_train", "--epoch_count", "2", name="a")))
+    saved = torch.load(tmp_path / "a" / "latest_net_G.pth", weights_only=True)
+    assert t.epoch == 2 and all(torch.equal(v, saved[k]) for k, v in t.model.netG.state_dict().items())
+
+
+def test_demo_path_tiny(tmp_path, capsys):
+    """--demo with tiny overrides runs to the end and leaves checkpoints, sample grids and the loss plot."""
+    argv = ["--demo", "--checkpoints_dir", str(tmp_path), "--synthetic_size", "3", "--load_size", "36",
+            "--crop_size", "32", "--ngf", "8", "--ndf", "8", "--num_patches", "16", "--netF_nc", "16",
+            "--n_epochs", "1", "--n_epochs_decay", "1", "--display_freq", "2", "--save_epoch_freq", "1"]
+    assert trainer.main(argv) == 0
+    run = tmp_path / "demo"
+    names = set(os.listdir(run))
+    for which in ("latest", "1", "2"):
+        assert {f"{which}_net_G.pth", f"{which}_net_F.pth", f"{which}_net_D.pth", f"{which}_state.pth"} <= names
+    assert {"loss_log.jsonl", "loss_plot.png", "opt.json"} <= names
+    samples = sorted(os.listdir(run / "samples"))
+    assert len(samples) == 3  # steps 2, 4, 6 of 6
+    grid = Image.open(run / "samples" / samples[-1])
+    assert grid.size == (4 * 34 + 2, 34 + 2)  # real A | fake B | real B | idt B, 2-pixel gaps
+    assert Image.open(run / "loss_plot.png").size == (800, 450)
+    assert json.load(open(run / "opt.json"))["model"] == "qs"
+    assert "done" in capsys.readouterr().out
+
+
+def test_sigint_saves_and_exits(tmp_path):
+    t = trainer.Trainer(options.parse(tiny(tmp_path)))
+    t._on_sigint(2, None)
+    assert t.run() == 130
+    assert t.step == 1 and os.path.exists(tmp_path / "run" / "latest_net_G.pth")
+    state = torch.load(tmp_path / "run" / "latest_state.pth", weights_only=True)
+    assert state["step"] == 1
+
+
+def test_real_sigint_saves_and_exits(tmp_path):
+    """Ctrl-C on a running qsattn-train process: it finishes the step, saves latest_* and exits 130."""
+    argv = tiny(tmp_path, "--n_epochs", "1000", "--cpu_threads", "1")
+    proc = subprocess.Popen([sys.executable, "-m", "qsattn_fast.train.trainer", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "run" / trainer.LOG_NAME
+    deadline = time.time() + 120
+    while not (log.exists() and log.read_text().count("\n") >= 2) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err
+    state = torch.load(tmp_path / "run" / "latest_state.pth", weights_only=True)
+    assert state["step"] >= 2 and state["step"] == read_log(tmp_path / "run")[-1]["step"]
+
+
+def test_cpu_run_never_touches_cuda(tmp_path, monkeypatch):
+    def boom(name):
+        def f(*args, **kwargs):
+            raise AssertionError(f"torch.cuda.{name} called with --gpu_ids -1")
+        return f
+    for name in ("is_available", "_lazy_init", "get_rng_state", "set_device", "synchronize", "device_count"):
+        monkeypatch.setattr(torch.cuda, name, boom(name))
+    assert trainer.main(tiny(tmp_path, "--model", "qs", "--max_steps", "2", "--save_latest_freq", "1")) == 0
+    assert trainer.main(tiny(tmp_path, "--model", "qs", "--max_steps", "3", "--continue_train")) == 0
+
+
+def test_bad_dataroot_and_cuda_request(tmp_path):
+    (tmp_path / "trainA").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "trainA" / "a.png")
+    with pytest.raises(FileNotFoundError, match="trainB"):
+        trainer.main(tiny(tmp_path, "--dataset_mode", "unaligned", "--dataroot", str(tmp_path)))
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit, match="gpu_ids -1"):
+            trainer.pick_device("0")
+    assert trainer.pick_device("-1").type == "cpu"
+
+
+def test_two_process_gloo_ddp(tmp_path):
+    """torchrun --nproc_per_node 2 (as ``python -m torch.distributed.run``): both processes end with
+    identical weights (averaged gradients, broadcast start) that moved from the start; rank 0 wrote
+    the checkpoints and the log."""
+    out = tmp_path / "ranks"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", os.path.join(HERE, "ddp_worker.py"), str(out),
+           *tiny(tmp_path, "--model", "qs", "--qs_backend", "torch", "--max_steps", "2")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    g0, g1 = (torch.load(out / f"G{r}.pth", weights_only=True) for r in (0, 1))
+    start = torch.load(out / "G_start0.pth", weights_only=True)
+    assert all(torch.equal(g0[k], g1[k]) for k in g0)
+    assert any(not torch.equal(g0[k], start[k]) for k in g0)
+    log = read_log(tmp_path / "run")
+    assert [r["step"] for r in log] == [1, 2] and log[-1]["images"] == 4
+    assert os.path.exists(tmp_path / "run" / "latest_net_G.pth")
+
+
+def test_tiny_args_are_valid():
+    assert options.parse(TINY).crop_size == 32

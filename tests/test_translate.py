@@ -1,0 +1,75 @@
+"""train/translate.py: qsattn-translate round trip on checkpoints of ours and of CUT's layout."""
+import os
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qsattn_fast.train import networks, trainer, translate
+from qsattn_fast.train.data import to_image, to_tensor
+from train_tiny import one_thread, tiny  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+def write(path, size, seed):
+    rng = np.random.default_rng(seed)
+    Image.fromarray(rng.integers(0, 256, (size[1], size[0], 3), dtype=np.uint8)).save(path)
+
+
+def test_round_trip_from_a_trained_checkpoint(tmp_path):
+    """Train one step, translate a folder (mixed sizes, batch 2) and a single file: one output per
+    input, same name and size; an output equals the generator applied to the input directly."""
+    assert trainer.main(tiny(tmp_path, "--max_steps", "1")) == 0
+    ckpt_path = str(tmp_path / "run" / "latest_net_G.pth")
+    inp = tmp_path / "in"
+    inp.mkdir()
+    write(inp / "a.png", (32, 24), 0)
+    write(inp / "b.png", (32, 24), 1)
+    write(inp / "c.png", (21, 30), 2)
+    single = tmp_path / "single.png"
+    write(single, (16, 16), 3)
+    out = tmp_path / "out"
+    assert translate.main(["--checkpoint", ckpt_path, "--input", str(inp), str(single), "--output", str(out),
+                           "--batch_size", "2"]) == 0
+    assert sorted(os.listdir(out)) == ["a.png", "b.png", "c.png", "single.png"]
+    for name, size in [("a.png", (32, 24)), ("c.png", (21, 30)), ("single.png", (16, 16))]:
+        assert Image.open(out / name).size == size
+    g = networks.define_G(ngf=8, netG="resnet_6blocks")
+    g.load_state_dict(torch.load(ckpt_path, weights_only=True))
+    with torch.no_grad():
+        expect = to_image(g.eval()(to_tensor(Image.open(inp / "b.png").convert("RGB"))[None])[0])
+    got = np.asarray(Image.open(out / "b.png"), dtype=np.int16)
+    assert np.abs(got - np.asarray(expect, dtype=np.int16)).max() <= 1  # batch of 2 vs 1: rounding only
+
+
+@pytest.mark.parametrize("no_aa", [False, True])
+def test_cut_layout_checkpoint_with_module_prefix(tmp_path, no_aa):
+    """A generator saved as CUT's DataParallel code may save it (``module.`` keys), any anti-aliasing
+    setting and block count: the architecture is read off the keys and the weights are used."""
+    g = networks.define_G(ngf=4, netG="resnet_4blocks", no_antialias=no_aa, no_antialias_up=no_aa)
+    for p in g.parameters():
+        p.data.normal_(0, 0.1)
+    path = tmp_path / "latest_net_G.pth"
+    torch.save({"module." + k: v for k, v in g.state_dict().items()}, path)
+    net = translate.generator_from_state_dict(translate.load_state_dict_file(str(path)))
+    x = torch.rand(1, 3, 12, 16) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(net(x), g.eval()(x))
+    assert len([m for m in net.model if isinstance(m, networks.ResnetBlock)]) == 4
+
+
+def test_errors_name_the_input(tmp_path):
+    g = networks.define_G(ngf=4, netG="resnet_4blocks")
+    ck = tmp_path / "g.pth"
+    torch.save(g.state_dict(), ck)
+    with pytest.raises(FileNotFoundError, match="missing.png"):
+        translate.main(["--checkpoint", str(ck), "--input", str(tmp_path / "missing.png"), "--output", str(tmp_path)])
+    bad = tmp_path / "bad.png"
+    bad.write_bytes(b"nope")
+    with pytest.raises(ValueError, match="bad.png"):
+        translate.main(["--checkpoint", str(ck), "--input", str(bad), "--output", str(tmp_path / "o")])
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "d.pth")
+    with pytest.raises(ValueError, match="model.1.weight"):
+        translate.main(["--checkpoint", str(tmp_path / "d.pth"), "--input", str(bad), "--output", str(tmp_path)])

@@ -1,0 +1,222 @@
+"""Datasets of the trainer: CUT's unaligned ``trainA/trainB`` folders and a built-in synthetic pair.
+
+Images are (3, H, W) float32 tensors in [-1, 1]. Decoding and bicubic resizing use Pillow; cropping
+and flipping are done on tensors (no torchvision, DESIGN §6). Every random choice of an item (the B
+partner, crop positions, flips) comes from a ``torch.Generator`` seeded by the item's key, so an
+epoch's batches depend only on (seed, epoch, position): resuming and data-loader workers cannot change
+them (see :class:`EpochSampler`).
+"""
+from __future__ import annotations
+
+import math
+import os
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image, UnidentifiedImageError
+
+IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
+PREPROCESS = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+
+
+def list_images(folder: str, max_size=math.inf, what="folder") -> list[str]:
+    """Sorted image files under ``folder`` (recursively), at most ``max_size``; errors name the folder."""
+    if not os.path.isdir(folder):
+        raise FileNotFoundError(f"{what}: {folder} is not a folder")
+    paths = sorted(os.path.join(root, f) for root, _, files in os.walk(folder, followlinks=True)
+                   for f in files if f.lower().endswith(IMG_EXTENSIONS))
+    if not paths:
+        raise FileNotFoundError(f"{what}: {folder} holds no images ({', '.join(IMG_EXTENSIONS)})")
+    return paths[:int(min(max_size, len(paths)))]
+
+
+def load_image(path: str) -> Image.Image:
+    """Decode ``path`` to an RGB PIL image; unreadable or corrupt files raise ValueError naming it."""
+    try:
+        with Image.open(path) as img:
+            return img.convert("RGB")
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        raise ValueError(f"cannot read image {path}: {e}") from e
+
+
+def to_tensor(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> (3, H, W) float32 in [-1, 1]."""
+    arr = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True))
+    return arr.permute(2, 0, 1).float().div(127.5).sub(1.0)
+
+
+def to_image(t: torch.Tensor) -> Image.Image:
+    """(3, H, W) tensor in [-1, 1] -> RGB PIL image (values clamped, rounded)."""
+    arr = t.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+    return Image.fromarray(arr.permute(1, 2, 0).numpy(), "RGB")
+
+
+def resize_for(img: Image.Image, preprocess: str, load_size: int, crop_size: int) -> Image.Image:
+    """CUT's size step of ``get_transform`` (bicubic): ``resize_*`` to load_size x load_size,
+    ``scale_width*`` to width load_size (height at least crop_size), then sides rounded to multiples of 4."""
+    if preprocess not in PREPROCESS:
+        raise ValueError(f"preprocess: expected one of {', '.join(PREPROCESS)}, got {preprocess!r}")
+    if preprocess.startswith("resize"):
+        img = img.resize((load_size, load_size), Image.BICUBIC)
+    elif preprocess.startswith("scale_width"):
+        w, h = img.size
+        if not (w == load_size and h >= crop_size):
+            img = img.resize((load_size, int(max(load_size * h / w, crop_size))), Image.BICUBIC)
+    w, h = img.size
+    w4, h4 = int(round(w / 4) * 4), int(round(h / 4) * 4)
+    return img if (w4, h4) == (w, h) else img.resize((w4, h4), Image.BICUBIC)
+
+
+def crop_flip(x: torch.Tensor, crop_size, flip: bool, gen: torch.Generator) -> torch.Tensor:
+    """Random ``crop_size`` crop (None: no crop; smaller images are kept whole) and a horizontal flip
+    with probability 1/2 when ``flip``; (C, H, W) -> (C, h, w)."""
+    if crop_size is not None:
+        _, h, w = x.shape
+        top = int(torch.randint(0, max(h - crop_size, 0) + 1, (1,), generator=gen))
+        left = int(torch.randint(0, max(w - crop_size, 0) + 1, (1,), generator=gen))
+        x = x[:, top:top + crop_size, left:left + crop_size]
+    if flip and bool(torch.rand((), generator=gen) < 0.5):
+        x = x.flip(2)
+    return x.contiguous()
+
+
+def item_generator(*key: int) -> torch.Generator:
+    """A generator seeded by a tuple of non-negative integers."""
+    seed = 0
+    for k in key:
+        seed = (seed * 1_000_003 + int(k) + 1) % (2 ** 63)
+    return torch.Generator().manual_seed(seed)
+
+
+class UnalignedDataset(torch.utils.data.Dataset):
+    """CUT's unaligned dataset: ``<dataroot>/<phase>A`` and ``<phase>B``; length max(|A|, |B|).
+
+    Item key (index, seed): A = A_paths[index % |A|]; B = B_paths[index % |B|] with
+    ``serial_batches``, else a random one; each image resized (``preprocess``), randomly cropped to
+    ``crop_size`` and flipped (unless ``no_flip``). From epoch ``n_epochs + 1`` on, load_size is
+    crop_size, as CUT's fine-tuning phase.
+    """
+
+    def __init__(self, dataroot, phase="train", max_dataset_size=math.inf, preprocess="resize_and_crop",
+                 load_size=286, crop_size=256, no_flip=False, serial_batches=False):
+        if not os.path.isdir(dataroot):
+            raise FileNotFoundError(f"dataroot: {dataroot} is not a folder; expected {phase}A/ and {phase}B/ in it")
+        self.A_paths = list_images(os.path.join(dataroot, phase + "A"), max_dataset_size, f"dataroot ({phase}A)")
+        self.B_paths = list_images(os.path.join(dataroot, phase + "B"), max_dataset_size, f"dataroot ({phase}B)")
+        self.preprocess, self.load_size, self.crop_size = preprocess, load_size, crop_size
+        self.no_flip, self.serial_batches = no_flip, serial_batches
+        resize_for(Image.new("RGB", (4, 4)), preprocess, load_size, crop_size)  # validates preprocess
+        self.finetuning = False
+
+    def __len__(self):
+        return max(len(self.A_paths), len(self.B_paths))
+
+    def _transform(self, path, gen):
+        load = self.crop_size if self.finetuning else self.load_size
+        x = to_tensor(resize_for(load_image(path), self.preprocess, load, self.crop_size))
+        return crop_flip(x, self.crop_size if "crop" in self.preprocess else None, not self.no_flip, gen)
+
+    def __getitem__(self, key):
+        index, seed = key
+        gen = torch.Generator().manual_seed(seed)
+        a_path = self.A_paths[index % len(self.A_paths)]
+        if self.serial_batches:
+            b_path = self.B_paths[index % len(self.B_paths)]
+        else:
+            b_path = self.B_paths[int(torch.randint(0, len(self.B_paths), (1,), generator=gen))]
+        return {"A": self._transform(a_path, gen), "B": self._transform(b_path, gen),
+                "A_paths": a_path, "B_paths": b_path}
+
+
+def _smooth_noise(gen, channels, size, cells):
+    """(channels, size, size) smooth noise in about [-1, 1]: a random cells x cells grid, bicubic up."""
+    grid = torch.rand(1, channels, cells, cells, generator=gen) * 2 - 1
+    return F.interpolate(grid, size=(size, size), mode="bicubic", align_corners=False)[0].clamp(-1, 1)
+
+
+def synthetic_pair(seed: int, index: int, size: int = 64):
+    """One item of the synthetic two-domain set, a horse->zebra in miniature.
+
+    Returns (A, B, mask): A (3, size, size) a plain-coloured shape (disc, ellipse, square or triangle,
+    random position, size, colour) on a textured background; B the same image with the shape
+    painted with dark/light stripes (random angle and period), the background unchanged; mask
+    (size, size) bool, True on the object. A and B are in [-1, 1]; all depends only on (seed, index).
+    """
+    gen = item_generator(seed, index)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    tint = torch.rand(3, 1, 1, generator=gen) * 0.6 - 0.3
+    background = (0.55 * _smooth_noise(gen, 3, size, 4) + 0.25 * _smooth_noise(gen, 1, size, 16) + tint).clamp(-1, 1)
+    cy, cx = (torch.rand(2, generator=gen) * 0.8 - 0.4).tolist()
+    r = float(torch.rand((), generator=gen)) * 0.25 + 0.3
+    kind = int(torch.randint(0, 4, (1,), generator=gen))
+    dy, dx = yy - cy, xx - cx
+    if kind == 0:
+        mask = dy ** 2 + dx ** 2 <= r ** 2
+    elif kind == 1:
+        mask = (dy / (0.6 * r)) ** 2 + (dx / r) ** 2 <= 1
+    elif kind == 2:
+        mask = (dy.abs() <= 0.8 * r) & (dx.abs() <= 0.8 * r)
+    else:
+        mask = (dy <= 0.7 * r) & (dy >= -r + 2 * dx.abs())
+    colour = torch.rand(3, 1, 1, generator=gen) * 1.2 - 0.6
+    angle = float(torch.rand((), generator=gen)) * math.pi
+    period = float(torch.rand((), generator=gen)) * 0.15 + 0.15
+    phase = math.cos(angle) * xx + math.sin(angle) * yy
+    stripes = torch.where(torch.sin(phase * 2 * math.pi / period) > 0, 0.9, -0.9).expand(3, -1, -1)
+    a = torch.where(mask, colour.expand(3, size, size), background)
+    b = torch.where(mask, stripes, background)
+    return a.contiguous(), b.contiguous(), mask
+
+
+class SyntheticDataset(torch.utils.data.Dataset):
+    """``--dataset_mode synthetic``: ``length`` items of :func:`synthetic_pair` drawn at ``load_size``,
+    unpaired in training (A of item ``index``, B of a random item; the same item with
+    ``serial_batches``), randomly cropped to ``crop_size`` and flipped like the folder dataset."""
+
+    def __init__(self, seed=0, length=100, load_size=72, crop_size=64, no_flip=False, serial_batches=False):
+        if length < 1:
+            raise ValueError(f"synthetic_size: expected >= 1, got {length}")
+        if crop_size > load_size:
+            raise ValueError(f"crop_size: {crop_size} exceeds load_size {load_size}")
+        self.seed, self.length, self.load_size, self.crop_size = seed, length, load_size, crop_size
+        self.no_flip, self.serial_batches = no_flip, serial_batches
+        self.finetuning = False
+
+    def __len__(self):
+        return self.length
+
+    def __getitem__(self, key):
+        index, seed = key
+        gen = torch.Generator().manual_seed(seed)
+        j = index if self.serial_batches else int(torch.randint(0, self.length, (1,), generator=gen))
+        a = synthetic_pair(self.seed, index % self.length, self.load_size)[0]
+        b = synthetic_pair(self.seed, j, self.load_size)[1]
+        return {"A": crop_flip(a, self.crop_size, not self.no_flip, gen),
+                "B": crop_flip(b, self.crop_size, not self.no_flip, gen),
+                "A_paths": f"synthetic/A/{index % self.length:05d}", "B_paths": f"synthetic/B/{j:05d}"}
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Keys (index, item seed) of one epoch for one rank: a permutation of the dataset seeded by
+    (seed, epoch) (in order with ``serial``), split round-robin over ``world`` ranks (padded by
+    wrapping so every rank gets the same count), starting after the first ``skip`` keys."""
+
+    def __init__(self, length, seed, epoch, rank=0, world=1, serial=False, skip=0):
+        self.length, self.seed, self.epoch, self.rank, self.world = length, seed, epoch, rank, world
+        self.serial, self.skip = serial, skip
+
+    def keys(self):
+        order = torch.arange(self.length) if self.serial else \
+            torch.randperm(self.length, generator=item_generator(self.seed, self.epoch))
+        per_rank = -(-self.length // self.world)
+        order = order.repeat(-(-per_rank * self.world // self.length))[:per_rank * self.world]
+        mine = order[self.rank::self.world].tolist()
+        return [(i, int(item_generator(self.seed, self.epoch, self.rank, p, i).initial_seed()))
+                for p, i in enumerate(mine)][self.skip:]
+
+    def __iter__(self):
+        return iter(self.keys())
+
+    def __len__(self):
+        return max(-(-self.length // self.world) - self.skip, 0)

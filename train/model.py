@@ -1,0 +1,181 @@
+"""The CUT / FastCUT / QS-Attn model: networks, losses and one optimisation step (CUT's ``cut_model``).
+
+One step on a batch (real_A, real_B), as CUT's ``optimize_parameters``:
+fake = G(cat(real_A, real_B)) (the second half is idt_B, with ``nce_idt``; the input is flipped with
+probability 1/2 under ``flip_equivariance``); D step on (D(fake_B.detach()), D(real_B)):
+loss_D = (GAN(fake, False) + GAN(real, True)) / 2; G step: loss_G = lambda_GAN * GAN(D(fake_B), True) +
+NCE, NCE = mean over layers of lambda_NCE * PatchNCE(pool(G_enc(fake_B)), pool(G_enc(real_A))),
+averaged with the identity term NCE(idt_B, real_B) when ``nce_idt``. Pooling is
+:class:`qsattn_fast.QSPatchSampler` (netF): random patches on every layer for cut/fastcut, QS-Attn
+on the QS layers for qs (selection and routing with the source attention, both pooled in one pass).
+
+Several processes (torchrun): gradients are averaged over the process group after each backward
+(all-reduce), which is what DistributedDataParallel computes, and works with the several forward
+passes of G and D per step. Parameters are broadcast from rank 0 at start.
+"""
+from __future__ import annotations
+
+import contextlib
+import math
+
+import torch
+import torch.distributed as dist
+
+from qsattn_fast import QSPatchSampler
+
+from . import networks
+
+LOSS_NAMES = ("G_GAN", "D_real", "D_fake", "G", "NCE", "NCE_Y")
+
+
+def lr_factor(opt, epoch: int) -> float:
+    """Learning-rate multiplier while training epoch ``epoch`` (1-based), CUT's schedules: linear
+    1 - max(0, epoch - n_epochs) / (n_epochs_decay + 1); step 0.1^floor((epoch - epoch_count) /
+    lr_decay_iters); cosine (1 + cos(pi (epoch - epoch_count) / n_epochs)) / 2."""
+    c = epoch - opt.epoch_count
+    if opt.lr_policy == "linear":
+        return 1.0 - max(0, epoch - opt.n_epochs) / float(opt.n_epochs_decay + 1)
+    if opt.lr_policy == "step":
+        return 0.1 ** (c // opt.lr_decay_iters)
+    return (1 + math.cos(math.pi * c / opt.n_epochs)) / 2
+
+
+def qs_layer_positions(opt):
+    """``qs_layers`` of the sampler: () for cut/fastcut; for qs the positions of ``--qs_layers`` in
+    the NCE layer list (None = the last two)."""
+    if opt.model != "qs":
+        return ()
+    if not opt.qs_layers_list:
+        return None
+    return tuple(opt.nce_layers_list.index(i) for i in opt.qs_layers_list)
+
+
+class CUTModel:
+    """Networks netG, netD, netF with their Adam optimisers on ``device``; ``world`` > 1 averages
+    gradients over the default process group."""
+
+    def __init__(self, opt, device, world=1, rank=0):
+        self.opt, self.device, self.world = opt, torch.device(device), world
+        self.netG = networks.define_G(opt.input_nc, opt.output_nc, opt.ngf, opt.netG, opt.normG, not opt.no_dropout,
+                                      opt.init_type, opt.init_gain, opt.no_antialias, opt.no_antialias_up).to(device)
+        self.netD = networks.define_D(opt.output_nc, opt.ndf, opt.netD, opt.n_layers_D, opt.normD, opt.init_type,
+                                      opt.init_gain, opt.no_antialias).to(device)
+        self.netF = QSPatchSampler(use_mlp=opt.netF == "mlp_sample", nc=opt.netF_nc, qs_layers=qs_layer_positions(opt),
+                                   mode=opt.qs_mode, window=opt.qs_window, backend=opt.qs_backend,
+                                   precision=opt.qs_precision, variant=opt.qs_variant, init_type=opt.init_type,
+                                   init_gain=opt.init_gain, check_finite=False)
+        with torch.no_grad():  # CUT's data-dependent init: netF's heads from the encoder's feature shapes
+            probe = torch.zeros(1, opt.input_nc, opt.crop_size, opt.crop_size, device=device)
+            self.netF.create_mlp(self.netG(probe, opt.nce_layers_list, encode_only=True))
+        self.criterionGAN = networks.GANLoss(opt.gan_mode)
+        adam = dict(lr=opt.lr, betas=(opt.beta1, opt.beta2))
+        self.optimizers = {"G": torch.optim.Adam(self.netG.parameters(), **adam),
+                           "D": torch.optim.Adam(self.netD.parameters(), **adam)}
+        if opt.netF == "mlp_sample":
+            self.optimizers["F"] = torch.optim.Adam(self.netF.parameters(), **adam)
+        # flips for flip equivariance come from this generator (saved in the resume state)
+        self.gen = torch.Generator().manual_seed(opt.seed * 7919 + rank)
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if opt.bf16 else contextlib.nullcontext()
+        self.last_patch_ids = None
+        if world > 1:
+            for net in self.nets.values():
+                for t in list(net.parameters()) + list(net.buffers()):
+                    dist.broadcast(t.data, 0)
+
+    @property
+    def nets(self):
+        return {"G": self.netG, "F": self.netF, "D": self.netD}
+
+    def set_lr(self, epoch: int) -> float:
+        lr = self.opt.lr * lr_factor(self.opt, epoch)
+        for o in self.optimizers.values():
+            for group in o.param_groups:
+                group["lr"] = lr
+        return lr
+
+    def set_input(self, batch):
+        a, b = ("A", "B") if self.opt.direction == "AtoB" else ("B", "A")
+        self.real_A = batch[a].to(self.device, non_blocking=True)
+        self.real_B = batch[b].to(self.device, non_blocking=True)
+
+    def forward(self):
+        opt = self.opt
+        real = torch.cat((self.real_A, self.real_B)) if opt.nce_idt else self.real_A
+        self.flipped = opt.flip_equivariance and bool(torch.rand((), generator=self.gen) < 0.5)
+        if self.flipped:
+            real = real.flip(3)
+        fake = self.netG(real)
+        n = self.real_A.shape[0]
+        self.fake_B = fake[:n]
+        self.idt_B = fake[n:] if opt.nce_idt else None
+
+    def nce_loss(self, src, tgt):
+        """Mean over NCE layers of lambda_NCE * PatchNCE between tgt's and src's pooled features."""
+        opt = self.opt
+        feat_q = self.netG(tgt, opt.nce_layers_list, encode_only=True)
+        if self.flipped:
+            feat_q = [f.flip(3) for f in feat_q]
+        feat_k = self.netG(src, opt.nce_layers_list, encode_only=True)
+        pool_k, pool_q, self.last_patch_ids = self.netF.paired(feat_k, feat_q, opt.num_patches)
+        groups = 1 if opt.nce_includes_all_negatives_from_minibatch else src.shape[0]
+        total = sum(networks.patch_nce_loss(q, k, groups, opt.nce_T).mean() * opt.lambda_NCE
+                    for q, k in zip(pool_q, pool_k))
+        return total / len(feat_q)
+
+    def compute_D_loss(self):
+        self.loss_D_fake = self.criterionGAN(self.netD(self.fake_B.detach()), False).mean()
+        self.loss_D_real = self.criterionGAN(self.netD(self.real_B), True).mean()
+        return (self.loss_D_fake + self.loss_D_real) * 0.5
+
+    def compute_G_loss(self):
+        opt = self.opt
+        zero = torch.zeros((), device=self.device)
+        self.loss_G_GAN = self.criterionGAN(self.netD(self.fake_B), True).mean() * opt.lambda_GAN \
+            if opt.lambda_GAN > 0 else zero
+        self.loss_NCE = self.nce_loss(self.real_A, self.fake_B) if opt.lambda_NCE > 0 else zero
+        nce_both = self.loss_NCE
+        if opt.nce_idt and opt.lambda_NCE > 0:
+            self.loss_NCE_Y = self.nce_loss(self.real_B, self.idt_B)
+            nce_both = (self.loss_NCE + self.loss_NCE_Y) * 0.5
+        return self.loss_G_GAN + nce_both
+
+    def _average_grads(self, *nets):
+        if self.world == 1:
+            return
+        grads = [p.grad for net in nets for p in net.parameters() if p.grad is not None]
+        flat = torch._utils._flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat /= self.world
+        for g, f in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+            g.copy_(f)
+
+    def optimize(self, batch) -> dict:
+        """One D step and one G+F step on ``batch``; returns the losses (detached 0-d tensors)."""
+        self.set_input(batch)
+        with self.autocast:
+            self.forward()
+        self.netD.requires_grad_(True)
+        self.optimizers["D"].zero_grad(set_to_none=True)
+        with self.autocast:
+            loss_D = self.compute_D_loss()
+        loss_D.backward()
+        self._average_grads(self.netD)
+        self.optimizers["D"].step()
+        self.netD.requires_grad_(False)
+        for k in ("G", "F"):
+            if k in self.optimizers:
+                self.optimizers[k].zero_grad(set_to_none=True)
+        with self.autocast:
+            self.loss_G = self.compute_G_loss()
+        self.loss_G.backward()
+        self._average_grads(self.netG, self.netF)
+        for k in ("G", "F"):
+            if k in self.optimizers:
+                self.optimizers[k].step()
+        names = LOSS_NAMES if self.opt.nce_idt and self.opt.lambda_NCE > 0 else LOSS_NAMES[:-1]
+        return {n: getattr(self, "loss_" + n).detach().float() for n in names}
+
+    def visuals(self):
+        """(real_A, fake_B, real_B[, idt_B]) of the last step, each (B, 3, H, W)."""
+        out = [self.real_A, self.fake_B, self.real_B]
+        return out + ([self.idt_B] if self.idt_B is not None else [])

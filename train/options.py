@@ -1,0 +1,164 @@
+"""Command-line options of ``qsattn-train``: CUT's flag names and defaults, plus the QS-Attn flags.
+
+Model-dependent defaults follow CUT (``--model cut``: nce_idt on, lambda_NCE 1; ``fastcut``: nce_idt
+off, lambda_NCE 10, flip equivariance, 150 + 50 epochs) and QS-Attn (``--model qs``: as CUT, with
+QS-Attn on ``--qs_layers``). ``--CUT_mode FastCUT`` and ``--QS_mode`` are accepted as in those repos.
+``--demo`` switches to a small synthetic run (see :data:`DEMO_DEFAULTS`); explicit flags still win.
+"""
+from __future__ import annotations
+
+import argparse
+import math
+
+MODEL_DEFAULTS = {
+    "cut": dict(nce_idt=True, lambda_NCE=1.0),
+    "fastcut": dict(nce_idt=False, lambda_NCE=10.0, flip_equivariance=True, n_epochs=150, n_epochs_decay=50),
+    "qs": dict(nce_idt=True, lambda_NCE=1.0),
+}
+
+# The README's demo: synthetic shapes -> striped shapes, 64x64 crops, small networks, QS-Attn (global).
+DEMO_DEFAULTS = dict(model="qs", dataset_mode="synthetic", name="demo", gpu_ids="-1", synthetic_size=64,
+                     load_size=72, crop_size=64, ngf=16, ndf=16, netG="resnet_6blocks", num_patches=64,
+                     netF_nc=64, n_epochs=3, n_epochs_decay=2, lr=0.001, save_epoch_freq=5,
+                     display_freq=64, print_freq=16, save_latest_freq=160, num_threads=0, cpu_threads=1)
+
+
+def str2bool(v) -> bool:
+    if isinstance(v, bool):
+        return v
+    if v.lower() in ("yes", "true", "t", "y", "1"):
+        return True
+    if v.lower() in ("no", "false", "f", "n", "0"):
+        return False
+    raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
+
+
+def _bool(parser, name, help):
+    parser.add_argument(name, type=str2bool, nargs="?", const=True, default=None, help=help)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="qsattn-train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        description="Train CUT, FastCUT or CUT with QS-Attn (query-selected attention) for unpaired "
+                    "image-to-image translation. Flags and defaults are those of CUT's train.py.")
+    g = p.add_argument_group("run")
+    g.add_argument("--demo", action="store_true",
+                   help="small synthetic QS-Attn run on CPU (a few minutes); other flags override its settings")
+    g.add_argument("--dataroot", default=None, help="folder with trainA/ and trainB/ (CUT's layout)")
+    g.add_argument("--name", default="experiment_name", help="experiment name: checkpoints go to checkpoints_dir/name")
+    g.add_argument("--checkpoints_dir", default="./checkpoints", help="where experiments are stored")
+    g.add_argument("--gpu_ids", default="0", help="GPU ids, e.g. 0 or 0,1 (one per torchrun process); -1 for CPU")
+    g.add_argument("--seed", type=int, default=0, help="random seed (initialisation, data order, patches)")
+    g.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the networks (GPU only)")
+    g.add_argument("--cpu_threads", type=int, default=0,
+                   help="torch intra-op threads (0: torch's default); 1 is fastest for small runs on a busy machine")
+    g = p.add_argument_group("model")
+    g.add_argument("--model", default=None, choices=sorted(MODEL_DEFAULTS),
+                   help="cut: CUT (the default); fastcut: FastCUT; qs: CUT with QS-Attn on --qs_layers")
+    g.add_argument("--CUT_mode", default=None, choices=["CUT", "cut", "FastCUT", "fastcut"],
+                   help="CUT's spelling of --model cut / fastcut")
+    g.add_argument("--input_nc", type=int, default=3, help="channels of input images")
+    g.add_argument("--output_nc", type=int, default=3, help="channels of output images")
+    g.add_argument("--ngf", type=int, default=64, help="generator filters in the last conv layer")
+    g.add_argument("--ndf", type=int, default=64, help="discriminator filters in the first conv layer")
+    g.add_argument("--netD", default="basic", choices=["basic", "n_layers"], help="PatchGAN discriminator")
+    g.add_argument("--netG", default="resnet_9blocks", choices=["resnet_9blocks", "resnet_6blocks", "resnet_4blocks"],
+                   help="ResNet generator")
+    g.add_argument("--n_layers_D", type=int, default=3, help="discriminator layers when netD is n_layers")
+    g.add_argument("--normG", default="instance", choices=["instance", "batch", "none"], help="generator norm")
+    g.add_argument("--normD", default="instance", choices=["instance", "batch", "none"], help="discriminator norm")
+    g.add_argument("--init_type", default="xavier", choices=["normal", "xavier", "kaiming", "orthogonal"],
+                   help="weight initialisation")
+    g.add_argument("--init_gain", type=float, default=0.02, help="scale of normal, xavier and orthogonal init")
+    g.add_argument("--no_dropout", type=str2bool, nargs="?", const=True, default=True, help="no dropout in G")
+    g.add_argument("--no_antialias", action="store_true", help="strided convs instead of anti-aliased downsampling")
+    g.add_argument("--no_antialias_up", action="store_true", help="transposed convs instead of anti-aliased upsampling")
+    g = p.add_argument_group("losses")
+    g.add_argument("--gan_mode", default="lsgan", choices=["lsgan", "vanilla", "nonsaturating"], help="GAN objective")
+    g.add_argument("--lambda_GAN", type=float, default=1.0, help="weight of the GAN loss GAN(G(X))")
+    g.add_argument("--lambda_NCE", type=float, default=None, help="weight of the NCE loss (cut/qs 1, fastcut 10)")
+    _bool(g, "--nce_idt", "also the identity NCE loss NCE(G(Y), Y) (cut/qs on, fastcut off)")
+    g.add_argument("--nce_layers", default="0,4,8,12,16", help="generator layers for the NCE loss")
+    g.add_argument("--nce_includes_all_negatives_from_minibatch", type=str2bool, nargs="?", const=True, default=False,
+                   help="negatives from every image of the minibatch, not only the same image")
+    g.add_argument("--netF", default="mlp_sample", choices=["sample", "mlp_sample"],
+                   help="patch sampler: with (mlp_sample) or without a 2-layer MLP head")
+    g.add_argument("--netF_nc", type=int, default=256, help="width of the MLP head")
+    g.add_argument("--nce_T", type=float, default=0.07, help="temperature of the NCE loss")
+    g.add_argument("--num_patches", type=int, default=256, help="patches per layer (and per image on QS layers)")
+    _bool(g, "--flip_equivariance", "flip-equivariance regularisation (fastcut on)")
+    g = p.add_argument_group("QS-Attn (--model qs)")
+    g.add_argument("--qs_mode", "--QS_mode", default="global", choices=["global", "local", "local_global"],
+                   help="attention for query selection and routing")
+    g.add_argument("--qs_layers", default="", help="NCE layers with QS-Attn, e.g. 12,16 (default: the last two)")
+    g.add_argument("--qs_backend", default="auto", choices=["auto", "reference", "torch", "triton", "native"],
+                   help="QS-Attn backend (auto: the fastest available, never reference)")
+    g.add_argument("--qs_precision", default=None, choices=["ieee", "tf32x3", "tf32", "bf16"],
+                   help="matrix precision for fp32 features (default: the backend's fp32-faithful one)")
+    g.add_argument("--qs_variant", default="paper", choices=["paper", "official"],
+                   help="official: the released code's local layout (reference backend only)")
+    g.add_argument("--qs_window", type=int, default=7, help="local attention window")
+    g = p.add_argument_group("data")
+    g.add_argument("--dataset_mode", default="unaligned", choices=["unaligned", "synthetic"],
+                   help="unaligned: trainA/trainB folders; synthetic: built-in shapes -> striped shapes")
+    g.add_argument("--synthetic_size", type=int, default=200, help="items of the synthetic dataset")
+    g.add_argument("--phase", default="train", help="folder prefix: <phase>A, <phase>B")
+    g.add_argument("--direction", default="AtoB", choices=["AtoB", "BtoA"], help="translation direction")
+    g.add_argument("--serial_batches", action="store_true", help="take images in order (and A, B in pairs)")
+    g.add_argument("--num_threads", type=int, default=4, help="data-loading worker processes")
+    g.add_argument("--batch_size", type=int, default=1, help="batch size per process")
+    g.add_argument("--load_size", type=int, default=286, help="scale images to this size")
+    g.add_argument("--crop_size", type=int, default=256, help="then crop to this size")
+    g.add_argument("--max_dataset_size", type=float, default=math.inf, help="use at most this many images per domain")
+    g.add_argument("--preprocess", default="resize_and_crop",
+                   choices=["resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none"],
+                   help="scaling and cropping at load time")
+    g.add_argument("--no_flip", action="store_true", help="no random horizontal flips")
+    g = p.add_argument_group("schedule and checkpoints")
+    g.add_argument("--n_epochs", type=int, default=None, help="epochs at the initial learning rate (200; fastcut 150)")
+    g.add_argument("--n_epochs_decay", type=int, default=None,
+                   help="epochs of linear decay to zero (200; fastcut 50)")
+    g.add_argument("--lr", type=float, default=0.0002, help="Adam learning rate")
+    g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1")
+    g.add_argument("--beta2", type=float, default=0.999, help="Adam beta2")
+    g.add_argument("--lr_policy", default="linear", choices=["linear", "step", "cosine"], help="learning-rate schedule")
+    g.add_argument("--lr_decay_iters", type=int, default=50, help="step policy: x0.1 every this many epochs")
+    g.add_argument("--epoch_count", type=int, default=1, help="the starting epoch")
+    g.add_argument("--continue_train", action="store_true", help="resume from checkpoints_dir/name (--epoch)")
+    g.add_argument("--epoch", default="latest", help="which checkpoint to resume: latest or an epoch number")
+    g.add_argument("--pretrained_name", default=None, help="resume from the checkpoints of this experiment")
+    g.add_argument("--save_epoch_freq", type=int, default=5, help="save <epoch>_net_*.pth every this many epochs")
+    g.add_argument("--save_latest_freq", type=int, default=5000, help="save latest_net_*.pth every this many images")
+    g.add_argument("--display_freq", type=int, default=400, help="write a sample grid and the loss plot every this many images")
+    g.add_argument("--print_freq", type=int, default=100, help="log losses every this many images")
+    g.add_argument("--max_steps", type=int, default=0, help="stop after this many steps in total (0: no limit)")
+    return p
+
+
+def parse(argv=None) -> argparse.Namespace:
+    """Parse ``argv``; defaults: CUT's, then the model's, then the demo's (with ``--demo``), then the
+    flags given. Validates the combination."""
+    parser = build_parser()
+    first, _ = parser.parse_known_args(argv)
+    model = first.model or ("qs" if first.demo else "cut")
+    if first.CUT_mode:
+        model = "fastcut" if first.CUT_mode.lower() == "fastcut" else "cut"
+    defaults = {"n_epochs": 200, "n_epochs_decay": 200, "flip_equivariance": False, **MODEL_DEFAULTS[model]}
+    if first.demo:
+        defaults.update(DEMO_DEFAULTS)
+    defaults["model"] = model
+    parser.set_defaults(**defaults)
+    opt = parser.parse_args(argv)
+    opt.nce_layers_list = [int(i) for i in str(opt.nce_layers).split(",") if i.strip()]
+    opt.qs_layers_list = [int(i) for i in str(opt.qs_layers).split(",") if i.strip()]
+    bad = [i for i in opt.qs_layers_list if i not in opt.nce_layers_list]
+    if bad:
+        parser.error(f"--qs_layers {bad} are not among --nce_layers {opt.nce_layers}")
+    if opt.dataset_mode == "unaligned" and not opt.dataroot:
+        parser.error("--dataroot is required with --dataset_mode unaligned "
+                         "(or try --demo / --dataset_mode synthetic)")
+    for name in ("batch_size", "crop_size", "load_size", "num_patches", "ngf", "ndf", "netF_nc"):
+        if getattr(opt, name) < 1:
+            parser.error(f"--{name} must be >= 1, got {getattr(opt, name)}")
+    return opt

@@ -1,0 +1,252 @@
+"""``qsattn-train``: the training loop (CUT's train.py) with exact resume, SIGINT saving and DDP.
+
+Outputs under ``<checkpoints_dir>/<name>/``: ``{latest|<epoch>}_net_{G,F,D}.pth`` (CUT's files),
+``{latest|<epoch>}_state.pth`` (resume state), ``loss_log.jsonl`` (one JSON record per logged step),
+``loss_plot.png``, ``samples/*.png`` (rows: real A | fake B | real B | identity B), ``opt.json``.
+
+Resume exactness: data order and augmentation depend only on (seed, epoch, position) (see
+:mod:`.data`); the learning rate only on the epoch; flips come from the model's generator and the
+random patch ids of netF from torch's global generator, which after initialisation serves nothing
+else; both generators' states, the optimisers, epoch and iteration are in the resume state. So on CPU
+the steps after ``--continue_train`` repeat those of an uninterrupted run bit for bit.
+
+Several processes: ``torchrun --nproc_per_node N qsattn-train ...`` (gloo with ``--gpu_ids -1``, NCCL
+on GPUs; process i uses GPU ``gpu_ids[local_rank]``). Each process takes its share of every epoch;
+rank 0 writes the files.
+"""
+from __future__ import annotations
+
+import json
+import os
+import signal
+import sys
+import time
+
+import torch
+import torch.distributed as dist
+
+from . import checkpoint as ckpt
+from .data import EpochSampler, SyntheticDataset, UnalignedDataset
+from .model import CUTModel
+from .options import parse
+from .viz import plot_losses, save_grid
+
+LOG_NAME = "loss_log.jsonl"
+
+
+def pick_device(gpu_ids: str, local_rank: int = 0) -> torch.device:
+    """``-1`` -> CPU (CUDA is never touched); otherwise the GPU ``ids[local_rank % len(ids)]``, made
+    current, with cuDNN autotuning on (CUT's networks have fixed shapes per run)."""
+    ids = [int(i) for i in str(gpu_ids).split(",") if i.strip()]
+    if not ids or ids[0] < 0:
+        return torch.device("cpu")
+    if not torch.cuda.is_available():
+        raise SystemExit(f"qsattn-train: --gpu_ids {gpu_ids} asks for a GPU but CUDA is not available; "
+                         "pass --gpu_ids -1 for CPU")
+    dev = torch.device("cuda", ids[local_rank % len(ids)])
+    torch.cuda.set_device(dev)
+    torch.backends.cudnn.benchmark = True
+    return dev
+
+
+def make_dataset(opt):
+    if opt.dataset_mode == "synthetic":
+        return SyntheticDataset(opt.seed, opt.synthetic_size, opt.load_size, opt.crop_size, opt.no_flip,
+                                opt.serial_batches)
+    return UnalignedDataset(opt.dataroot, opt.phase, opt.max_dataset_size, opt.preprocess, opt.load_size,
+                            opt.crop_size, opt.no_flip, opt.serial_batches)
+
+
+def _rng_state(device):
+    cuda = [torch.cuda.get_rng_state(device)] if device.type == "cuda" else []
+    return {"torch": torch.get_rng_state(), "cuda": cuda}
+
+
+def _set_rng_state(state, device):
+    torch.set_rng_state(state["torch"])
+    if device.type == "cuda" and state["cuda"]:
+        torch.cuda.set_rng_state(state["cuda"][0], device)
+
+
+class Trainer:
+    """Builds everything from the parsed options and runs the epochs (:meth:`run`)."""
+
+    def __init__(self, opt):
+        self.opt = opt
+        if opt.cpu_threads > 0:
+            torch.set_num_threads(opt.cpu_threads)
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.device = pick_device(opt.gpu_ids, int(os.environ.get("LOCAL_RANK", "0")))
+        if opt.bf16 and self.device.type != "cuda":
+            raise SystemExit("qsattn-train: --bf16 needs a GPU (--gpu_ids >= 0)")
+        if self.world > 1 and not dist.is_initialized():
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+        self.save_dir = os.path.join(opt.checkpoints_dir, opt.name)
+        self.log_path = os.path.join(self.save_dir, LOG_NAME)
+        if self.rank == 0:
+            os.makedirs(os.path.join(self.save_dir, "samples"), exist_ok=True)
+        self.dataset = make_dataset(opt)
+        torch.manual_seed(opt.seed)
+        self.model = CUTModel(opt, self.device, self.world, self.rank)
+        if self.rank > 0:  # patch ids differ across processes, as their data do
+            torch.manual_seed(opt.seed * 1_000_003 + self.rank)
+        self.epoch, self.epoch_iter, self.step = opt.epoch_count, 0, 0
+        self.stop_requested = False
+        if opt.continue_train:
+            self._resume()
+        if self.rank == 0:
+            self._trim_log()
+            with open(os.path.join(self.save_dir, "opt.json"), "w") as f:
+                json.dump({k: v for k, v in vars(opt).items() if k != "max_dataset_size"}, f, indent=1)
+
+    # ---- checkpoints -------------------------------------------------------------------------
+    def _resume(self):
+        opt = self.opt
+        load_dir = os.path.join(opt.checkpoints_dir, opt.pretrained_name or opt.name)
+        ckpt.load_networks(load_dir, opt.epoch, self.model.nets)
+        spath = ckpt.state_path(load_dir, opt.epoch)
+        if not os.path.exists(spath):  # CUT's checkpoints: weights only, start at --epoch_count
+            print(f"qsattn-train: no resume state {spath}; loaded the networks, starting at epoch {self.epoch}")
+            return
+        state = ckpt.load_weights_only(spath)
+        for k, o in self.model.optimizers.items():
+            o.load_state_dict(state["optimizers"][k])
+        self.epoch, self.epoch_iter, self.step = state["epoch"], state["epoch_iter"], state["step"]
+        if self.rank == 0:
+            _set_rng_state(state["rng"], self.device)
+        else:
+            torch.manual_seed(opt.seed * 1_000_003 + self.rank + self.step)
+        self.model.gen.set_state(state["flip_rng"])
+
+    def save(self, which):
+        """Write ``<which>_net_*.pth`` and ``<which>_state.pth`` (rank 0)."""
+        if self.rank != 0:
+            return
+        ckpt.save_networks(self.save_dir, which, self.model.nets)
+        state = {"optimizers": {k: o.state_dict() for k, o in self.model.optimizers.items()},
+                 "epoch": self.epoch, "epoch_iter": self.epoch_iter, "step": self.step,
+                 "rng": _rng_state(self.device), "flip_rng": self.model.gen.get_state(),
+                 "lr": self.model.optimizers["G"].param_groups[0]["lr"]}
+        ckpt.atomic_save(state, ckpt.state_path(self.save_dir, which))
+
+    # ---- logs ----------------------------------------------------------------------------------
+    def _trim_log(self):
+        """Keep the log records up to the current step (a resumed run rewrites what came after)."""
+        if not os.path.exists(self.log_path):
+            return
+        with open(self.log_path) as f:
+            keep = [line for line in f if line.strip() and json.loads(line)["step"] <= self.step]
+        with open(self.log_path, "w") as f:
+            f.writelines(keep)
+
+    def _log(self, losses, lr, t0):
+        rec = {"epoch": self.epoch, "epoch_iter": self.epoch_iter, "step": self.step,
+               "images": self.step * self.opt.batch_size * self.world, "lr": lr, "time": round(time.time() - t0, 3),
+               "losses": {k: float(v) for k, v in losses.items()}}
+        with open(self.log_path, "a") as f:
+            f.write(json.dumps(rec) + "\n")
+        return rec
+
+    def write_plot(self):
+        with open(self.log_path) as f:
+            records = [json.loads(line) for line in f if line.strip()]
+        plot_losses(records, os.path.join(self.save_dir, "loss_plot.png"))
+
+    # ---- the loop ------------------------------------------------------------------------------
+    def _every(self, freq_images):
+        """True when the image count crossed a multiple of ``freq_images`` with the last step."""
+        per_step = self.opt.batch_size * self.world
+        return freq_images > 0 and (self.step * per_step) // freq_images > ((self.step - 1) * per_step) // freq_images
+
+    def _should_stop(self):
+        flag = self.stop_requested or (self.opt.max_steps > 0 and self.step >= self.opt.max_steps)
+        if self.world > 1:
+            t = torch.tensor([float(flag)], device=self.device)
+            dist.all_reduce(t)
+            flag = bool(t.item() > 0)
+        return flag
+
+    def run(self) -> int:
+        """Train until the last epoch, ``--max_steps`` or SIGINT; returns the exit code."""
+        from tqdm import tqdm
+        opt, model = self.opt, self.model
+        last_epoch = opt.n_epochs + opt.n_epochs_decay
+        t0 = time.time()
+        previous = signal.signal(signal.SIGINT, self._on_sigint) if self._main_thread() else None
+        try:
+            while self.epoch <= last_epoch:
+                lr = model.set_lr(self.epoch)
+                self.dataset.finetuning = self.epoch > opt.n_epochs
+                sampler = EpochSampler(len(self.dataset), opt.seed, self.epoch, self.rank, self.world,
+                                       opt.serial_batches, skip=self.epoch_iter * opt.batch_size)
+                loader = torch.utils.data.DataLoader(self.dataset, opt.batch_size, sampler=sampler,
+                                                     num_workers=opt.num_threads,
+                                                     pin_memory=self.device.type == "cuda",
+                                                     generator=torch.Generator())  # keeps the global RNG untouched
+                bar = tqdm(loader, desc=f"epoch {self.epoch}/{last_epoch}", disable=self.rank != 0,
+                           dynamic_ncols=True, unit="it")
+                for batch in bar:
+                    losses = model.optimize(batch)
+                    self.epoch_iter += 1
+                    self.step += 1
+                    if self.rank == 0:
+                        self._after_step(losses, lr, t0, bar)
+                    if self._should_stop():
+                        bar.close()
+                        self.save("latest")
+                        why = "interrupted" if self.stop_requested else f"--max_steps {opt.max_steps} reached"
+                        if self.rank == 0:
+                            print(f"qsattn-train: {why}; saved {self.save_dir}/latest_*", file=sys.stderr)
+                        return 130 if self.stop_requested else 0
+                bar.close()
+                finished = self.epoch
+                self.epoch, self.epoch_iter = self.epoch + 1, 0
+                self.save("latest")
+                if finished % opt.save_epoch_freq == 0 or finished == last_epoch:
+                    self.save(finished)
+            if self.rank == 0:
+                self.write_plot()
+                print(f"qsattn-train: done; checkpoints, samples and loss plot in {self.save_dir}")
+            return 0
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+
+    def _after_step(self, losses, lr, t0, bar):
+        opt = self.opt
+        if self._every(opt.print_freq) or self.step == 1:
+            rec = self._log(losses, lr, t0)
+            bar.set_postfix({k: f"{v:.3f}" for k, v in rec["losses"].items()}, refresh=False)
+        if self._every(opt.display_freq):
+            grid = [t[:4] for t in self.model.visuals()]
+            save_grid(grid, os.path.join(self.save_dir, "samples", f"epoch{self.epoch:03d}_step{self.step:07d}.png"))
+            self.write_plot()
+        if self._every(opt.save_latest_freq):
+            self.save("latest")
+
+    @staticmethod
+    def _main_thread():
+        import threading
+        return threading.current_thread() is threading.main_thread()
+
+    def _on_sigint(self, signum, frame):
+        if self.stop_requested:  # a second Ctrl-C stops at once
+            raise KeyboardInterrupt
+        self.stop_requested = True
+        if self.rank == 0:
+            print("\nqsattn-train: SIGINT, saving after this step (Ctrl-C again to abort)", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    opt = parse(argv)
+    trainer = Trainer(opt)
+    try:
+        return trainer.run()
+    finally:
+        if trainer.world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
