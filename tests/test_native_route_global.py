@@ -1,0 +1,106 @@
+"""qsattn::route_global and route_global_backward (csrc/route_global_cpu.cpp) against the reference:
+outputs fp32 to 2e-4 and fp64 to 1e-12, float64 gradcheck, gradients of several query blocks against
+reference autograd, repeated indices, strided rows, bad inputs, opcheck of both ops."""
+import pytest
+import torch
+
+import qsattn_fast as q
+from qsattn_fast import native
+
+from conftest import features, rel_err
+
+pytestmark = pytest.mark.skipif(native.LOAD_ERROR is not None, reason=str(native.LOAD_ERROR))
+
+
+def rand_idx(B, N, k):
+    return torch.stack([torch.randperm(N)[:k] for _ in range(B)])
+
+
+@pytest.mark.parametrize("B,C,H,W,k", [(1, 8, 7, 9, 13), (2, 5, 6, 11, 66), (3, 3, 5, 5, 1)])
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-12)])
+def test_forward_against_reference(B, C, H, W, k, dtype, tol):
+    x, t = features(B, C, H, W, dtype, scale=1.0), features(B, C + 3, H, W, dtype)
+    idx = rand_idx(B, H * W, k)
+    got = q.route(x, idx, [x, t], "global", backend="native")
+    ref = q.route(x.double(), idx, [x.double(), t.double()], "global", backend="reference")
+    assert [g.dtype for g in got] == [dtype, dtype] and got[1].shape == (B, k, C + 3)
+    assert all(rel_err(g, r) < tol for g, r in zip(got, ref))
+
+
+def test_lse_is_the_row_log_sum_exp():
+    f, v = torch.randn(2, 17, 4, dtype=torch.float64), torch.randn(2, 17, 3, dtype=torch.float64)
+    idx = rand_idx(2, 17, 5)
+    _, lse = torch.ops.qsattn.route_global(f, idx, v)
+    q_rows = f.gather(1, idx[..., None].expand(-1, -1, 4))
+    assert torch.allclose(lse, torch.logsumexp(q_rows @ f.transpose(1, 2), -1), rtol=1e-12)
+
+
+def test_gradcheck_float64():
+    x = features(2, 3, 3, 5, torch.float64, requires_grad=True)
+    t = features(2, 2, 3, 5, torch.float64, requires_grad=True)
+    idx = torch.tensor([[0, 4, 4, 9, 14, 7], [3, 1, 2, 2, 2, 0]])          # repeated rows included
+    assert torch.autograd.gradcheck(lambda a, b: q.route(a, idx, [a, b], "global", backend="native"), (x, t))
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-10)])
+def test_gradients_over_several_query_blocks(dtype, tol):
+    """N = 1221 and k = N: 2^20 / N = 858 rows per block, so forward and backward run two blocks."""
+    x = features(1, 3, 33, 37, dtype, scale=0.8, requires_grad=True)
+    t = features(1, 4, 33, 37, dtype, requires_grad=True)
+    idx = torch.randperm(1221)[None]
+    w1, w2 = torch.randn(1, 1221, 3, dtype=torch.float64), torch.randn(1, 1221, 4, dtype=torch.float64)
+    grads = []
+    for be, (a_in, b_in) in (("native", (x, t)), ("reference", (x, t))):
+        a, b = q.route(a_in, idx, [a_in, b_in], "global", backend=be)
+        ((a * w1.to(dtype)).sum() + (b * w2.to(dtype)).sum()).backward()
+        grads.append((a.detach(), b.detach(), x.grad.clone(), t.grad.clone()))
+        x.grad = t.grad = None
+    for g, r in zip(*grads):
+        assert rel_err(g, r) < tol
+
+
+def test_strided_and_contiguous_rows_agree():
+    x, v = features(2, 6, 5, 7), features(2, 3, 5, 7)
+    f, vr = x.flatten(2).transpose(1, 2), v.flatten(2).transpose(1, 2)
+    idx = rand_idx(2, 35, 9)
+    g = torch.randn(2, 9, 3)
+    out_s, lse_s = torch.ops.qsattn.route_global(f, idx, vr)
+    out_c, lse_c = torch.ops.qsattn.route_global(f.contiguous(), idx, vr.contiguous())
+    assert torch.allclose(out_s, out_c, rtol=1e-6, atol=1e-7) and torch.allclose(lse_s, lse_c, rtol=1e-6)
+    ds = torch.ops.qsattn.route_global_backward(f, idx, vr, out_s, lse_s, g)
+    dc = torch.ops.qsattn.route_global_backward(f.contiguous(), idx, vr.contiguous(), out_c, lse_c, g)
+    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(ds, dc))
+
+
+@pytest.mark.parametrize("args,match", [
+    ((torch.randn(2, 9, 4), torch.tensor([[0, 9]] * 2), torch.randn(2, 9, 3)), "idx: indices must lie in"),
+    ((torch.randn(2, 9, 4), torch.tensor([[0, -1]] * 2), torch.randn(2, 9, 3)), "idx: indices must lie in"),
+    ((torch.randn(2, 9, 4), torch.tensor([[0, 1]] * 2).int(), torch.randn(2, 9, 3)), "idx: expected int64"),
+    ((torch.randn(2, 9, 4), torch.tensor([[0, 1]]), torch.randn(2, 9, 3)), "idx: expected shape"),
+    ((torch.randn(2, 9, 4), torch.tensor([[0, 1]] * 2), torch.randn(2, 8, 3)), "v: expected shape"),
+    ((torch.randn(2, 9, 4), torch.tensor([[0, 1]] * 2), torch.randn(2, 9, 3).double()), "v: dtype"),
+    ((torch.randn(9, 4), torch.tensor([[0, 1]] * 2), torch.randn(2, 9, 3)), "f: expected a 3-D tensor"),
+])
+def test_bad_inputs(args, match):
+    with pytest.raises(RuntimeError, match=match):
+        torch.ops.qsattn.route_global(*args)
+
+
+def test_backward_rejects_mismatched_saved_tensors():
+    f, v, idx = torch.randn(1, 9, 4), torch.randn(1, 9, 3), torch.tensor([[0, 5]])
+    out, lse = torch.ops.qsattn.route_global(f, idx, v)
+    with pytest.raises(RuntimeError, match="grad_out: expected the shape of out"):
+        torch.ops.qsattn.route_global_backward(f, idx, v, out, lse, torch.randn(1, 2, 4))
+    with pytest.raises(RuntimeError, match="lse: expected shape"):
+        torch.ops.qsattn.route_global_backward(f, idx, v, out, lse[:, :1], torch.randn_like(out))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
+def test_opcheck(dtype):
+    f = torch.randn(2, 13, 5, dtype=dtype, requires_grad=True)
+    v = torch.randn(2, 13, 3, dtype=dtype, requires_grad=True)
+    idx = rand_idx(2, 13, 4)
+    out, lse = torch.ops.qsattn.route_global(f, idx, v)
+    torch.library.opcheck(torch.ops.qsattn.route_global.default, (f, idx, v))
+    torch.library.opcheck(torch.ops.qsattn.route_global_backward.default,
+                          (f.detach(), idx, v.detach(), out.detach(), lse.detach(), torch.randn_like(out)))
