@@ -6,9 +6,9 @@ commit, raw numbers) and prints a table.
     python benchmarks/report.py --quick             # two small shapes, a smoke run
     python benchmarks/report.py --shapes global:64:4096:1 local:256:4096:1 --backends torch reference
 
-Each (shape, backend, pass) runs in a fresh subprocess so that the peak-memory reading belongs to it
-alone: on CPU the rise of the process's peak RSS over its level once the inputs exist, on CUDA
-``max_memory_allocated`` over the allocation once the inputs exist. The work measured is one QS-Attn step
+Each (shape, backend, pass) runs in a fresh subprocess; its extra peak memory is that of the first step
+once the inputs exist (``qsattn_fast._memory.PeakMemory``: on CPU the rise of the reset resident-set
+high-water mark, on CUDA of ``max_memory_allocated``). The work measured is one QS-Attn step
 as CUT+QS-Attn runs it: ``query_selected_attention(x, [x, t], k)`` (select on the source, route source
 and target), and for forward+backward a weighted sum of both routed outputs backpropagated to x and t.
 """
@@ -19,7 +19,6 @@ import datetime
 import json
 import os
 import platform
-import resource
 import statistics
 import subprocess
 import sys
@@ -50,13 +49,10 @@ def flops(mode: str, C: int, N: int, B: int, k: int, backward: bool) -> float:
 
 
 # ---------------------------------------------------------------- worker (one measurement per process)
-def _rss_peak_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
-
-
 def worker(cfg: dict) -> dict:
     import torch
     import qsattn_fast as q
+    from qsattn_fast._memory import PeakMemory
 
     dev = torch.device(cfg["device"])
     cuda = dev.type == "cuda"
@@ -78,21 +74,15 @@ def worker(cfg: dict) -> dict:
 
     step(*make(cfg["C"], 8, 8), k=16)                        # library / kernel initialisation
     x, t = make(cfg["C"], cfg["H"], cfg["W"])
-    if cuda:
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-        base = torch.cuda.memory_allocated()
-    else:
-        base = _rss_peak_bytes()
-    step(x, t, cfg["k"])
-    peak = (torch.cuda.max_memory_allocated() if cuda else _rss_peak_bytes()) - base
+    with PeakMemory(dev) as mem:
+        step(x, t, cfg["k"])
     times = []
     deadline = time.perf_counter() + cfg["budget_s"]
     while len(times) < cfg["repeats"] and (len(times) < 2 or time.perf_counter() < deadline):
         t0 = time.perf_counter()
         step(x, t, cfg["k"])
         times.append(time.perf_counter() - t0)
-    return dict(peak_extra_bytes=max(peak, 0), times_s=times)
+    return dict(peak_extra_bytes=mem.extra_bytes, times_s=times)
 
 
 def matmul_gflops(device: str, n: int = 2048, repeats: int = 5) -> float:

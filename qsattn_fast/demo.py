@@ -9,12 +9,12 @@ time and the extra peak memory of one forward+backward step of each.
 from __future__ import annotations
 
 import argparse
-import resource
 import time
 
 import torch
 
 import qsattn_fast as q
+from qsattn_fast._memory import PeakMemory
 
 
 def example_features(side: int, channels: int, seed: int = 0) -> torch.Tensor:
@@ -29,10 +29,6 @@ def example_features(side: int, channels: int, seed: int = 0) -> torch.Tensor:
     w2 = torch.randn(channels, 32, 3, 3, generator=g) * (2.0 / (32 * 9)) ** 0.5
     h = torch.relu(torch.nn.functional.conv2d(img, w1, padding=1))
     return torch.nn.functional.conv2d(h, w2, padding=1)
-
-
-def peak_rss_bytes() -> int:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
 
 
 def step(feat, target, k, mode, backend):
@@ -58,12 +54,11 @@ def main(argv=None) -> None:
     print(f"QS-Attn ({args.mode}) on a 1x{args.channels}x{args.side}x{args.side} feature map: N={n}, k={args.k}; "
           f"an N x N float32 attention matrix would take {n * n * 4 / 2**20:.0f} MiB")
     step(example_features(8, args.channels), example_features(8, args.channels), 16, args.mode, "torch")  # warm-up
-    # The peak RSS only grows: run the lean backend first, so each reading is that backend's own rise.
-    base = peak_rss_bytes()
     results = {}
     for backend in ("torch", "reference"):
-        idx, seconds = step(feat, target, args.k, args.mode, backend)
-        results[backend] = (idx, seconds, peak_rss_bytes() - base)
+        with PeakMemory(feat.device) as mem:
+            idx, seconds = step(feat, target, args.k, args.mode, backend)
+        results[backend] = (idx, seconds, mem.extra_bytes)
     idx = results["torch"][0][0]
     same = torch.equal(results["torch"][0], results["reference"][0])
     print(f"selected queries (row, col) of the lowest entropies: "
