@@ -9,6 +9,7 @@
 #include <torch/library.h>
 
 #include <tuple>
+#include <vector>
 
 #include "op_checks.h"
 #include "qsattn_cuda.h"
@@ -91,10 +92,20 @@ struct RouteArgs {
   }
 };
 
-std::tuple<at::Tensor, at::Tensor> route_global_cuda(const at::Tensor& f_, const at::Tensor& idx_,
-                                                     const at::Tensor& v_) {
+// The CUDA kernels take one value tensor: several value maps are concatenated along channels here and
+// the results split again (the CPU kernels route the list without the copy).
+std::vector<at::Tensor> split_channels(const at::Tensor& x, at::TensorList like) {
+  std::vector<int64_t> sizes;
+  for (const auto& t : like) sizes.push_back(t.size(2));
+  return x.split_with_sizes(sizes, 2);
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor> route_global_cuda(const at::Tensor& f_, const at::Tensor& idx_,
+                                                                  at::TensorList v_) {
+  TORCH_CHECK(!v_.empty(), "v: expected at least one value tensor");
   const c10::cuda::CUDAGuard guard(f_.device());
-  const RouteArgs a(f_, idx_, v_);
+  for (const auto& x : v_) check_route_inputs(f_, idx_, x);
+  const RouteArgs a(f_, idx_, at::cat(v_, 2));
   at::Tensor out = at::empty({a.B, a.k, a.Cv}, a.f.options());
   at::Tensor lse = at::empty({a.B, a.k}, a.f.options());
   at::Tensor ws = at::empty({static_cast<int64_t>(cuda::route_global_workspace(a.N, a.k))},
@@ -102,23 +113,31 @@ std::tuple<at::Tensor, at::Tensor> route_global_cuda(const at::Tensor& f_, const
   launched(cuda::route_global_forward(a.f.data_ptr<float>(), a.idx.data_ptr<int64_t>(), a.v.data_ptr<float>(), a.B,
                                       a.N, a.C, a.k, a.Cv, out.data_ptr<float>(), lse.data_ptr<float>(), ws.data_ptr(),
                                       current_stream()));
-  return {out, lse};
+  std::vector<at::Tensor> outs;
+  for (const auto& o : split_channels(out, v_)) outs.push_back(o.contiguous());
+  return {outs, lse};
 }
 
-std::tuple<at::Tensor, at::Tensor> route_global_backward_cuda(const at::Tensor& f_, const at::Tensor& idx_,
-                                                              const at::Tensor& v_, const at::Tensor& out,
-                                                              const at::Tensor& lse, const at::Tensor& g) {
+std::tuple<at::Tensor, std::vector<at::Tensor>> route_global_backward_cuda(
+    const at::Tensor& f_, const at::Tensor& idx_, at::TensorList v_, at::TensorList out_, const at::Tensor& lse,
+    at::TensorList g_) {
+  TORCH_CHECK(!v_.empty() && out_.size() == v_.size() && g_.size() == v_.size(),
+              "v, out, grad_out: expected one tensor of each per value map");
   const c10::cuda::CUDAGuard guard(f_.device());
-  const RouteArgs a(f_, idx_, v_);
-  check_saved_inputs(f_, idx_, v_, out, lse, g);
+  for (size_t i = 0; i < v_.size(); ++i) {
+    check_route_inputs(f_, idx_, v_[i]);
+    check_saved_inputs(f_, idx_, v_[i], out_[i], lse, g_[i]);
+  }
+  const RouteArgs a(f_, idx_, at::cat(v_, 2));
+  const at::Tensor out = at::cat(out_, 2), g = at::cat(g_, 2);
   at::Tensor df = at::zeros_like(a.f), dv = at::zeros_like(a.v);
   at::Tensor ws = at::empty({static_cast<int64_t>(cuda::route_global_workspace(a.N, a.k))},
                             a.f.options().dtype(at::kByte));
   launched(cuda::route_global_backward(a.f.data_ptr<float>(), a.idx.data_ptr<int64_t>(), a.v.data_ptr<float>(),
-                                       out.contiguous().data_ptr<float>(), lse.contiguous().data_ptr<float>(),
-                                       g.contiguous().data_ptr<float>(), a.B, a.N, a.C, a.k, a.Cv,
-                                       df.data_ptr<float>(), dv.data_ptr<float>(), ws.data_ptr(), current_stream()));
-  return {df, dv};
+                                       out.data_ptr<float>(), lse.contiguous().data_ptr<float>(), g.data_ptr<float>(),
+                                       a.B, a.N, a.C, a.k, a.Cv, df.data_ptr<float>(), dv.data_ptr<float>(),
+                                       ws.data_ptr(), current_stream()));
+  return {df, split_channels(dv, v_)};
 }
 
 std::tuple<at::Tensor, at::Tensor> route_local_cuda(const at::Tensor& f_, const at::Tensor& idx_, const at::Tensor& v_,

@@ -12,11 +12,12 @@ TORCH_LIBRARY(qsattn, m) {
   m.def("entropy_local(Tensor f, int H, int W, int window) -> Tensor");
   // (B, k) int64: argsort(entropy, stable=True)[:, :k].
   m.def("select_topk(Tensor entropy, int k) -> Tensor");
-  // out = softmax(f[idx] f^T) v (B, k, C_v) and the row log-sum-exps (B, k).
-  m.def("route_global(Tensor f, Tensor idx, Tensor v) -> (Tensor, Tensor)");
-  // (df, dv) of route_global, recomputing the attention rows from lse.
-  m.def("route_global_backward(Tensor f, Tensor idx, Tensor v, Tensor out, Tensor lse, Tensor grad_out)"
-        " -> (Tensor, Tensor)");
+  // out_i = softmax(f[idx] f^T) v_i (B, k, C_i) for every value map v_i (B, N, C_i), routed by the
+  // same attention rows, and the row log-sum-exps (B, k).
+  m.def("route_global(Tensor f, Tensor idx, Tensor[] v) -> (Tensor[], Tensor)");
+  // (df, [dv_i]) of route_global, recomputing the attention rows from lse.
+  m.def("route_global_backward(Tensor f, Tensor idx, Tensor[] v, Tensor[] out, Tensor lse, Tensor[] grad_out)"
+        " -> (Tensor, Tensor[])");
   // out = softmax over the window x window neighbourhood of each idx, applied to the same
   // neighbourhood of v (zero outside the map), (B, k, C_v), and the log-sum-exps (B, k).
   m.def("route_local(Tensor f, Tensor idx, Tensor v, int H, int W, int window) -> (Tensor, Tensor)");

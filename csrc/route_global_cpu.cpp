@@ -2,8 +2,10 @@
 // qsattn_fast/streaming.py), arranged like the entropy kernel: OpenMP threads take independent tasks
 // whose products are single-threaded MKL calls on cache-sized tiles.
 // Forward: a task is a block of BQ selected rows x all N keys; it writes its own rows of out and lse.
+// Several value maps v_1..v_m are routed by the same P (no concatenated copy of them is made).
 // Backward: a task is a block of BK keys x all k selected rows, recomputing P = exp(Q K_blk^T - lse);
-// it owns its keys' rows of dV = P^T dO and dK = dS^T Q, with dS = P * (dO V_blk^T - rowsum(dO * O)),
+// it owns its keys' rows of dV_i = P^T dO_i and dK = dS^T Q, with
+// dS = P * (sum_i dO_i V_i,blk^T - sum_i rowsum(dO_i * O_i)),
 // and adds dQ = dS K_blk to a per-thread k x C accumulator; the accumulators are summed and
 // index-added to dF at the end (dF = dK + index_add(idx, dQ)).
 // f and v may be the transposed views rows(feat) of NCHW maps: BLAS reads them in place, and the
@@ -12,6 +14,7 @@
 #include <torch/library.h>
 
 #include <tuple>
+#include <vector>
 
 #include "cpu_common.h"
 
@@ -22,8 +25,8 @@ constexpr int64_t TILE = int64_t(1) << 18;  // logits per forward task (1 MiB in
 constexpr int64_t BK = 256;                 // keys per backward task: two k x BK tiles per thread
 
 template <typename T>
-void route_forward(const at::Tensor& f, const at::Tensor& idx, const at::Tensor& v, at::Tensor& out,
-                   at::Tensor& lse) {
+void route_forward(const at::Tensor& f, const at::Tensor& idx, const std::vector<at::Tensor>& v,
+                   std::vector<at::Tensor>& out, at::Tensor& lse) {
   const int64_t B = f.size(0), N = f.size(1), k = idx.size(1);
   const int64_t bq = std::max<int64_t>(1, std::min(k, TILE / N)), nblk = (k + bq - 1) / bq;
   const at::ThreadLocalState tls;
@@ -48,23 +51,27 @@ void route_forward(const at::Tensor& f, const at::Tensor& idx, const at::Tensor&
 #pragma omp simd
         for (int64_t j = 0; j < N; ++j) row[j] *= inv;
       }
-      at::Tensor o = out[b].narrow(0, i0, nq);
-      at::mm_out(o, p, v[b]);
+      for (size_t i = 0; i < v.size(); ++i) {
+        at::Tensor o = out[i][b].narrow(0, i0, nq);
+        at::mm_out(o, p, v[i][b]);
+      }
     }
   }
 }
 
 template <typename T>
-void route_backward(const at::Tensor& f, const at::Tensor& idx, const at::Tensor& v, const at::Tensor& out,
-                    const at::Tensor& lse, const at::Tensor& g, at::Tensor& df, at::Tensor& dv) {
+void route_backward(const at::Tensor& f, const at::Tensor& idx, const std::vector<at::Tensor>& v,
+                    const std::vector<at::Tensor>& out, const at::Tensor& lse, const std::vector<at::Tensor>& g,
+                    at::Tensor& df, std::vector<at::Tensor>& dv) {
   const int64_t B = f.size(0), N = f.size(1), C = f.size(2), k = idx.size(1);
   const int64_t nblk = (N + BK - 1) / BK;
   const int nt = num_threads();
-  const at::Tensor dsum = (g * out).sum(-1);  // D = rowsum(dO * O), (B, k)
+  at::Tensor dsum = at::zeros({B, k}, f.options());  // D = sum_i rowsum(dO_i * O_i), (B, k)
+  for (size_t i = 0; i < v.size(); ++i) dsum.add_((g[i] * out[i]).sum(-1));
   at::Tensor dq = at::zeros({nt, k, C}, f.options());
   const at::ThreadLocalState tls;
   for (int64_t b = 0; b < B; ++b) {
-    const at::Tensor fb = f[b], vb = v[b], ib = idx[b], gb = g[b], q = fb.index_select(0, ib);
+    const at::Tensor fb = f[b], ib = idx[b], q = fb.index_select(0, ib);
     const T* lp = lse.data_ptr<T>() + b * k;
     const T* dp = dsum.data_ptr<T>() + b * k;
 #pragma omp parallel num_threads(nt)
@@ -79,7 +86,8 @@ void route_backward(const at::Tensor& f, const at::Tensor& idx, const at::Tensor
         at::Tensor p = pbuf.narrow(0, 0, k * nk).view({k, nk});
         at::Tensor ds = sbuf.narrow(0, 0, k * nk).view({k, nk});
         at::mm_out(p, q, kb.t());
-        at::mm_out(ds, gb, vb.narrow(0, n0, nk).t());
+        at::mm_out(ds, g[0][b], v[0][b].narrow(0, n0, nk).t());
+        for (size_t i = 1; i < v.size(); ++i) ds.addmm_(g[i][b], v[i][b].narrow(0, n0, nk).t());
         T* pp = p.data_ptr<T>();
         T* sp = ds.data_ptr<T>();
         for (int64_t r = 0; r < k; ++r) {
@@ -90,8 +98,10 @@ void route_backward(const at::Tensor& f, const at::Tensor& idx, const at::Tensor
 #pragma omp simd
           for (int64_t j = 0; j < nk; ++j) srow[j] = prow[j] * (srow[j] - d);
         }
-        at::Tensor dvb = dv[b].narrow(0, n0, nk);
-        at::mm_out(dvb, p.t(), gb);
+        for (size_t i = 0; i < v.size(); ++i) {
+          at::Tensor dvb = dv[i][b].narrow(0, n0, nk);
+          at::mm_out(dvb, p.t(), g[i][b]);
+        }
         df[b].narrow(0, n0, nk).addmm_(ds.t(), q);
         dqt.addmm_(ds, kb);
       }
@@ -110,30 +120,54 @@ void route_backward(const at::Tensor& f, const at::Tensor& idx, const at::Tensor
   }
 }
 
-std::tuple<at::Tensor, at::Tensor> route_global_cpu(const at::Tensor& f_, const at::Tensor& idx_,
-                                                    const at::Tensor& v_) {
-  check_route_inputs(f_, idx_, v_);
-  const at::Tensor f = blas_rows(f_), idx = idx_.contiguous(), v = blas_rows(v_);
-  at::Tensor out = at::empty({f.size(0), idx.size(1), v.size(2)}, v.options());
+std::vector<at::Tensor> blas_rows_all(at::TensorList v) {
+  std::vector<at::Tensor> out;
+  for (const auto& x : v) out.push_back(blas_rows(x));
+  return out;
+}
+
+std::vector<at::Tensor> contiguous_all(at::TensorList v) {
+  std::vector<at::Tensor> out;
+  for (const auto& x : v) out.push_back(x.contiguous());
+  return out;
+}
+
+void check_values(const at::Tensor& f, const at::Tensor& idx, at::TensorList v) {
+  TORCH_CHECK(!v.empty(), "v: expected at least one value tensor");
+  for (const auto& x : v) check_route_inputs(f, idx, x);
+}
+
+std::tuple<std::vector<at::Tensor>, at::Tensor> route_global_cpu(const at::Tensor& f_, const at::Tensor& idx_,
+                                                                 at::TensorList v_) {
+  check_values(f_, idx_, v_);
+  const at::Tensor f = blas_rows(f_), idx = idx_.contiguous();
+  const std::vector<at::Tensor> v = blas_rows_all(v_);
+  std::vector<at::Tensor> out;
+  for (const auto& x : v) out.push_back(at::empty({f.size(0), idx.size(1), x.size(2)}, x.options()));
   at::Tensor lse = at::empty({f.size(0), idx.size(1)}, f.options());
-  if (out.numel() > 0 || lse.numel() > 0) {
+  if (lse.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "route_global_cpu",
                                [&] { route_forward<scalar_t>(f, idx, v, out, lse); });
   }
   return {out, lse};
 }
 
-std::tuple<at::Tensor, at::Tensor> route_global_backward_cpu(const at::Tensor& f_, const at::Tensor& idx_,
-                                                             const at::Tensor& v_, const at::Tensor& out_,
-                                                             const at::Tensor& lse_, const at::Tensor& g_) {
-  check_route_inputs(f_, idx_, v_);
-  check_saved_inputs(f_, idx_, v_, out_, lse_, g_);
-  const at::Tensor f = blas_rows(f_), idx = idx_.contiguous(), v = blas_rows(v_);
+std::tuple<at::Tensor, std::vector<at::Tensor>> route_global_backward_cpu(
+    const at::Tensor& f_, const at::Tensor& idx_, at::TensorList v_, at::TensorList out_, const at::Tensor& lse_,
+    at::TensorList g_) {
+  check_values(f_, idx_, v_);
+  TORCH_CHECK(out_.size() == v_.size() && g_.size() == v_.size(),
+              "out, grad_out: expected one tensor per value tensor (", v_.size(), ")");
+  for (size_t i = 0; i < v_.size(); ++i) check_saved_inputs(f_, idx_, v_[i], out_[i], lse_, g_[i]);
+  const at::Tensor f = blas_rows(f_), idx = idx_.contiguous();
+  const std::vector<at::Tensor> v = blas_rows_all(v_), out = contiguous_all(out_), g = contiguous_all(g_);
   // Gradients in the layout of the inputs (for rows(feat) views: NCHW), so that autograd hands them on
   // without a transposing copy.
-  at::Tensor df = at::zeros_like(f), dv = at::empty_like(v);
+  at::Tensor df = at::zeros_like(f);
+  std::vector<at::Tensor> dv;
+  for (const auto& x : v) dv.push_back(at::empty_like(x));
   AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "route_global_backward_cpu", [&] {
-    route_backward<scalar_t>(f, idx, v, out_.contiguous(), lse_.contiguous(), g_.contiguous(), df, dv);
+    route_backward<scalar_t>(f, idx, v, out, lse_.contiguous(), g, df, dv);
   });
   return {df, dv};
 }

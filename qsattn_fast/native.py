@@ -57,25 +57,40 @@ def _register_python_side() -> None:
     def fake_backward(f, idx, v, out, lse, grad_out, *grid):
         return torch.empty_like(f), torch.empty_like(v)
 
-    for name in ("route_global", "route_local"):
-        torch.library.register_fake(lib + name, fake_route)
-        torch.library.register_fake(lib + name + "_backward", fake_backward)
+    torch.library.register_fake(lib + "route_local", fake_route)
+    torch.library.register_fake(lib + "route_local_backward", fake_backward)
 
-    def setup_context(ctx, inputs, output):
+    @torch.library.register_fake(lib + "route_global")
+    def _(f, idx, v):
+        return [x.new_empty(idx.shape[0], idx.shape[1], x.shape[2]) for x in v], f.new_empty(idx.shape)
+
+    @torch.library.register_fake(lib + "route_global_backward")
+    def _(f, idx, v, out, lse, grad_out):
+        return torch.empty_like(f), [torch.empty_like(x) for x in v]
+
+    def setup_local(ctx, inputs, output):
         f, idx, v, *grid = inputs
         ctx.grid = grid
         ctx.save_for_backward(f, idx, v, *output)
 
-    def backward_of(name):
-        backward_op = getattr(torch.ops.qsattn, name + "_backward")
+    def backward_local(ctx, grad_out, grad_lse):
+        df, dv = torch.ops.qsattn.route_local_backward(*ctx.saved_tensors, grad_out.contiguous(), *ctx.grid)
+        return (df, None, dv) + (None,) * len(ctx.grid)
 
-        def backward(ctx, grad_out, grad_lse):
-            df, dv = backward_op(*ctx.saved_tensors, grad_out.contiguous(), *ctx.grid)
-            return (df, None, dv) + (None,) * len(ctx.grid)
-        return backward
+    def setup_global(ctx, inputs, output):
+        (f, idx, v), (out, lse) = inputs, output
+        ctx.n = len(v)
+        ctx.save_for_backward(f, idx, lse, *v, *out)
 
-    for name in ("route_global", "route_local"):
-        torch.library.register_autograd(lib + name, backward_of(name), setup_context=setup_context)
+    def backward_global(ctx, grad_out, grad_lse):
+        f, idx, lse, *rest = ctx.saved_tensors
+        v, out = rest[:ctx.n], rest[ctx.n:]
+        g = [torch.zeros_like(o) if d is None else d.contiguous() for d, o in zip(grad_out, out)]
+        df, dv = torch.ops.qsattn.route_global_backward(f, idx, v, out, lse, g)
+        return df, None, dv
+
+    torch.library.register_autograd(lib + "route_local", backward_local, setup_context=setup_local)
+    torch.library.register_autograd(lib + "route_global", backward_global, setup_context=setup_global)
 
 
 if LOAD_ERROR is None:
@@ -115,13 +130,14 @@ class NativeBackend(Backend):
     def route(self, feat, idx, values, mode, window, precision, variant):
         cd = compute_dtype(feat.dtype)
         f = rows(feat.to(cd))
-        v = rows(torch.cat([x.to(cd) for x in values], dim=1))
         if mode == "local":
+            v = rows(torch.cat([x.to(cd) for x in values], dim=1))
             out, _ = torch.ops.qsattn.route_local(f.contiguous(), idx, v.contiguous(), feat.shape[2], feat.shape[3],
                                                   window)
-        else:
-            out, _ = torch.ops.qsattn.route_global(f, idx, v)
-        return tuple(o.to(x.dtype) for o, x in zip(out.split([x.shape[1] for x in values], dim=2), values))
+            outs = out.split([x.shape[1] for x in values], dim=2)
+        else:                      # the value maps are routed as they are: no concatenated copy
+            outs, _ = torch.ops.qsattn.route_global(f, idx, [rows(x.to(cd)) for x in values])
+        return tuple(o.to(x.dtype) for o, x in zip(outs, values))
 
 
 register_backend(NativeBackend())

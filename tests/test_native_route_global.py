@@ -30,7 +30,7 @@ def test_forward_against_reference(B, C, H, W, k, dtype, tol):
 def test_lse_is_the_row_log_sum_exp():
     f, v = torch.randn(2, 17, 4, dtype=torch.float64), torch.randn(2, 17, 3, dtype=torch.float64)
     idx = rand_idx(2, 17, 5)
-    _, lse = torch.ops.qsattn.route_global(f, idx, v)
+    _, lse = torch.ops.qsattn.route_global(f, idx, [v])
     q_rows = f.gather(1, idx[..., None].expand(-1, -1, 4))
     assert torch.allclose(lse, torch.logsumexp(q_rows @ f.transpose(1, 2), -1), rtol=1e-12)
 
@@ -64,12 +64,27 @@ def test_strided_and_contiguous_rows_agree():
     f, vr = x.flatten(2).transpose(1, 2), v.flatten(2).transpose(1, 2)
     idx = rand_idx(2, 35, 9)
     g = torch.randn(2, 9, 3)
-    out_s, lse_s = torch.ops.qsattn.route_global(f, idx, vr)
-    out_c, lse_c = torch.ops.qsattn.route_global(f.contiguous(), idx, vr.contiguous())
+    (out_s,), lse_s = torch.ops.qsattn.route_global(f, idx, [vr])
+    (out_c,), lse_c = torch.ops.qsattn.route_global(f.contiguous(), idx, [vr.contiguous()])
     assert torch.allclose(out_s, out_c, rtol=1e-6, atol=1e-7) and torch.allclose(lse_s, lse_c, rtol=1e-6)
-    ds = torch.ops.qsattn.route_global_backward(f, idx, vr, out_s, lse_s, g)
-    dc = torch.ops.qsattn.route_global_backward(f.contiguous(), idx, vr.contiguous(), out_c, lse_c, g)
-    assert all(torch.allclose(a, b, rtol=1e-5, atol=1e-6) for a, b in zip(ds, dc))
+    df_s, (dv_s,) = torch.ops.qsattn.route_global_backward(f, idx, [vr], [out_s], lse_s, [g])
+    df_c, (dv_c,) = torch.ops.qsattn.route_global_backward(f.contiguous(), idx, [vr.contiguous()], [out_c], lse_c, [g])
+    assert torch.allclose(df_s, df_c, rtol=1e-5, atol=1e-6) and torch.allclose(dv_s, dv_c, rtol=1e-5, atol=1e-6)
+
+
+def test_several_values_equal_their_concatenation():
+    """Routing a list of value maps equals routing their channel concatenation, forward and backward."""
+    f = torch.randn(2, 23, 5, dtype=torch.float64)
+    v1, v2 = torch.randn(2, 23, 3, dtype=torch.float64), torch.randn(2, 23, 4, dtype=torch.float64)
+    idx = rand_idx(2, 23, 7)
+    (o1, o2), lse = torch.ops.qsattn.route_global(f, idx, [v1, v2])
+    (oc,), lse_c = torch.ops.qsattn.route_global(f, idx, [torch.cat([v1, v2], 2)])
+    assert torch.allclose(torch.cat([o1, o2], 2), oc, rtol=1e-12) and torch.allclose(lse, lse_c, rtol=1e-12)
+    g1, g2 = torch.randn_like(o1), torch.randn_like(o2)
+    df, (d1, d2) = torch.ops.qsattn.route_global_backward(f, idx, [v1, v2], [o1, o2], lse, [g1, g2])
+    dfc, (dc,) = torch.ops.qsattn.route_global_backward(f, idx, [torch.cat([v1, v2], 2)], [oc], lse_c,
+                                                         [torch.cat([g1, g2], 2)])
+    assert torch.allclose(df, dfc, rtol=1e-12) and torch.allclose(torch.cat([d1, d2], 2), dc, rtol=1e-12)
 
 
 @pytest.mark.parametrize("args,match", [
@@ -82,17 +97,20 @@ def test_strided_and_contiguous_rows_agree():
     ((torch.randn(9, 4), torch.tensor([[0, 1]] * 2), torch.randn(2, 9, 3)), "f: expected a 3-D tensor"),
 ])
 def test_bad_inputs(args, match):
+    f, idx, v = args
     with pytest.raises(RuntimeError, match=match):
-        torch.ops.qsattn.route_global(*args)
+        torch.ops.qsattn.route_global(f, idx, [v])
 
 
 def test_backward_rejects_mismatched_saved_tensors():
     f, v, idx = torch.randn(1, 9, 4), torch.randn(1, 9, 3), torch.tensor([[0, 5]])
-    out, lse = torch.ops.qsattn.route_global(f, idx, v)
+    (out,), lse = torch.ops.qsattn.route_global(f, idx, [v])
     with pytest.raises(RuntimeError, match="grad_out: expected the shape of out"):
-        torch.ops.qsattn.route_global_backward(f, idx, v, out, lse, torch.randn(1, 2, 4))
+        torch.ops.qsattn.route_global_backward(f, idx, [v], [out], lse, [torch.randn(1, 2, 4)])
     with pytest.raises(RuntimeError, match="lse: expected shape"):
-        torch.ops.qsattn.route_global_backward(f, idx, v, out, lse[:, :1], torch.randn_like(out))
+        torch.ops.qsattn.route_global_backward(f, idx, [v], [out], lse[:, :1], [torch.randn_like(out)])
+    with pytest.raises(RuntimeError, match="one tensor per value"):
+        torch.ops.qsattn.route_global_backward(f, idx, [v], [out, out], lse, [torch.randn_like(out)])
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
@@ -100,7 +118,9 @@ def test_opcheck(dtype):
     f = torch.randn(2, 13, 5, dtype=dtype, requires_grad=True)
     v = torch.randn(2, 13, 3, dtype=dtype, requires_grad=True)
     idx = rand_idx(2, 13, 4)
-    out, lse = torch.ops.qsattn.route_global(f, idx, v)
-    torch.library.opcheck(torch.ops.qsattn.route_global.default, (f, idx, v))
+    w = torch.randn(2, 13, 2, dtype=dtype, requires_grad=True)
+    (o1, o2), lse = torch.ops.qsattn.route_global(f, idx, [v, w])
+    torch.library.opcheck(torch.ops.qsattn.route_global.default, (f, idx, [v, w]))
     torch.library.opcheck(torch.ops.qsattn.route_global_backward.default,
-                          (f.detach(), idx, v.detach(), out.detach(), lse.detach(), torch.randn_like(out)))
+                          (f.detach(), idx, [v.detach(), w.detach()], [o1.detach(), o2.detach()], lse.detach(),
+                           [torch.randn_like(o1), torch.randn_like(o2)]))
