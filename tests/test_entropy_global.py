@@ -28,7 +28,7 @@ def test_peaked_rows_no_cancellation():
     log1p(R) - T/(1 + R) keeps them to fp32 accuracy where log Z - T/Z (Z rounded to 1) would not."""
     x = features(1, 256, 6, 7, scale=0.3).to(DEVICE)
     ref = ref_entropy(x)
-    assert float(ref.max()) < 1e-3 and float(ref.min()) < 1e-8
+    assert float(ref.max()) < 1e-3 and float(ref.min()) < 1.2e-7       # some below fp32 epsilon
     assert rel_err(K.entropy_global(x).cpu(), ref) < 2e-4
 
 
