@@ -72,6 +72,8 @@ def _route_fwd_kernel(x_ptr, idx_ptr, v_ptr, out_ptr, lse_ptr, N, C, CV, K,
                       sxb, sxc, sxn, svb, svc, svn,
                       BM: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, BV: tl.constexpr,
                       DOT_PREC: tl.constexpr, PREC2: tl.constexpr, INTERP: tl.constexpr):
+    """Per (block of BM selected rows, block of BV value channels): online softmax over key blocks,
+    out = softmax(Q K^T) V for those channels; the first channel block also stores lse = m + log l."""
     pid_m = tl.program_id(0)
     pid_v = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
