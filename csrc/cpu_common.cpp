@@ -2,6 +2,8 @@
 // AVX-512 (GCC function multiversioning) so one build runs fast on any x86-64 machine.
 #include "cpu_common.h"
 
+#include <algorithm>
+
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
 #define QSATTN_CLONES __attribute__((target_clones("default", "arch=haswell", "arch=skylake-avx512")))
 #else
@@ -10,18 +12,22 @@
 
 namespace qsattn {
 
+// The terms of one logit at d = s - max <= 0: e^d to r and e^d d to t, except for the max itself
+// (d == 0), which is counted in c instead (its 1 is kept apart, DESIGN §2).
+template <typename T>
+static inline __attribute__((always_inline)) void add_exp_terms(T d, T& r, T& t, T& c) {
+  const bool top = d == T(0);
+  const T e = top ? T(0) : fast_exp(d);
+  r += e;
+  t += e * d;
+  c += top ? T(1) : T(0);
+}
+
 template <typename T>
 static inline __attribute__((always_inline)) void exp_sums_impl(const T* s, int64_t n, T m, T* rr, T* tt, T* cc) {
   T r = 0, t = 0, c = 0;
 #pragma omp simd reduction(+ : r, t, c)
-  for (int64_t j = 0; j < n; ++j) {
-    const T d = s[j] - m;
-    const bool top = d == T(0);
-    const T e = top ? T(0) : fast_exp(d);
-    r += e;
-    t += e * d;
-    c += top ? T(1) : T(0);
-  }
+  for (int64_t j = 0; j < n; ++j) add_exp_terms(s[j] - m, r, t, c);
   *rr = r;
   *tt = t;
   *cc = c;
@@ -33,6 +39,42 @@ QSATTN_CLONES void exp_sums(const float* s, int64_t n, float m, float* rr, float
 
 void exp_sums(const double* s, int64_t n, double m, double* rr, double* tt, double* cc) {
   exp_sums_impl(s, n, m, rr, tt, cc);
+}
+
+template <typename T>
+static inline __attribute__((always_inline)) void col_max_impl(const T* s, int64_t nr, int64_t nc, T* m) {
+  std::copy(s, s + nc, m);
+  for (int64_t i = 1; i < nr; ++i) {
+    const T* row = s + i * nc;
+#pragma omp simd
+    for (int64_t j = 0; j < nc; ++j) m[j] = row[j] > m[j] ? row[j] : m[j];
+  }
+}
+
+QSATTN_CLONES void col_max(const float* s, int64_t nr, int64_t nc, float* m) { col_max_impl(s, nr, nc, m); }
+
+void col_max(const double* s, int64_t nr, int64_t nc, double* m) { col_max_impl(s, nr, nc, m); }
+
+template <typename T>
+static inline __attribute__((always_inline)) void col_exp_sums_impl(const T* s, int64_t nr, int64_t nc, const T* m,
+                                                                    T* rr, T* tt, T* cc) {
+  std::fill(rr, rr + nc, T(0));
+  std::fill(tt, tt + nc, T(0));
+  std::fill(cc, cc + nc, T(0));
+  for (int64_t i = 0; i < nr; ++i) {
+    const T* row = s + i * nc;
+#pragma omp simd
+    for (int64_t j = 0; j < nc; ++j) add_exp_terms(row[j] - m[j], rr[j], tt[j], cc[j]);
+  }
+}
+
+QSATTN_CLONES void col_exp_sums(const float* s, int64_t nr, int64_t nc, const float* m, float* rr, float* tt,
+                                float* cc) {
+  col_exp_sums_impl(s, nr, nc, m, rr, tt, cc);
+}
+
+void col_exp_sums(const double* s, int64_t nr, int64_t nc, const double* m, double* rr, double* tt, double* cc) {
+  col_exp_sums_impl(s, nr, nc, m, rr, tt, cc);
 }
 
 template <typename T>

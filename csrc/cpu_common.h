@@ -1,5 +1,5 @@
 // Shared helpers of the C++/OpenMP CPU kernels (DESIGN §2): the thread count, a vectorisable exp for
-// float, and the online cancellation-free entropy state.
+// float, and the online cancellation-free entropy state, fed by rows or by columns of a logit tile.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -59,6 +59,14 @@ inline double fast_exp(double x) { return std::exp(x); }
 void exp_sums(const float* s, int64_t n, float m, float* rr, float* tt, float* cc);
 void exp_sums(const double* s, int64_t n, double m, double* rr, double* tt, double* cc);
 
+// Column-wise twins of row_max / exp_sums over an nr x nc row-major tile s (nr > 0), vectorised along
+// the columns: col_max sets m[j] = max_i s_ij; col_exp_sums sets, per column j, rr[j], tt[j], cc[j] as
+// exp_sums does for the column with max m[j].
+void col_max(const float* s, int64_t nr, int64_t nc, float* m);
+void col_max(const double* s, int64_t nr, int64_t nc, double* m);
+void col_exp_sums(const float* s, int64_t nr, int64_t nc, const float* m, float* rr, float* tt, float* cc);
+void col_exp_sums(const double* s, int64_t nr, int64_t nc, const double* m, double* rr, double* tt, double* cc);
+
 // s_j <- e^{s_j - m} in place (attention rows of the routing kernels); returns sum_j s_j.
 float exp_shift(float* s, int64_t n, float m);
 double exp_shift(double* s, int64_t n, double m);
@@ -104,7 +112,35 @@ struct EntropyState {
     }
   }
 
+  // Folds in the state o of other logits of the same row (associative): the state with the smaller max
+  // is rescaled to the larger, its max's 1 joining the sum like a rescaled 1 + r in update.
+  void merge(const EntropyState& o) {
+    if (o.m == -std::numeric_limits<T>::infinity()) return;
+    if (m == -std::numeric_limits<T>::infinity()) {
+      *this = o;
+    } else if (o.m > m) {
+      const T d = m - o.m, a = std::exp(d);
+      t = o.t + a * (t + d * (1 + r));
+      r = o.r + a * (1 + r);
+      m = o.m;
+    } else {
+      const T d = o.m - m, a = std::exp(d);
+      t += a * (o.t + d * (1 + o.r));
+      r += a * (1 + o.r);
+    }
+  }
+
   T entropy() const { return std::log1p(r) - t / (1 + r); }
 };
+
+// Folds the columns of an nr x nc row-major logit tile s (nr > 0) into st[0..nc): column j holds logits
+// of row st[j]. scratch: 4 * nc elements.
+template <typename T>
+void fold_columns(const T* s, int64_t nr, int64_t nc, EntropyState<T>* st, T* scratch) {
+  T *m = scratch, *rr = m + nc, *tt = rr + nc, *cc = tt + nc;
+  col_max(s, nr, nc, m);
+  col_exp_sums(s, nr, nc, m, rr, tt, cc);
+  for (int64_t j = 0; j < nc; ++j) st[j].merge(EntropyState<T>{m[j], rr[j] + (cc[j] - 1), tt[j]});
+}
 
 }  // namespace qsattn

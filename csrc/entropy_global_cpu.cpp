@@ -1,11 +1,24 @@
 // CPU kernel of qsattn::entropy_global: H_i = -sum_j A_ij log A_ij with A = softmax(F F^T), never
-// holding more than a BQ x BK tile of logits per thread. Threads (OpenMP) take blocks of BQ query rows;
-// each tile S = Q_blk K_blk^T is an at::mm (MKL sgemm, single-threaded inside the parallel region)
-// and is folded into the rows' running (max, Z, T) by the cancellation-free epilogue (DESIGN §2).
+// holding more than a TS x TS tile of logits per thread, and computing each logit once although every
+// one is used twice: S = F F^T is symmetric, so the tile S_IJ = F_I F_J^T (I < J) serves the rows of
+// I row by row and the rows of J column by column (S_JI = S_IJ^T). Only the tiles I <= J are formed
+// (an at::mm_out each: MKL sgemm, single-threaded inside the parallel region), about half the products
+// of the full matrix; the exps stay N^2 (each logit once in its row's softmax and once in its column's).
+// Each tile is folded into running (max, r, t) states by the cancellation-free epilogue (DESIGN §2):
+// EntropyState::update along its rows, fold_columns (column max, then exp sums vectorised along the
+// columns) along its columns.
+// Determinism: the rows are cut into superblocks of g tiles (g = 1 up to MAX_SLOTS * TS rows, grown
+// beyond so that no row has more than MAX_SLOTS partial states). A task (OpenMP, dynamic schedule,
+// off-diagonal tasks first) is a superblock pair (I, J), I <= J, of one image; it owns slot J of the
+// rows of I and slot I of the rows of J and folds its tiles into them in a fixed order. At the end the
+// slots of each row are merged in slot order (EntropyState::merge): the result does not depend on the
+// thread count or schedule. Extra memory: B * N * slots states (<= 3 * MAX_SLOTS values per row) and
+// one tile plus 4 * TS scratch values per thread.
 #include <torch/library.h>
 
 #include <ATen/ThreadLocalState.h>
 
+#include <array>
 #include <vector>
 
 #include "cpu_common.h"
@@ -13,35 +26,56 @@
 namespace qsattn {
 namespace {
 
-constexpr int64_t BQ = 256;  // query rows per task: 256 x 256 fp32 = 256 KiB of queries
-constexpr int64_t BK = 512;  // keys per tile: the 256 x 512 tile (512 KiB) stays in L2
+constexpr int64_t TS = 512;         // tile edge: a 512 x 512 fp32 tile (1 MiB) stays in L2
+constexpr int64_t MAX_SLOTS = 32;   // partial states per row, at most
 
 template <typename T>
 void entropy_global_kernel(const at::Tensor& f, at::Tensor& out) {
   const int64_t B = f.size(0), N = f.size(1);
-  const int64_t nqb = (N + BQ - 1) / BQ;
-  const int64_t tasks = B * nqb;
-  T* o = out.data_ptr<T>();
+  const int64_t tiles = (N + TS - 1) / TS;
+  const int64_t sb = (tiles + MAX_SLOTS - 1) / MAX_SLOTS * TS;  // superblock edge, a multiple of TS
+  const int64_t ns = (N + sb - 1) / sb;                         // superblocks = slots per row
+  std::vector<std::array<int64_t, 3>> tasks;                    // (b, I, J), off-diagonal ones first
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t I = 0; I < ns; ++I)
+      for (int64_t J = I + 1; J < ns; ++J) tasks.push_back({b, I, J});
+  for (int64_t b = 0; b < B; ++b)
+    for (int64_t I = 0; I < ns; ++I) tasks.push_back({b, I, I});
+  std::vector<EntropyState<T>> part(B * ns * N);  // slot J of row i of image b: part[(b * ns + J) * N + i]
+  const int64_t ntasks = static_cast<int64_t>(tasks.size());
+  const int64_t edge = std::min(TS, N);
   const at::ThreadLocalState tls;  // the caller's dispatch state (autograd excluded), for the workers
 #pragma omp parallel num_threads(num_threads())
   {
     at::ThreadLocalStateGuard guard(tls);
-    at::Tensor tile = at::empty({BQ * std::min(BK, N)}, f.options());
-    std::vector<EntropyState<T>> st(BQ);
+    at::Tensor tile = at::empty({edge * edge}, f.options());
+    std::vector<T> scratch(4 * edge);
 #pragma omp for schedule(dynamic, 1)
-    for (int64_t task = 0; task < tasks; ++task) {
-      const int64_t b = task / nqb, q0 = (task % nqb) * BQ, nq = std::min(BQ, N - q0);
+    for (int64_t task = 0; task < ntasks; ++task) {
+      const int64_t b = tasks[task][0], I = tasks[task][1], J = tasks[task][2];
       const at::Tensor fb = f[b];
-      const at::Tensor q = fb.narrow(0, q0, nq);
-      std::fill(st.begin(), st.end(), EntropyState<T>{});
-      for (int64_t k0 = 0; k0 < N; k0 += BK) {
-        const int64_t nk = std::min(BK, N - k0);
-        at::Tensor s = tile.narrow(0, 0, nq * nk).view({nq, nk});
-        at::mm_out(s, q, fb.narrow(0, k0, nk).t());
-        const T* sp = s.data_ptr<T>();
-        for (int64_t r = 0; r < nq; ++r) st[r].update(sp + r * nk, nk);
+      EntropyState<T>* rows = part.data() + (b * ns + J) * N;  // slot J: the rows of I
+      EntropyState<T>* cols = part.data() + (b * ns + I) * N;  // slot I: the rows of J
+      for (int64_t i0 = I * sb; i0 < std::min((I + 1) * sb, N); i0 += TS) {
+        const int64_t ni = std::min(TS, N - i0);
+        const at::Tensor q = fb.narrow(0, i0, ni);
+        for (int64_t j0 = I == J ? i0 : J * sb; j0 < std::min((J + 1) * sb, N); j0 += TS) {
+          const int64_t nj = std::min(TS, N - j0);
+          at::Tensor s = tile.narrow(0, 0, ni * nj).view({ni, nj});
+          at::mm_out(s, q, fb.narrow(0, j0, nj).t());
+          const T* sp = s.data_ptr<T>();
+          for (int64_t r = 0; r < ni; ++r) rows[i0 + r].update(sp + r * nj, nj);
+          if (j0 != i0) fold_columns(sp, ni, nj, cols + j0, scratch.data());
+        }
       }
-      for (int64_t r = 0; r < nq; ++r) o[b * N + q0 + r] = st[r].entropy();
+    }
+    T* o = out.data_ptr<T>();
+#pragma omp for schedule(static)
+    for (int64_t row = 0; row < B * N; ++row) {
+      const int64_t b = row / N, i = row % N;
+      EntropyState<T> st;
+      for (int64_t J = 0; J < ns; ++J) st.merge(part[(b * ns + J) * N + i]);
+      o[row] = st.entropy();
     }
   }
 }
