@@ -1,7 +1,7 @@
 """qsattn::entropy_global (csrc/entropy_global_cpu.cpp) against the reference: fp32 to 2e-4 and fp64
-to 1e-12 relative, peaked rows, thread-count independence. The kernel forms only the 512 x 512 tiles
+to 1e-12 relative, peaked rows, thread-count independence. The kernel forms only the TS x TS tiles
 I <= J of the symmetric logits and serves the rows of J from the columns of S_IJ: the shapes cover one
-ragged tile (N < 512), N not a multiple of 512, N exactly 2 and 3 tiles, several images, and N > 32
+ragged tile (N < TS), N not a multiple of TS, N exactly 2 and 3 tiles, several images, and N > 32
 tiles (superblocks of 2 x 2 tiles)."""
 import pytest
 import torch
@@ -13,10 +13,12 @@ from conftest import features, rel_err
 
 pytestmark = pytest.mark.skipif(native.LOAD_ERROR is not None, reason=str(native.LOAD_ERROR))
 
+TS = 384   # the kernel's tile edge (csrc/entropy_global_cpu.cpp)
+
 SHAPES = [(1, 8, 7, 9), (2, 5, 6, 11), (3, 3, 5, 5),
           (1, 3, 23, 29),   # N = 667: 2 tiles, the second ragged
-          (2, 4, 32, 32),   # N = 1024: exactly 2 tiles, 2 images
-          (1, 5, 32, 48),   # N = 1536: exactly 3 tiles
+          (2, 4, 24, 32),   # N = 768: exactly 2 tiles, 2 images
+          (1, 5, 32, 36),   # N = 1152: exactly 3 tiles
           (3, 2, 27, 41)]   # N = 1107: 3 tiles, 3 images
 
 
@@ -50,20 +52,22 @@ def test_peaked_rows_across_tiles_keep_fp32_accuracy():
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-12)])
 def test_row_maxima_in_column_served_tiles(dtype, tol):
-    """Row norms falling along the rows (N = 1300, 3 tiles): the largest logit of a late row lies in an
+    """Row norms falling along the rows (N = 1300, 4 tiles): the largest logit of a late row lies in an
     early column, i.e. in a tile that serves that row through its columns."""
     f = torch.randn(2, 1300, 6, dtype=torch.float64) * torch.linspace(3.0, 0.2, 1300, dtype=torch.float64)[:, None]
     ref = q.attention_entropy(f.transpose(1, 2).reshape(2, 6, 26, 50), "global", backend="reference")
     rows_max_at = (f @ f.transpose(1, 2)).argmax(-1)
-    assert bool((rows_max_at[:, 1024:] < 1024).any())   # the case this test is about does occur
+    assert bool((rows_max_at[:, 2 * TS:] < TS).any())   # the case this test is about does occur
     assert rel_err(torch.ops.qsattn.entropy_global(f.to(dtype)), ref) < tol
 
 
 def test_superblocks_beyond_32_tiles():
-    """N = 129^2 = 16641 > 32 tiles: tasks are pairs of 1024-row superblocks (the last one ragged), 17
+    """N = 113^2 = 12769 > 32 tiles: tasks are pairs of 2-tile superblocks (the last one ragged), 17
     partial states per row. Checked against float64 entropies of 1200 random rows and the last 100."""
-    f = torch.randn(16641, 3, dtype=torch.float64) * 0.7
-    rows = torch.cat([torch.randperm(16541)[:1200], torch.arange(16541, 16641)])
+    N = 12769
+    assert N > 32 * TS
+    f = torch.randn(N, 3, dtype=torch.float64) * 0.7
+    rows = torch.cat([torch.randperm(N - 100)[:1200], torch.arange(N - 100, N)])
     logp = torch.log_softmax(f[rows] @ f.T, -1)
     ref = -(logp.exp() * logp).sum(-1)
     assert rel_err(torch.ops.qsattn.entropy_global(f[None].float())[0, rows], ref) < 2e-4
