@@ -103,6 +103,17 @@ def test_trainer_eval_freq_logs_every_epoch_and_keeps_the_best(tmp_path, one_thr
     assert all(torch.equal(sd[k], want[k]) for k in sd) and generator_from_state_dict(sd) is not None
 
 
+def test_trainer_evaluates_a_folder_test_split(tmp_path, split, one_thread):  # noqa: F811
+    for a, b in (("testA", "trainA"), ("testB", "trainB")):
+        shutil.copytree(split / a, split / b)
+    argv = tiny(tmp_path, "--dataset_mode", "unaligned", "--dataroot", str(split), "--eval_freq", "2",
+                "--eval_metrics", "swd", "--eval_num_test", "5", "--max_steps", "0")
+    assert trainer.main(argv) == 0
+    log = [json.loads(line) for line in open(tmp_path / "run" / "eval_log.jsonl")]
+    assert [r["epoch"] for r in log] == [2] and set(log[0]["metrics"]) == {"swd", "swd_levels"}
+    assert log[0]["metrics"]["swd"] > 0 and (tmp_path / "run" / "best_net_G.pth").exists()
+
+
 def test_trainer_eval_metrics_need_their_inputs(tmp_path, monkeypatch):
     monkeypatch.delenv("QSATTN_INCEPTION_WEIGHTS", raising=False)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))

@@ -154,10 +154,11 @@ def write_synthetic(out_dir: str, seed: int, count: int, size: int) -> int:
 class TestSetEvaluator:
     """``qsattn-train --eval_freq``: translate the test split with G and compute its metrics.
 
-    Test split: with ``--dataset_mode synthetic``, ``--eval_num_test`` items of the synthetic test split
-    (:func:`.data.synthetic_test_indices`) drawn at crop_size; else the first ``--eval_num_test``
-    images of ``<dataroot>/<eval_phase>A`` (sources; ``B`` with ``--direction BtoA``), resized to
-    crop_size x crop_size (bicubic), against all of ``<eval_phase>B`` (at most ``--eval_num_test``).
+    Test split: with ``--dataset_mode synthetic``, ``--eval_num_test`` (0: 100) items of the synthetic
+    test split (:func:`.data.synthetic_test_indices`) drawn at crop_size; else the images of
+    ``<dataroot>/<eval_phase>A`` (sources; ``B`` with ``--direction BtoA``), resized to crop_size x
+    crop_size (bicubic), against those of ``<eval_phase>B`` (each folder: all, or the first
+    ``--eval_num_test``).
     Translations are rounded to uint8 like saved PNGs. ``--eval_metrics auto``: SWD (at crop_size),
     the synthetic measures for synthetic A->B, and FID/KID when Inception weights are found (else a note
     is printed). The primary (lower is better) number that picks the best epoch: FID, else SWD, else KID,
@@ -167,7 +168,7 @@ else the synthetic background error.
     def __init__(self, opt, device, log=print):
         self.device, self.size, self.batch_size, self.seed = device, opt.crop_size, opt.batch_size, opt.seed
         self.synthetic = opt.dataset_mode == "synthetic"
-        n = opt.eval_num_test
+        n = opt.eval_num_test or (100 if self.synthetic else float("inf"))
         if self.synthetic:
             items = [synthetic_pair(opt.seed, i, self.size) for i in synthetic_test_indices(n)]
             src, tgt = (0, 1) if opt.direction == "AtoB" else (1, 0)

@@ -141,7 +141,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="comma list of fid, kid, swd, synthetic; auto: swd (+ synthetic on the synthetic "
                         "set) + fid,kid when Inception weights are found")
     g.add_argument("--eval_phase", default="test", help="test split folders: <dataroot>/<eval_phase>A, B")
-    g.add_argument("--eval_num_test", type=int, default=100, help="test images (synthetic items) per evaluation")
+    g.add_argument("--eval_num_test", type=int, default=0,
+                   help="test images per folder (0: all; synthetic: items, 0 meaning 100)")
     g.add_argument("--inception_weights", "--inception-weights", default=None,
                    help="FID Inception weights file (else $QSATTN_INCEPTION_WEIGHTS, then torch hub's cache)")
     g.add_argument("--kid_subsets", type=int, default=100, help="KID: number of random subsets")
@@ -170,8 +171,8 @@ def parse(argv=None) -> argparse.Namespace:
     if opt.dataset_mode == "unaligned" and not opt.dataroot:
         parser.error("--dataroot is required with --dataset_mode unaligned "
                          "(or try --demo / --dataset_mode synthetic)")
-    if opt.eval_freq < 0 or opt.eval_num_test < 2 or opt.kid_subsets < 1:
-        parser.error("--eval_freq must be >= 0, --eval_num_test >= 2 and --kid_subsets >= 1")
+    if opt.eval_freq < 0 or opt.eval_num_test == 1 or opt.eval_num_test < 0 or opt.kid_subsets < 1:
+        parser.error("--eval_freq must be >= 0, --eval_num_test 0 (all) or >= 2, and --kid_subsets >= 1")
     for name in ("batch_size", "crop_size", "load_size", "num_patches", "ngf", "ndf", "netF_nc"):
         if getattr(opt, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(opt, name)}")
