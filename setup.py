@@ -65,7 +65,8 @@ setup(
     cmdclass=cmdclass,
     install_requires=["torch>=2.4,<3", "numpy", "pillow", "tqdm"],
     entry_points={"console_scripts": ["qsattn-train = qsattn_fast.train.trainer:main",
-                                      "qsattn-translate = qsattn_fast.train.translate:main"]},
+                                      "qsattn-translate = qsattn_fast.train.translate:main",
+                                      "qsattn-eval = qsattn_fast.train.evaluate:main"]},
     extras_require={
         "triton": ["triton>=3.0"],
         "test": ["pytest", "pytest-benchmark"],

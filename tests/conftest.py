@@ -38,3 +38,26 @@ def assert_valid_selection(idx, ref_entropy, k, tol):
         assert idx[b].unique().numel() == k, "selected indices are not distinct"
     picked = ref_entropy.gather(1, idx)
     assert bool((picked <= kth + tol).all()), f"selected entropies exceed the k-th smallest by {float((picked - kth).max())}"
+
+
+@pytest.fixture(scope="session")
+def random_inception_weights(tmp_path_factory):
+    """A weights file of the FID Inception's layout with random (Kaiming) convolutions."""
+    import importlib.util
+    from unittest import mock
+
+    if importlib.util.find_spec("torch_fidelity") is None:
+        pytest.skip("torch-fidelity is not installed (pip install --no-deps torch-fidelity)")
+
+    from qsattn_fast.train import inception as I
+
+    cls = I.inception_class()
+    with mock.patch.object(cls, "load_state_dict", lambda self, sd, strict=True: None), \
+            mock.patch("torch.load", lambda *a, **k: {}):
+        net = cls("inception-v3-compat", [I.FEATURE], feature_extractor_weights_path="unused")
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            torch.nn.init.kaiming_normal_(m.weight, nonlinearity="relu")
+    path = tmp_path_factory.mktemp("inception") / "random-inception.pth"
+    torch.save(net.state_dict(), path)
+    return str(path)

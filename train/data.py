@@ -169,6 +169,15 @@ def synthetic_pair(seed: int, index: int, size: int = 64):
     return a.contiguous(), b.contiguous(), mask
 
 
+SYNTHETIC_TEST_OFFSET = 1_000_000  # test items are synthetic_pair(seed, SYNTHETIC_TEST_OFFSET + i)
+
+
+def synthetic_test_indices(count: int) -> list[int]:
+    """Item indices of the synthetic test split: ``count`` items disjoint from any training set
+    (training uses indices below ``synthetic_size`` < 10^6)."""
+    return list(range(SYNTHETIC_TEST_OFFSET, SYNTHETIC_TEST_OFFSET + count))
+
+
 class SyntheticDataset(torch.utils.data.Dataset):
     """``--dataset_mode synthetic``: ``length`` items of :func:`synthetic_pair` drawn at ``load_size``,
     unpaired in training (A of item ``index``, B of a random item; the same item with

@@ -133,6 +133,19 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--display_freq", type=int, default=400, help="write a sample grid and the loss plot every this many images")
     g.add_argument("--print_freq", type=int, default=100, help="log losses every this many images")
     g.add_argument("--max_steps", type=int, default=0, help="stop after this many steps in total (0: no limit)")
+    g = p.add_argument_group("evaluation (qsattn-eval's metrics on the test split during training)")
+    g.add_argument("--eval_freq", type=int, default=0,
+                   help="evaluate the test split every this many epochs and after the last (0: never); "
+                        "logs eval_log.jsonl and keeps the best epoch's G as best_net_G.pth")
+    g.add_argument("--eval_metrics", default="auto",
+                   help="comma list of fid, kid, swd, synthetic; auto: swd (+ synthetic on the synthetic "
+                        "set) + fid,kid when Inception weights are found")
+    g.add_argument("--eval_phase", default="test", help="test split folders: <dataroot>/<eval_phase>A, B")
+    g.add_argument("--eval_num_test", type=int, default=0,
+                   help="test images per folder (0: all; synthetic: items, 0 meaning 100)")
+    g.add_argument("--inception_weights", "--inception-weights", default=None,
+                   help="FID Inception weights file (else $QSATTN_INCEPTION_WEIGHTS, then torch hub's cache)")
+    g.add_argument("--kid_subsets", type=int, default=100, help="KID: number of random subsets")
     return p
 
 
@@ -158,6 +171,8 @@ def parse(argv=None) -> argparse.Namespace:
     if opt.dataset_mode == "unaligned" and not opt.dataroot:
         parser.error("--dataroot is required with --dataset_mode unaligned "
                          "(or try --demo / --dataset_mode synthetic)")
+    if opt.eval_freq < 0 or opt.eval_num_test == 1 or opt.eval_num_test < 0 or opt.kid_subsets < 1:
+        parser.error("--eval_freq must be >= 0, --eval_num_test 0 (all) or >= 2, and --kid_subsets >= 1")
     for name in ("batch_size", "crop_size", "load_size", "num_patches", "ngf", "ndf", "netF_nc"):
         if getattr(opt, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(opt, name)}")

@@ -2,7 +2,10 @@
 
 Outputs under ``<checkpoints_dir>/<name>/``: ``{latest|<epoch>}_net_{G,F,D}.pth`` (CUT's files),
 ``{latest|<epoch>}_state.pth`` (resume state), ``loss_log.jsonl`` (one JSON record per logged step),
-``loss_plot.png``, ``samples/*.png`` (rows: real A | fake B | real B | identity B), ``opt.json``.
+``loss_plot.png``, ``samples/*.png`` (rows: real A | fake B | real B | identity B), ``opt.json``; with
+``--eval_freq N``: ``eval_log.jsonl`` (the test split's metrics every N epochs and after the last, see
+:class:`.evaluate.TestSetEvaluator`), ``eval_best.json`` and ``best_net_G.pth`` (the epoch with the
+lowest primary metric: papers report the best epoch, the last one is in the log).
 
 Resume exactness: data order and augmentation depend only on (seed, epoch, position) (see
 :mod:`.data`); the learning rate only on the epoch; flips come from the model's generator and the
@@ -32,6 +35,8 @@ from .options import parse
 from .viz import plot_losses, save_grid
 
 LOG_NAME = "loss_log.jsonl"
+EVAL_LOG = "eval_log.jsonl"
+EVAL_BEST = "eval_best.json"
 
 
 def pick_device(gpu_ids: str, local_rank: int = 0) -> torch.device:
@@ -95,8 +100,13 @@ class Trainer:
         self.stop_requested = False
         if opt.continue_train:
             self._resume()
+        self.evaluator, self.best = None, None
         if self.rank == 0:
-            self._trim_log()
+            self._trim_log(self.log_path)
+            if opt.eval_freq > 0:
+                from .evaluate import TestSetEvaluator
+                self.evaluator = TestSetEvaluator(opt, self.device, log=lambda m: print(m, file=sys.stderr))
+                self.best = self._trim_log(os.path.join(self.save_dir, EVAL_LOG), self.evaluator.primary)
             with open(os.path.join(self.save_dir, "opt.json"), "w") as f:
                 json.dump({k: v for k, v in vars(opt).items() if k != "max_dataset_size"}, f, indent=1)
 
@@ -131,14 +141,18 @@ class Trainer:
         ckpt.atomic_save(state, ckpt.state_path(self.save_dir, which))
 
     # ---- logs ----------------------------------------------------------------------------------
-    def _trim_log(self):
-        """Keep the log records up to the current step (a resumed run rewrites what came after)."""
-        if not os.path.exists(self.log_path):
-            return
-        with open(self.log_path) as f:
+    def _trim_log(self, path, primary=None):
+        """Keep a log's records up to the current step (a resumed run rewrites what came after); returns
+        the kept record with the lowest ``primary`` number, if asked."""
+        if not os.path.exists(path):
+            return None
+        with open(path) as f:
             keep = [line for line in f if line.strip() and json.loads(line)["step"] <= self.step]
-        with open(self.log_path, "w") as f:
+        with open(path, "w") as f:
             f.writelines(keep)
+        records = [json.loads(line) for line in keep]
+        scored = [r for r in records if primary and r["metrics"].get(primary) is not None]
+        return min(scored, key=lambda r: r["metrics"][primary]) if scored else None
 
     def _log(self, losses, lr, t0):
         rec = {"epoch": self.epoch, "epoch_iter": self.epoch_iter, "step": self.step,
@@ -205,6 +219,8 @@ class Trainer:
                 self.save("latest")
                 if finished % opt.save_epoch_freq == 0 or finished == last_epoch:
                     self.save(finished)
+                if opt.eval_freq > 0 and (finished % opt.eval_freq == 0 or finished == last_epoch):
+                    self.evaluate(finished)
             if self.rank == 0:
                 self.write_plot()
                 print(f"qsattn-train: done; checkpoints, samples and loss plot in {self.save_dir}")
@@ -212,6 +228,29 @@ class Trainer:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+
+    def evaluate(self, epoch):
+        """Rank 0: the test split's metrics after ``epoch``, appended to eval_log.jsonl; a new best (lowest
+        primary metric) rewrites eval_best.json and best_net_G.pth. Other ranks wait."""
+        if self.rank == 0:
+            t0 = time.time()
+            numbers = self.evaluator.run(self.model.netG, self.model.autocast)
+            primary = self.evaluator.primary
+            rec = {"epoch": epoch, "step": self.step, "primary": primary, "seconds": round(time.time() - t0, 2),
+                   "metrics": {k: ({str(r): x for r, x in v.items()} if isinstance(v, dict) else v)
+                               for k, v in numbers.items()}}
+            with open(os.path.join(self.save_dir, EVAL_LOG), "a") as f:
+                f.write(json.dumps(rec) + "\n")
+            if self.best is None or numbers[primary] < self.best["metrics"][primary]:
+                self.best = rec
+                ckpt.save_networks(self.save_dir, "best", {"G": self.model.netG})
+                with open(os.path.join(self.save_dir, EVAL_BEST), "w") as f:
+                    json.dump(rec, f, indent=1)
+            shown = ", ".join(f"{k} {v:.4g}" for k, v in numbers.items() if isinstance(v, float))
+            print(f"qsattn-train: eval epoch {epoch}: {shown} (best {primary}: epoch {self.best['epoch']})",
+                  file=sys.stderr)
+        if self.world > 1:
+            dist.barrier()
 
     def _after_step(self, losses, lr, t0, bar):
         opt = self.opt

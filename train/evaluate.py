@@ -1,0 +1,343 @@
+"""``qsattn-eval``: FID, KID and SWD between a folder of real and a folder of translated images, and the
+synthetic task's own measures. The protocol (also in the README):
+
+* Images: every file with an image extension under the folder (recursively, sorted by path; the first
+  ``--max_images``), decoded by Pillow to 8-bit RGB. Use lossless files (PNG): JPEG changes FID, and a
+  warning is printed when a fake folder holds JPEGs.
+* FID and KID: the uint8 images, at their own size, go through the FID Inception-v3 of
+  :mod:`.inception` (torch-fidelity's port of the TF graph: TF-1 bilinear resize to 299, pool_3
+  features). FID is the Fréchet distance of the two Gaussian fits (float64); KID the mean (and std) of
+  the unbiased cubic-kernel MMD^2 over 100 random subset pairs of min(1000, n_real, n_fake) images,
+  seeded (:mod:`.metrics`).
+* SWD: images resized to ``--swd_size`` (Pillow bicubic) when not of that size, then the ProGAN
+  protocol of :mod:`.swd` (x 10^3, the mean over the pyramid levels), seeded.
+* ``--dataset_mode synthetic``: the fake images are translations of the synthetic test split (written
+  by ``--write_synthetic DIR``: ``testA/`` and ``testB/``, files ``<item index>.png``); the object masks
+  are regenerated from the indices, and :func:`.metrics.synthetic_measures` gives ``stripe_energy`` (T)
+  and ``background_error`` (C). SWD compares with the split's ``testB`` images unless ``--real`` is given.
+
+Papers (CUT, QS-Attn) report the best epoch's numbers, not the last; ``qsattn-train --eval_freq``
+records both (see :mod:`.trainer`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+import time
+from collections.abc import Iterator, Sequence
+
+import numpy as np
+import torch
+from PIL import Image
+
+from . import metrics as M
+from .data import list_images, load_image, synthetic_pair, synthetic_test_indices, to_image
+from .inception import InceptionUnavailable, find_weights, load_inception
+from .swd import swd
+
+METRICS = ("fid", "kid", "swd", "synthetic")
+JPEG = (".jpg", ".jpeg")
+
+
+def to_uint8(item) -> torch.Tensor:
+    """An image path, or a uint8 (3, H, W) tensor -> uint8 (3, H, W)."""
+    if isinstance(item, torch.Tensor):
+        if item.dtype != torch.uint8 or item.dim() != 3 or item.shape[0] != 3:
+            raise ValueError(f"images: expected uint8 (3, H, W) tensors, got {item.dtype} {tuple(item.shape)}")
+        return item
+    return torch.from_numpy(np.array(load_image(item), dtype=np.uint8, copy=True)).permute(2, 0, 1)
+
+
+def resized(img: torch.Tensor, size: int) -> torch.Tensor:
+    """uint8 (3, H, W) -> (3, size, size), Pillow bicubic (unchanged when already that size)."""
+    if img.shape[1:] == (size, size):
+        return img
+    pil = Image.fromarray(img.permute(1, 2, 0).numpy(), "RGB").resize((size, size), Image.BICUBIC)
+    return torch.from_numpy(np.array(pil, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+
+
+def batches(images: Sequence, batch_size: int, size: int | None = None, desc: str | None = None,
+            progress: bool = True) -> Iterator[torch.Tensor]:
+    """uint8 (B, 3, H, W) batches of consecutive same-sized images (resized to ``size`` if given), with
+    a progress bar named ``desc``."""
+    from tqdm import tqdm
+    pending = []
+    for item in tqdm(images, desc=desc, unit="img", disable=not progress, leave=False, dynamic_ncols=True):
+        img = to_uint8(item)
+        img = resized(img, size) if size else img
+        if pending and (img.shape != pending[0].shape or len(pending) == batch_size):
+            yield torch.stack(pending)
+            pending = []
+        pending.append(img)
+    if pending:
+        yield torch.stack(pending)
+
+
+@torch.no_grad()
+def inception_features(images: Sequence, net, batch_size: int = 50, device="cpu", desc=None,
+                       progress=True) -> torch.Tensor:
+    """(n, 2048) float64 pool features of ``images`` (paths or uint8 tensors)."""
+    out = [net(b.to(device))[0].double().cpu() for b in batches(images, batch_size, None, desc, progress)]
+    return torch.cat(out)
+
+
+def compute_metrics(real: Sequence, fake: Sequence, metrics=("fid", "kid", "swd"), *, net=None,
+                    batch_size: int = 50, device="cpu", seed: int = 0, swd_size: int = 256,
+                    kid_subsets: int = 100, kid_subset_size: int = 1000, progress: bool = True) -> dict:
+    """FID / KID / SWD of two image sets (sequences of paths or uint8 (3, H, W) tensors); ``net``: the
+    Inception of :func:`.inception.load_inception`, needed for fid and kid. Returns the numbers."""
+    if len(real) < 2 or len(fake) < 2:
+        raise ValueError(f"need at least 2 real and 2 fake images, got {len(real)} and {len(fake)}")
+    out = {}
+    if "fid" in metrics or "kid" in metrics:
+        if net is None:
+            raise ValueError("fid/kid: pass net=load_inception(...)")
+        fr = inception_features(real, net, batch_size, device, "inception (real)", progress)
+        ff = inception_features(fake, net, batch_size, device, "inception (fake)", progress)
+        if "fid" in metrics:
+            out["fid"] = M.fid_from_features(fr, ff)
+        if "kid" in metrics:
+            out["kid"], out["kid_std"], out["kid_subset_size"] = M.kid_from_features(
+                fr, ff, kid_subsets, kid_subset_size, seed)
+    if "swd" in metrics:
+        res = swd(batches(real, batch_size, swd_size, "swd (real)", progress),
+                  batches(fake, batch_size, swd_size, "swd (fake)", progress), seed)
+        out["swd"], out["swd_levels"] = res["mean"], res["levels"]
+    return out
+
+
+def synthetic_items(fake: Sequence[str], seed: int):
+    """For fake files named ``<item index>.<ext>``: the (index, A, B, mask) of each, drawn at its size."""
+    items = []
+    for p in fake:
+        m = re.search(r"(\d+)$", os.path.splitext(os.path.basename(p))[0])
+        if m is None:
+            raise ValueError(f"fake: {p} is not named <synthetic item index>.png (see qsattn-eval --write_synthetic)")
+        with Image.open(p) as img:
+            size = img.size
+        if size[0] != size[1]:
+            raise ValueError(f"fake: {p} is {size[0]}x{size[1]}; synthetic items are square")
+        items.append((int(m.group(1)), *synthetic_pair(seed, int(m.group(1)), size[0])))
+    return items
+
+
+def synthetic_from_files(fake: Sequence[str], seed: int) -> tuple[dict, list[torch.Tensor]]:
+    """:func:`.metrics.synthetic_measures` of translated synthetic items read from ``fake``; also returns
+    the items' target (B) images as uint8, the real set for SWD."""
+    items = synthetic_items(fake, seed)
+    fakes = torch.stack([to_uint8(p) for p in fake])
+    a, b = (torch.stack([image_uint8(it[j]) for it in items]) for j in (1, 2))   # as the PNGs of the split
+    res = M.synthetic_measures(*(u.float().div(127.5).sub(1) for u in (fakes, a, b)),
+                               torch.stack([it[3] for it in items]))
+    return res, list(b)
+
+
+def image_uint8(t: torch.Tensor) -> torch.Tensor:
+    """(3, H, W) in [-1, 1] -> uint8 (3, H, W), rounded as the PNG files the trainer writes."""
+    return t.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+
+
+def write_synthetic(out_dir: str, seed: int, count: int, size: int) -> int:
+    """Write the synthetic test split: ``out_dir/testA`` and ``testB``, ``<index>.png``; returns count."""
+    for d in ("testA", "testB"):
+        os.makedirs(os.path.join(out_dir, d), exist_ok=True)
+    for i in synthetic_test_indices(count):
+        a, b, _ = synthetic_pair(seed, i, size)
+        to_image(a).save(os.path.join(out_dir, "testA", f"{i}.png"))
+        to_image(b).save(os.path.join(out_dir, "testB", f"{i}.png"))
+    return count
+
+
+class TestSetEvaluator:
+    """``qsattn-train --eval_freq``: translate the test split with G and compute its metrics.
+
+    Test split: with ``--dataset_mode synthetic``, ``--eval_num_test`` (0: 100) items of the synthetic
+    test split (:func:`.data.synthetic_test_indices`) drawn at crop_size; else the images of
+    ``<dataroot>/<eval_phase>A`` (sources; ``B`` with ``--direction BtoA``), resized to crop_size x
+    crop_size (bicubic), against those of ``<eval_phase>B`` (each folder: all, or the first
+    ``--eval_num_test``).
+    Translations are rounded to uint8 like saved PNGs. ``--eval_metrics auto``: SWD (at crop_size),
+    the synthetic measures for synthetic A->B, and FID/KID when Inception weights are found (else a note
+    is printed). The primary (lower is better) number that picks the best epoch: FID, else SWD, else KID,
+else the synthetic background error.
+    """
+
+    def __init__(self, opt, device, log=print):
+        self.device, self.size, self.batch_size, self.seed = device, opt.crop_size, opt.batch_size, opt.seed
+        self.synthetic = opt.dataset_mode == "synthetic"
+        n = opt.eval_num_test or (100 if self.synthetic else float("inf"))
+        if self.synthetic:
+            items = [synthetic_pair(opt.seed, i, self.size) for i in synthetic_test_indices(n)]
+            src, tgt = (0, 1) if opt.direction == "AtoB" else (1, 0)
+            self.sources = torch.stack([image_uint8(it[src]) for it in items])
+            self.real = [image_uint8(it[tgt]) for it in items]
+            self.mask = torch.stack([it[2] for it in items])
+        else:
+            a, b = ("A", "B") if opt.direction == "AtoB" else ("B", "A")
+            src = list_images(os.path.join(opt.dataroot, opt.eval_phase + a), n, f"eval ({opt.eval_phase}{a})")
+            self.real = list_images(os.path.join(opt.dataroot, opt.eval_phase + b), n, f"eval ({opt.eval_phase}{b})")
+            self.sources = torch.stack([resized(to_uint8(p), self.size) for p in src])
+        auto = opt.eval_metrics == "auto"
+        wanted = (["fid", "kid", "swd"] + (["synthetic"] if self.synthetic and opt.direction == "AtoB" else [])
+                  if auto else [m.strip() for m in opt.eval_metrics.split(",") if m.strip()])
+        bad = [m for m in wanted if m not in METRICS or (m == "synthetic" and not self.synthetic)]
+        if bad:
+            raise SystemExit(f"qsattn-train: --eval_metrics {bad} not available (choose from fid, kid, swd; "
+                             "synthetic with --dataset_mode synthetic)")
+        self.net = None
+        if {"fid", "kid"} & set(wanted):
+            try:
+                self.net = load_inception(opt.inception_weights, device)
+            except InceptionUnavailable as e:
+                if not auto:
+                    raise SystemExit(f"qsattn-train: {e}") from e
+                log(f"qsattn-train: evaluating without FID/KID: {e}")
+                wanted = [m for m in wanted if m not in ("fid", "kid")]
+        self.metrics = wanted
+        self.primary = next((m for m in ("fid", "swd", "kid") if m in wanted), "background_error")
+        self.kid_subsets = opt.kid_subsets
+
+    @torch.no_grad()
+    def run(self, net_g, autocast=None) -> dict:
+        """Metrics of ``net_g``'s translations of the test split (G in eval mode meanwhile)."""
+        import contextlib
+        was = net_g.training
+        net_g.eval()
+        fakes = []
+        try:
+            for i in range(0, len(self.sources), self.batch_size):
+                x = self.sources[i:i + self.batch_size].float().div(127.5).sub(1).to(self.device)
+                with autocast or contextlib.nullcontext():
+                    fakes += list(image_uint8(net_g(x)))
+        finally:
+            net_g.train(was)
+        out = {}
+        if "synthetic" in self.metrics:
+            real = torch.stack(self.real)
+            out.update(M.synthetic_measures(*(u.float().div(127.5).sub(1) for u in (torch.stack(fakes), self.sources,
+                                                                                    real)), self.mask))
+        out.update(compute_metrics(self.real, fakes, self.metrics, net=self.net, batch_size=self.batch_size,
+                                   device=self.device, seed=self.seed, swd_size=self.size,
+                                   kid_subsets=self.kid_subsets, progress=False))
+        return out
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    dev = torch.device(name)
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"qsattn-eval: --device {name} but CUDA is not available")
+    return dev
+
+
+def format_table(numbers: dict) -> str:
+    """The results as a two-column text table."""
+    rows = []
+    for k, v in numbers.items():
+        if isinstance(v, dict):
+            rows += [(f"{k} @{r}", f"{x:.4f}") for r, x in v.items()]
+        else:
+            rows.append((k, f"{v:.6g}" if isinstance(v, float) else str(v)))
+    w = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="qsattn-eval", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+                                description="FID, KID and SWD between real and translated images "
+                                            "(and the synthetic task's stripe/background measures).")
+    p.add_argument("--real", help="folder of real target-domain images (e.g. testB)")
+    p.add_argument("--fake", help="folder of translated images")
+    p.add_argument("--metrics", default=None,
+                   help="comma list of fid, kid, swd, synthetic (default fid,kid,swd; synthetic,swd "
+                        "with --dataset_mode synthetic)")
+    p.add_argument("--json", default=None, help="also write the numbers and settings to this JSON file")
+    p.add_argument("--inception-weights", "--inception_weights", dest="inception_weights", default=None,
+                   help="FID Inception weights file (else $QSATTN_INCEPTION_WEIGHTS, then torch hub's cache)")
+    p.add_argument("--dataset_mode", default="unaligned", choices=["unaligned", "synthetic"],
+                   help="synthetic: --fake holds translations of the synthetic test split")
+    p.add_argument("--synthetic_seed", type=int, default=0, help="--seed of the synthetic run")
+    p.add_argument("--write_synthetic", default=None, metavar="DIR",
+                   help="write the synthetic test split (DIR/testA, DIR/testB) and exit")
+    p.add_argument("--num_test", type=int, default=100, help="items written by --write_synthetic")
+    p.add_argument("--size", type=int, default=64, help="image size written by --write_synthetic")
+    p.add_argument("--max_images", type=int, default=None, help="use at most this many images per folder")
+    p.add_argument("--batch_size", type=int, default=50, help="images per forward pass / pyramid batch")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda[:i] (for the Inception network)")
+    p.add_argument("--seed", type=int, default=0, help="seed of KID's subsets and SWD's patches and directions")
+    p.add_argument("--swd_size", type=int, default=None,
+                   help="SWD resizes images to this square size (default: the first fake image's side if "
+                        "it is square, else 256)")
+    p.add_argument("--kid_subsets", type=int, default=100, help="KID: number of random subsets")
+    p.add_argument("--kid_subset_size", type=int, default=1000, help="KID: images per subset (at most n)")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    return p
+
+
+def main(argv=None) -> int:
+    p = build_parser()
+    a = p.parse_args(argv)
+    if a.write_synthetic:
+        n = write_synthetic(a.write_synthetic, a.synthetic_seed, a.num_test, a.size)
+        print(f"qsattn-eval: wrote {n} synthetic test pairs to {a.write_synthetic}/testA and testB")
+        return 0
+    synthetic = a.dataset_mode == "synthetic"
+    metrics = [m.strip() for m in (a.metrics or ("synthetic,swd" if synthetic else "fid,kid,swd")).split(",")]
+    bad = [m for m in metrics if m not in METRICS]
+    if bad:
+        p.error(f"--metrics: unknown {bad}; choose from {', '.join(METRICS)}")
+    if "synthetic" in metrics and not synthetic:
+        p.error("--metrics synthetic needs --dataset_mode synthetic")
+    if not a.fake or not (a.real or synthetic):
+        p.error("--fake and --real are required (--real is optional with --dataset_mode synthetic)")
+    for name in ("batch_size", "kid_subsets", "swd_size"):
+        if getattr(a, name) is not None and getattr(a, name) < 1:
+            p.error(f"--{name} must be >= 1")
+    fake = list_images(a.fake, a.max_images or float("inf"), "fake")
+    if any(f.lower().endswith(JPEG) for f in fake):
+        print("qsattn-eval: warning: the fake folder holds JPEG files; lossy compression changes FID/KID "
+              "(write PNG)", file=sys.stderr)
+    if a.swd_size is None:
+        with Image.open(fake[0]) as img:
+            a.swd_size = img.size[0] if img.size[0] == img.size[1] else 256
+    device = pick_device(a.device)
+    net = weights = None
+    try:
+        if {"fid", "kid"} & set(metrics):
+            weights = find_weights(a.inception_weights)
+            net = load_inception(weights, device)
+    except InceptionUnavailable as e:
+        print(f"qsattn-eval: {e}", file=sys.stderr)
+        return 2
+    numbers, real = {}, None
+    if synthetic:
+        measures, real = synthetic_from_files(fake, a.synthetic_seed)
+        if "synthetic" in metrics:
+            numbers.update(measures)
+    if a.real:
+        real = list_images(a.real, a.max_images or float("inf"), "real")
+    t0 = time.time()
+    numbers.update(compute_metrics(real, fake, metrics, net=net, batch_size=a.batch_size, device=device,
+                                   seed=a.seed, swd_size=a.swd_size, kid_subsets=a.kid_subsets,
+                                   kid_subset_size=a.kid_subset_size, progress=not a.quiet))
+    print(format_table(numbers))
+    if a.json:
+        import qsattn_fast
+        settings = {k: v for k, v in vars(a).items() if k not in ("json", "quiet", "write_synthetic")}
+        settings.update(metrics=metrics, n_real=len(real), n_fake=len(fake), device=str(device),
+                        inception=f"torch-fidelity FeatureExtractorInceptionV3 pool_3, {weights}" if net else None,
+                        swd="ProGAN: 7x7 Laplacian patches, 128 per image and level, 4x128 directions, x1e3",
+                        seconds=round(time.time() - t0, 2), torch=torch.__version__,
+                        qsattn_fast=qsattn_fast.__version__)
+        with open(a.json, "w") as f:
+            json.dump({"metrics": {k: ({str(r): x for r, x in v.items()} if isinstance(v, dict) else v)
+                                   for k, v in numbers.items()}, "settings": settings}, f, indent=1)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
