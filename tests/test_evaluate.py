@@ -36,6 +36,8 @@ def test_synthetic_measures_tell_identity_from_stripes(split, tmp_path, capsys):
     assert out["testA"]["background_error"] == out["testB"]["background_error"] == 0
     assert out["testB"]["swd"] == 0 < out["testA"]["swd"]
     assert set(out["testA"]["swd_levels"]) == {"32", "16"}
+    res = E.evaluate(None, str(split / "testA"), dataset_mode="synthetic", progress=False)   # the Python API
+    assert res["metrics"]["swd"] == pytest.approx(out["testA"]["swd"]) and res["settings"]["n_fake"] == 6
 
 
 def test_fid_kid_swd_of_two_folders(split, tmp_path, capsys, random_inception_weights):
@@ -74,8 +76,11 @@ def test_cli_errors(split, tmp_path, capsys, monkeypatch):
     renamed = tmp_path / "renamed"
     renamed.mkdir()
     shutil.copy(next((split / "testA").iterdir()), renamed / "img.png")
-    with pytest.raises(ValueError, match="img.png"):
+    with pytest.raises(SystemExit):
         E.main(["--dataset_mode", "synthetic", "--fake", str(renamed)])
+    assert "img.png is not named" in capsys.readouterr().err
+    with pytest.raises(ValueError, match="img.png"):                      # the Python function raises
+        E.evaluate(None, str(renamed), dataset_mode="synthetic")
 
 
 def test_jpeg_fakes_are_warned_about(split, tmp_path, capsys):

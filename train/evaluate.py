@@ -278,6 +278,61 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+def evaluate(real: str | None, fake: str, metrics=None, *, dataset_mode: str = "unaligned",
+             synthetic_seed: int = 0, inception_weights: str | None = None, max_images: int | None = None,
+             batch_size: int = 50, device="auto", seed: int = 0, swd_size: int | None = None,
+             kid_subsets: int = 100, kid_subset_size: int = 1000, progress: bool = True) -> dict:
+    """``qsattn-eval`` as a function: folders ``real`` and ``fake`` -> {"metrics": {...}, "settings": {...}}
+    (the protocol of the module docstring; ``metrics`` a list, default fid, kid, swd, or synthetic, swd
+    with ``dataset_mode="synthetic"``, where ``real`` may be None). Raises ValueError for bad arguments
+    and :class:`.inception.InceptionUnavailable` when FID/KID cannot run."""
+    synthetic = dataset_mode == "synthetic"
+    metrics = list(metrics or (["synthetic", "swd"] if synthetic else ["fid", "kid", "swd"]))
+    bad = [m for m in metrics if m not in METRICS]
+    if bad:
+        raise ValueError(f"metrics: unknown {bad}; choose from {', '.join(METRICS)}")
+    if "synthetic" in metrics and not synthetic:
+        raise ValueError("metrics: synthetic needs dataset_mode synthetic")
+    if not fake or not (real or synthetic):
+        raise ValueError("fake and real folders are required (real is optional with dataset_mode synthetic)")
+    for name, v in (("batch_size", batch_size), ("kid_subsets", kid_subsets), ("swd_size", swd_size)):
+        if v is not None and v < 1:
+            raise ValueError(f"{name} must be >= 1, got {v}")
+    fakes = list_images(fake, max_images or float("inf"), "fake")
+    if any(f.lower().endswith(JPEG) for f in fakes):
+        print("qsattn-eval: warning: the fake folder holds JPEG files; lossy compression changes FID/KID "
+              "(write PNG)", file=sys.stderr)
+    if swd_size is None:
+        with Image.open(fakes[0]) as img:
+            swd_size = img.size[0] if img.size[0] == img.size[1] else 256
+    device = pick_device(device)
+    net = weights = None
+    if {"fid", "kid"} & set(metrics):
+        weights = find_weights(inception_weights)
+        net = load_inception(weights, device)
+    numbers, reals = {}, None
+    if synthetic:
+        measures, reals = synthetic_from_files(fakes, synthetic_seed)
+        if "synthetic" in metrics:
+            numbers.update(measures)
+    if real:
+        reals = list_images(real, max_images or float("inf"), "real")
+    t0 = time.time()
+    numbers.update(compute_metrics(reals, fakes, metrics, net=net, batch_size=batch_size, device=device,
+                                   seed=seed, swd_size=swd_size, kid_subsets=kid_subsets,
+                                   kid_subset_size=kid_subset_size, progress=progress))
+    import qsattn_fast
+    settings = dict(real=real, fake=fake, metrics=metrics, dataset_mode=dataset_mode, n_real=len(reals),
+                    n_fake=len(fakes), max_images=max_images, batch_size=batch_size, device=str(device),
+                    seed=seed, swd_size=swd_size, kid_subsets=kid_subsets, kid_subset_size=kid_subset_size,
+                    inception=f"torch-fidelity FeatureExtractorInceptionV3 pool_3, {weights}" if net else None,
+                    swd="ProGAN: 7x7 Laplacian patches, 128 per image and level, 4x128 directions, x1e3",
+                    seconds=round(time.time() - t0, 2), torch=torch.__version__, qsattn_fast=qsattn_fast.__version__)
+    if synthetic:
+        settings["synthetic_seed"] = synthetic_seed
+    return {"metrics": numbers, "settings": settings}
+
+
 def main(argv=None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
@@ -285,57 +340,22 @@ def main(argv=None) -> int:
         n = write_synthetic(a.write_synthetic, a.synthetic_seed, a.num_test, a.size)
         print(f"qsattn-eval: wrote {n} synthetic test pairs to {a.write_synthetic}/testA and testB")
         return 0
-    synthetic = a.dataset_mode == "synthetic"
-    metrics = [m.strip() for m in (a.metrics or ("synthetic,swd" if synthetic else "fid,kid,swd")).split(",")]
-    bad = [m for m in metrics if m not in METRICS]
-    if bad:
-        p.error(f"--metrics: unknown {bad}; choose from {', '.join(METRICS)}")
-    if "synthetic" in metrics and not synthetic:
-        p.error("--metrics synthetic needs --dataset_mode synthetic")
-    if not a.fake or not (a.real or synthetic):
-        p.error("--fake and --real are required (--real is optional with --dataset_mode synthetic)")
-    for name in ("batch_size", "kid_subsets", "swd_size"):
-        if getattr(a, name) is not None and getattr(a, name) < 1:
-            p.error(f"--{name} must be >= 1")
-    fake = list_images(a.fake, a.max_images or float("inf"), "fake")
-    if any(f.lower().endswith(JPEG) for f in fake):
-        print("qsattn-eval: warning: the fake folder holds JPEG files; lossy compression changes FID/KID "
-              "(write PNG)", file=sys.stderr)
-    if a.swd_size is None:
-        with Image.open(fake[0]) as img:
-            a.swd_size = img.size[0] if img.size[0] == img.size[1] else 256
-    device = pick_device(a.device)
-    net = weights = None
+    metrics = [m.strip() for m in a.metrics.split(",") if m.strip()] if a.metrics else None
     try:
-        if {"fid", "kid"} & set(metrics):
-            weights = find_weights(a.inception_weights)
-            net = load_inception(weights, device)
+        res = evaluate(a.real, a.fake, metrics, dataset_mode=a.dataset_mode, synthetic_seed=a.synthetic_seed,
+                       inception_weights=a.inception_weights, max_images=a.max_images, batch_size=a.batch_size,
+                       device=a.device, seed=a.seed, swd_size=a.swd_size, kid_subsets=a.kid_subsets,
+                       kid_subset_size=a.kid_subset_size, progress=not a.quiet)
     except InceptionUnavailable as e:
         print(f"qsattn-eval: {e}", file=sys.stderr)
         return 2
-    numbers, real = {}, None
-    if synthetic:
-        measures, real = synthetic_from_files(fake, a.synthetic_seed)
-        if "synthetic" in metrics:
-            numbers.update(measures)
-    if a.real:
-        real = list_images(a.real, a.max_images or float("inf"), "real")
-    t0 = time.time()
-    numbers.update(compute_metrics(real, fake, metrics, net=net, batch_size=a.batch_size, device=device,
-                                   seed=a.seed, swd_size=a.swd_size, kid_subsets=a.kid_subsets,
-                                   kid_subset_size=a.kid_subset_size, progress=not a.quiet))
-    print(format_table(numbers))
+    except (ValueError, FileNotFoundError) as e:
+        p.error(str(e))
+    print(format_table(res["metrics"]))
     if a.json:
-        import qsattn_fast
-        settings = {k: v for k, v in vars(a).items() if k not in ("json", "quiet", "write_synthetic")}
-        settings.update(metrics=metrics, n_real=len(real), n_fake=len(fake), device=str(device),
-                        inception=f"torch-fidelity FeatureExtractorInceptionV3 pool_3, {weights}" if net else None,
-                        swd="ProGAN: 7x7 Laplacian patches, 128 per image and level, 4x128 directions, x1e3",
-                        seconds=round(time.time() - t0, 2), torch=torch.__version__,
-                        qsattn_fast=qsattn_fast.__version__)
         with open(a.json, "w") as f:
             json.dump({"metrics": {k: ({str(r): x for r, x in v.items()} if isinstance(v, dict) else v)
-                                   for k, v in numbers.items()}, "settings": settings}, f, indent=1)
+                                   for k, v in res["metrics"].items()}, "settings": res["settings"]}, f, indent=1)
     return 0
 
 
