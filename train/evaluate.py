@@ -230,7 +230,7 @@ def pick_device(name: str) -> torch.device:
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     dev = torch.device(name)
     if dev.type == "cuda" and not torch.cuda.is_available():
-        raise SystemExit(f"qsattn-eval: --device {name} but CUDA is not available")
+        raise ValueError(f"device: {name} asked for, but CUDA is not available")
     return dev
 
 
