@@ -40,16 +40,34 @@ def load_image(path: str) -> Image.Image:
         raise ValueError(f"cannot read image {path}: {e}") from e
 
 
+def pil_to_uint8(img: Image.Image) -> torch.Tensor:
+    """RGB PIL image -> (3, H, W) uint8."""
+    return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+
+
+def uint8_to_pil(u: torch.Tensor) -> Image.Image:
+    """(3, H, W) uint8 -> RGB PIL image."""
+    return Image.fromarray(u.permute(1, 2, 0).numpy(), "RGB")
+
+
+def quantize(t: torch.Tensor) -> torch.Tensor:
+    """Images in [-1, 1] (any shape) -> uint8 on the CPU, clamped and rounded as a saved PNG holds them."""
+    return t.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+
+
+def dequantize(u: torch.Tensor) -> torch.Tensor:
+    """uint8 images -> float32 in [-1, 1]."""
+    return u.float().div(127.5).sub(1.0)
+
+
 def to_tensor(img: Image.Image) -> torch.Tensor:
     """RGB PIL image -> (3, H, W) float32 in [-1, 1]."""
-    arr = torch.from_numpy(np.array(img, dtype=np.uint8, copy=True))
-    return arr.permute(2, 0, 1).float().div(127.5).sub(1.0)
+    return dequantize(pil_to_uint8(img))
 
 
 def to_image(t: torch.Tensor) -> Image.Image:
     """(3, H, W) tensor in [-1, 1] -> RGB PIL image (values clamped, rounded)."""
-    arr = t.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
-    return Image.fromarray(arr.permute(1, 2, 0).numpy(), "RGB")
+    return uint8_to_pil(quantize(t))
 
 
 def resize_for(img: Image.Image, preprocess: str, load_size: int, crop_size: int) -> Image.Image:

@@ -29,12 +29,12 @@ import sys
 import time
 from collections.abc import Iterator, Sequence
 
-import numpy as np
 import torch
 from PIL import Image
 
 from . import metrics as M
-from .data import list_images, load_image, synthetic_pair, synthetic_test_indices, to_image
+from .data import (dequantize, list_images, load_image, pil_to_uint8, quantize, synthetic_pair,
+                   synthetic_test_indices, to_image, uint8_to_pil)
 from .inception import InceptionUnavailable, find_weights, load_inception
 from .swd import swd
 
@@ -48,15 +48,14 @@ def to_uint8(item) -> torch.Tensor:
         if item.dtype != torch.uint8 or item.dim() != 3 or item.shape[0] != 3:
             raise ValueError(f"images: expected uint8 (3, H, W) tensors, got {item.dtype} {tuple(item.shape)}")
         return item
-    return torch.from_numpy(np.array(load_image(item), dtype=np.uint8, copy=True)).permute(2, 0, 1)
+    return pil_to_uint8(load_image(item))
 
 
 def resized(img: torch.Tensor, size: int) -> torch.Tensor:
     """uint8 (3, H, W) -> (3, size, size), Pillow bicubic (unchanged when already that size)."""
     if img.shape[1:] == (size, size):
         return img
-    pil = Image.fromarray(img.permute(1, 2, 0).numpy(), "RGB").resize((size, size), Image.BICUBIC)
-    return torch.from_numpy(np.array(pil, dtype=np.uint8, copy=True)).permute(2, 0, 1)
+    return pil_to_uint8(uint8_to_pil(img).resize((size, size), Image.BICUBIC))
 
 
 def batches(images: Sequence, batch_size: int, size: int | None = None, desc: str | None = None,
@@ -109,35 +108,29 @@ def compute_metrics(real: Sequence, fake: Sequence, metrics=("fid", "kid", "swd"
     return out
 
 
-def synthetic_items(fake: Sequence[str], seed: int):
-    """For fake files named ``<item index>.<ext>``: the (index, A, B, mask) of each, drawn at its size."""
-    items = []
+def synthetic_scores(fake: Sequence[torch.Tensor], source: Sequence[torch.Tensor], target: Sequence[torch.Tensor],
+                     mask: torch.Tensor) -> dict:
+    """:func:`.metrics.synthetic_measures` of uint8 (3, H, W) translations of uint8 sources, given the
+    uint8 targets and the (n, H, W) object masks."""
+    return M.synthetic_measures(*(dequantize(torch.stack(list(u))) for u in (fake, source, target)), mask)
+
+
+def synthetic_from_files(fake: Sequence[str], seed: int) -> tuple[dict, list[torch.Tensor], list[torch.Tensor]]:
+    """Translations of synthetic items read once from files named ``<item index>.<ext>``: their
+    :func:`synthetic_scores` against the items (regenerated at each file's size and quantised as the
+    split's PNGs), the fake images and the items' targets (the real set for SWD), both uint8."""
+    fakes, items = [], []
     for p in fake:
         m = re.search(r"(\d+)$", os.path.splitext(os.path.basename(p))[0])
         if m is None:
             raise ValueError(f"fake: {p} is not named <synthetic item index>.png (see qsattn-eval --write_synthetic)")
-        with Image.open(p) as img:
-            size = img.size
-        if size[0] != size[1]:
-            raise ValueError(f"fake: {p} is {size[0]}x{size[1]}; synthetic items are square")
-        items.append((int(m.group(1)), *synthetic_pair(seed, int(m.group(1)), size[0])))
-    return items
-
-
-def synthetic_from_files(fake: Sequence[str], seed: int) -> tuple[dict, list[torch.Tensor]]:
-    """:func:`.metrics.synthetic_measures` of translated synthetic items read from ``fake``; also returns
-    the items' target (B) images as uint8, the real set for SWD."""
-    items = synthetic_items(fake, seed)
-    fakes = torch.stack([to_uint8(p) for p in fake])
-    a, b = (torch.stack([image_uint8(it[j]) for it in items]) for j in (1, 2))   # as the PNGs of the split
-    res = M.synthetic_measures(*(u.float().div(127.5).sub(1) for u in (fakes, a, b)),
-                               torch.stack([it[3] for it in items]))
-    return res, list(b)
-
-
-def image_uint8(t: torch.Tensor) -> torch.Tensor:
-    """(3, H, W) in [-1, 1] -> uint8 (3, H, W), rounded as the PNG files the trainer writes."""
-    return t.detach().float().cpu().clamp(-1, 1).add(1).mul(127.5).round().to(torch.uint8)
+        img = to_uint8(p)
+        if img.shape[1] != img.shape[2]:
+            raise ValueError(f"fake: {p} is {img.shape[2]}x{img.shape[1]}; synthetic items are square")
+        fakes.append(img)
+        items.append(synthetic_pair(seed, int(m.group(1)), img.shape[1]))
+    a, b = ([quantize(it[j]) for it in items] for j in (0, 1))
+    return synthetic_scores(fakes, a, b, torch.stack([it[2] for it in items])), fakes, b
 
 
 def write_synthetic(out_dir: str, seed: int, count: int, size: int) -> int:
@@ -172,8 +165,8 @@ else the synthetic background error.
         if self.synthetic:
             items = [synthetic_pair(opt.seed, i, self.size) for i in synthetic_test_indices(n)]
             src, tgt = (0, 1) if opt.direction == "AtoB" else (1, 0)
-            self.sources = torch.stack([image_uint8(it[src]) for it in items])
-            self.real = [image_uint8(it[tgt]) for it in items]
+            self.sources = torch.stack([quantize(it[src]) for it in items])
+            self.real = [quantize(it[tgt]) for it in items]
             self.mask = torch.stack([it[2] for it in items])
         else:
             a, b = ("A", "B") if opt.direction == "AtoB" else ("B", "A")
@@ -209,16 +202,14 @@ else the synthetic background error.
         fakes = []
         try:
             for i in range(0, len(self.sources), self.batch_size):
-                x = self.sources[i:i + self.batch_size].float().div(127.5).sub(1).to(self.device)
+                x = dequantize(self.sources[i:i + self.batch_size]).to(self.device)
                 with autocast or contextlib.nullcontext():
-                    fakes += list(image_uint8(net_g(x)))
+                    fakes += list(quantize(net_g(x)))
         finally:
             net_g.train(was)
         out = {}
         if "synthetic" in self.metrics:
-            real = torch.stack(self.real)
-            out.update(M.synthetic_measures(*(u.float().div(127.5).sub(1) for u in (torch.stack(fakes), self.sources,
-                                                                                    real)), self.mask))
+            out.update(synthetic_scores(fakes, self.sources, self.real, self.mask))
         out.update(compute_metrics(self.real, fakes, self.metrics, net=self.net, batch_size=self.batch_size,
                                    device=self.device, seed=self.seed, swd_size=self.size,
                                    kid_subsets=self.kid_subsets, progress=False))
@@ -232,6 +223,11 @@ def pick_device(name: str) -> torch.device:
     if dev.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device: {name} asked for, but CUDA is not available")
     return dev
+
+
+def jsonable(numbers: dict) -> dict:
+    """The metrics with their per-level dicts keyed by strings, as JSON writes them."""
+    return {k: ({str(r): x for r, x in v.items()} if isinstance(v, dict) else v) for k, v in numbers.items()}
 
 
 def format_table(numbers: dict) -> str:
@@ -311,8 +307,8 @@ def evaluate(real: str | None, fake: str, metrics=None, *, dataset_mode: str = "
         weights = find_weights(inception_weights)
         net = load_inception(weights, device)
     numbers, reals = {}, None
-    if synthetic:
-        measures, reals = synthetic_from_files(fakes, synthetic_seed)
+    if synthetic:   # the fake files are read here once, and their tensors passed on
+        measures, fakes, reals = synthetic_from_files(fakes, synthetic_seed)
         if "synthetic" in metrics:
             numbers.update(measures)
     if real:
@@ -354,8 +350,7 @@ def main(argv=None) -> int:
     print(format_table(res["metrics"]))
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"metrics": {k: ({str(r): x for r, x in v.items()} if isinstance(v, dict) else v)
-                                   for k, v in res["metrics"].items()}, "settings": res["settings"]}, f, indent=1)
+            json.dump({"metrics": jsonable(res["metrics"]), "settings": res["settings"]}, f, indent=1)
     return 0
 
 

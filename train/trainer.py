@@ -30,6 +30,7 @@ import torch.distributed as dist
 
 from . import checkpoint as ckpt
 from .data import EpochSampler, SyntheticDataset, UnalignedDataset
+from .evaluate import TestSetEvaluator, jsonable
 from .model import CUTModel
 from .options import parse
 from .viz import plot_losses, save_grid
@@ -104,7 +105,6 @@ class Trainer:
         if self.rank == 0:
             self._trim_log(self.log_path)
             if opt.eval_freq > 0:
-                from .evaluate import TestSetEvaluator
                 self.evaluator = TestSetEvaluator(opt, self.device, log=lambda m: print(m, file=sys.stderr))
                 self.best = self._trim_log(os.path.join(self.save_dir, EVAL_LOG), self.evaluator.primary)
             with open(os.path.join(self.save_dir, "opt.json"), "w") as f:
@@ -237,8 +237,7 @@ class Trainer:
             numbers = self.evaluator.run(self.model.netG, self.model.autocast)
             primary = self.evaluator.primary
             rec = {"epoch": epoch, "step": self.step, "primary": primary, "seconds": round(time.time() - t0, 2),
-                   "metrics": {k: ({str(r): x for r, x in v.items()} if isinstance(v, dict) else v)
-                               for k, v in numbers.items()}}
+                   "metrics": jsonable(numbers)}
             with open(os.path.join(self.save_dir, EVAL_LOG), "a") as f:
                 f.write(json.dumps(rec) + "\n")
             if self.best is None or numbers[primary] < self.best["metrics"][primary]:
