@@ -43,7 +43,11 @@ def frechet_distance(mu1, sigma1, mu2, sigma2) -> float:
                          f"{tuple(sigma1.shape)}, {tuple(mu2.shape)}, {tuple(sigma2.shape)}")
     r1 = _sqrt_psd(sigma1)
     m = r1 @ sigma2 @ r1
-    tr_covmean = torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum()
+    return _frechet(mu1, sigma1, mu2, sigma2, torch.linalg.eigvalsh((m + m.T) / 2).clamp_min(0).sqrt().sum())
+
+
+def _frechet(mu1, sigma1, mu2, sigma2, tr_covmean) -> float:
+    """|mu1 - mu2|^2 + tr S1 + tr S2 - 2 tr (S1 S2)^1/2, given the last trace."""
     diff = mu1 - mu2
     return float(diff @ diff + sigma1.trace() + sigma2.trace() - 2 * tr_covmean)
 
@@ -61,9 +65,7 @@ def fid_from_features(real: torch.Tensor, fake: torch.Tensor) -> float:
         return frechet_distance(mu1, s1, mu2, s2)
     a = (real.double() - mu1) / (real.shape[0] - 1) ** 0.5
     b = (fake.double() - mu2) / (fake.shape[0] - 1) ** 0.5
-    tr_covmean = torch.linalg.svdvals(a @ b.T).sum()
-    diff = mu1 - mu2
-    return float(diff @ diff + s1.trace() + s2.trace() - 2 * tr_covmean)
+    return _frechet(mu1, s1, mu2, s2, torch.linalg.svdvals(a @ b.T).sum())
 
 
 def mmd2_unbiased(x: torch.Tensor, y: torch.Tensor) -> float:

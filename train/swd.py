@@ -128,7 +128,6 @@ def swd(real: Iterable[torch.Tensor], fake: Iterable[torch.Tensor], seed: int = 
     for res, a in dr.items():
         b = df[res]
         n = min(a.shape[0], b.shape[0])
-        a = a[torch.randperm(a.shape[0], generator=gen)[:n]] if a.shape[0] > n else a
-        b = b[torch.randperm(b.shape[0], generator=gen)[:n]] if b.shape[0] > n else b
+        a, b = (x[torch.randperm(x.shape[0], generator=gen)[:n]] if x.shape[0] > n else x for x in (a, b))
         levels[res] = 1e3 * sliced_wasserstein(a, b, gen)
     return {"levels": levels, "mean": sum(levels.values()) / len(levels)}
