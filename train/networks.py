@@ -63,19 +63,58 @@ class Upsample(nn.Module):
         return y if self.filt_size % 2 == 1 else y[:, :, :-1, :-1]
 
 
+def _contiguous(grad: torch.Tensor) -> torch.Tensor:
+    return grad.contiguous()
+
+
+class _ContiguousGradNorm:
+    """Mixin for normalisation layers: the gradient that reaches the layer's backward is made
+    contiguous (a no-op when it already is). On torch 2.13.0 CPU ``F.instance_norm`` returns a wrong
+    input gradient at batch 1 when the incoming gradient has channels-last strides, which the patch
+    sampler's transposed views produce (README, "Known PyTorch issues"); a contiguous gradient is
+    correct on every version. Forward values, parameters and buffers are those of the torch layer."""
+
+    def forward(self, x):
+        y = super().forward(x)
+        if y.requires_grad:
+            y.register_hook(_contiguous)
+        return y
+
+
+class InstanceNorm2d(_ContiguousGradNorm, nn.InstanceNorm2d):
+    """``nn.InstanceNorm2d`` with a layout-safe backward (see :class:`_ContiguousGradNorm`)."""
+
+
+class BatchNorm2d(_ContiguousGradNorm, nn.BatchNorm2d):
+    """``nn.BatchNorm2d`` with a layout-safe backward (see :class:`_ContiguousGradNorm`)."""
+
+
+def instance_norm_grad_layout_bug(device="cpu") -> bool:
+    """Whether the installed torch has the bug above on ``device``: ``F.instance_norm``'s input
+    gradient at batch 1 differs between a contiguous and a channels-last incoming gradient of the same
+    values (float64, so rounding cannot account for it)."""
+    gen = torch.Generator().manual_seed(0)
+    x = torch.randn(1, 8, 5, 5, dtype=torch.float64, generator=gen).to(device).requires_grad_(True)
+    g = torch.randn(1, 8, 5, 5, dtype=torch.float64, generator=gen).to(device)
+    a, b = (torch.autograd.grad(F.instance_norm(x), x, gg)[0]
+            for gg in (g, g.contiguous(memory_format=torch.channels_last)))
+    return not torch.allclose(a, b, rtol=1e-10, atol=1e-10)
+
+
 def get_norm_layer(norm: str):
-    """``instance`` (no affine, no running stats, as CUT), ``batch`` or ``none``."""
+    """``instance`` (no affine, no running stats, as CUT), ``batch`` or ``none``; the norms are
+    torch's with a layout-safe backward (:class:`_ContiguousGradNorm`)."""
     if norm == "instance":
-        return functools.partial(nn.InstanceNorm2d, affine=False, track_running_stats=False)
+        return functools.partial(InstanceNorm2d, affine=False, track_running_stats=False)
     if norm == "batch":
-        return functools.partial(nn.BatchNorm2d, affine=True, track_running_stats=True)
+        return functools.partial(BatchNorm2d, affine=True, track_running_stats=True)
     if norm == "none":
         return lambda channels: nn.Identity()
     raise ValueError(f"norm: expected instance, batch or none, got {norm!r}")
 
 
 def _uses_bias(norm_layer) -> bool:
-    return isinstance(norm_layer, functools.partial) and norm_layer.func is nn.InstanceNorm2d
+    return isinstance(norm_layer, functools.partial) and norm_layer.func is InstanceNorm2d
 
 
 class ResnetBlock(nn.Module):
@@ -104,7 +143,7 @@ class ResnetGenerator(nn.Module):
     ``forward(x, layers)`` -> (output, features). H and W must be multiples of 4.
     """
 
-    def __init__(self, input_nc=3, output_nc=3, ngf=64, norm_layer=nn.BatchNorm2d, use_dropout=False,
+    def __init__(self, input_nc=3, output_nc=3, ngf=64, norm_layer=BatchNorm2d, use_dropout=False,
                  n_blocks=9, padding_type="reflect", no_antialias=False, no_antialias_up=False):
         super().__init__()
         use_bias = _uses_bias(norm_layer)
@@ -150,7 +189,7 @@ class NLayerDiscriminator(nn.Module):
     norm + LeakyReLU + blur-downsample doubling the width up to 8 * ndf, a stride-1 stage and a conv4
     to one channel. (B, input_nc, H, W) -> (B, 1, H', W') logits."""
 
-    def __init__(self, input_nc=3, ndf=64, n_layers=3, norm_layer=nn.BatchNorm2d, no_antialias=False):
+    def __init__(self, input_nc=3, ndf=64, n_layers=3, norm_layer=BatchNorm2d, no_antialias=False):
         super().__init__()
         use_bias = _uses_bias(norm_layer)
         stride = 2 if no_antialias else 1
