@@ -49,13 +49,21 @@ class QSPatchSampler(nn.Module):
     """CUT's patch sampler with QS-Attn on ``qs_layers`` (indices into the feature list; negative ones
     count from the end; ``None`` = the last two; ``()`` = plain CUT). ``mode``, ``window``,
     ``backend``, ``precision``, ``variant`` and ``check_finite`` are passed to
-    :func:`qsattn_fast.query_selected_attention`."""
+    :func:`qsattn_fast.query_selected_attention`.
+
+    ``detach_attention=True`` builds the attention (entropy, selection, the rows Q = F[idx], K = F) from
+    the detached source maps; the routed values (source and target) keep their gradients. The paper and
+    the released code (the default, False) let the loss reach the source features through the attention
+    rows, so the source encoder is backpropagated too; CUT's PatchNCE detaches the pooled source (the
+    keys), so with True the source encoder gets no gradient from the QS layers and is not backpropagated
+    at all (see README, "What a QS step costs")."""
 
     def __init__(self, use_mlp=True, nc=256, qs_layers=None, mode="global", window=7, backend="auto",
-                 precision=None, variant="paper", init_type="xavier", init_gain=0.02, check_finite=True):
+                 precision=None, variant="paper", init_type="xavier", init_gain=0.02, check_finite=True,
+                 detach_attention=False):
         super().__init__()
         self.use_mlp, self.nc = use_mlp, nc
-        self.qs_layers = qs_layers
+        self.qs_layers, self.detach_attention = qs_layers, detach_attention
         self.qs_kwargs = dict(mode=mode, window=window, backend=backend, precision=precision,
                               variant=variant, check_finite=check_finite)
         self.init_type, self.init_gain = init_type, init_gain
@@ -124,7 +132,7 @@ class QSPatchSampler(nn.Module):
 
     def _query_selected(self, group, num_patches, src_state):
         if src_state is None:
-            src = group[0]
+            src = group[0].detach() if self.detach_attention else group[0]   # the maps the attention is built from
             k = min(num_patches, src.shape[2] * src.shape[3])
             idx, routed = query_selected_attention(src, list(group), k=k, **self.qs_kwargs)
             return list(routed), idx, (src, idx)

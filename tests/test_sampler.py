@@ -130,3 +130,33 @@ def test_official_variant_sampler_reproduces_released_patch_sampler(mode):
     assert ids[3].tolist() == OFFICIAL_IDS
     assert rel_err(pooled_src[3], torch.tensor(OFFICIAL[mode][0], dtype=torch.float64)) < 1e-12
     assert rel_err(pooled_tgt[3], torch.tensor(OFFICIAL[mode][1], dtype=torch.float64)) < 1e-12
+
+
+@pytest.mark.parametrize("mode", ["global", "local", "local_global"])
+def test_detach_attention_keeps_only_the_value_gradients(mode):
+    """detach_attention: the same pooled features; the attention is built from the detached source, so the
+    pooled target reaches the source maps no more, and the pooled source reaches them as a value only."""
+    src, tgt = layer_feats(2, requires_grad=True), layer_feats(2, requires_grad=True)
+    runs = []
+    for detach in (False, True):
+        s = QSPatchSampler(nc=8, mode=mode, backend="torch", detach_attention=detach)
+        s.create_mlp(src)
+        if detach:
+            s.load_state_dict(runs[0][0].state_dict())
+        torch.manual_seed(5)
+        pool_src, pool_tgt, ids = s.paired(src, tgt, 6)
+        via_tgt = torch.autograd.grad(sum(p.sum() for p in pool_tgt), src + tgt, allow_unused=True, retain_graph=True)
+        via_src = torch.autograd.grad(sum(p.sum() for p in pool_src), src, allow_unused=True)
+        runs.append((s, pool_src + pool_tgt, ids, via_tgt, via_src))
+    (_, pooled, ids, via_tgt, via_src), (s_d, pooled_d, ids_d, via_tgt_d, via_src_d) = runs
+    assert all(torch.equal(a, b) for a, b in zip(ids, ids_d))
+    assert all(torch.equal(a, b) for a, b in zip(pooled, pooled_d))
+    assert all(torch.equal(a, b) for a, b in zip(via_tgt[5:], via_tgt_d[5:]))      # the target's own gradient
+    assert via_tgt[4].abs().sum() > 0                                           # through the attention rows
+    assert all(g is None or not g.any() for g in via_tgt_d[:5])                 # detached: none
+    route_mode = "local" if mode == "local" else "global"
+    for i in (3, 4):  # the source as a value only: routed by attention rows that carry no gradient
+        value = src[i].detach().requires_grad_()
+        (routed,) = q.route(src[i].detach(), ids[i], [value], mode=route_mode, backend="torch")
+        head(s_d, i, routed.flatten(0, 1)).sum().backward()
+        assert rel_err(via_src_d[i], value.grad) < 1e-5 and rel_err(via_src[i], value.grad) > 1e-3

@@ -200,7 +200,7 @@ def test_bad_dataroot_and_cuda_request(tmp_path):
 def test_two_process_gloo_ddp(tmp_path):
     """torchrun --nproc_per_node 2 (as ``python -m torch.distributed.run``): both processes end with
     identical weights (averaged gradients, broadcast start) that moved from the start; rank 0 wrote
-    the checkpoints and the log."""
+    the checkpoints and the log, whose losses are the mean of the two ranks' own."""
     out = tmp_path / "ranks"
     out.mkdir()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", os.path.join(HERE, "ddp_worker.py"), str(out),
@@ -214,7 +214,39 @@ def test_two_process_gloo_ddp(tmp_path):
     assert any(not torch.equal(g0[k], start[k]) for k in g0)
     log = read_log(tmp_path / "run")
     assert [r["step"] for r in log] == [1, 2] and log[-1]["images"] == 4
+    own = [json.loads((out / f"losses{r}.json").read_text()) for r in (0, 1)]
+    assert own[0][0]["NCE"] != own[1][0]["NCE"]  # the ranks saw different data
+    for rec, l0, l1 in zip(log, *own):
+        assert rec["losses"].keys() == l0.keys()
+        assert all(rec["losses"][k] == pytest.approx((l0[k] + l1[k]) / 2, rel=1e-6) for k in l0), rec["step"]
     assert os.path.exists(tmp_path / "run" / "latest_net_G.pth")
+
+
+def test_max_dataset_size_caps_the_synthetic_set():
+    assert len(trainer.make_dataset(options.parse(TINY + ["--max_dataset_size", "3"]))) == 3
+    assert len(trainer.make_dataset(options.parse(TINY + ["--max_dataset_size", "9"]))) == 4  # --synthetic_size 4
+    with pytest.raises(SystemExit):
+        options.parse(TINY + ["--max_dataset_size", "0"])
+
+
+def test_qs_detach_attention_changes_only_the_gradient(tmp_path):
+    """--qs_detach_attention: the same losses and selections, the QS ops get source maps that need no gradient,
+    and netG's gradient changes (the source encoder gets none through the attention rows; at initialisation
+    the rows are peaked, nearly one-hot, so that share is small: about 3e-6 of the gradient here)."""
+    from unittest import mock
+    from qsattn_fast import sampler
+    assert options.parse(TINY).qs_detach_attention is False
+    runs = []
+    for flag in ("false", "true"):
+        opt = options.parse(tiny(tmp_path, "--model", "qs", "--qs_detach_attention", flag))
+        with mock.patch.object(sampler, "query_selected_attention", wraps=sampler.query_selected_attention) as spy:
+            runs.append(_one_step(opt) + ([c.args[0].requires_grad for c in spy.call_args_list],))
+    (losses, ids, grads, needs_grad), (losses_d, ids_d, grads_d, needs_grad_d) = runs
+    assert needs_grad == [True] * 4 and needs_grad_d == [False] * 4  # 2 QS layers x (NCE, identity NCE)
+    assert losses.keys() == losses_d.keys() and all(torch.equal(losses[k], losses_d[k]) for k in losses)
+    assert all(torch.equal(a, b) for a, b in zip(ids, ids_d))
+    flat = [torch.cat([g.flatten() for g in gs.values()]) for gs in (grads, grads_d)]
+    assert not torch.equal(flat[1], flat[0])
 
 
 def test_tiny_args_are_valid():

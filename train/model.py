@@ -7,7 +7,8 @@ loss_D = (GAN(fake, False) + GAN(real, True)) / 2; G step: loss_G = lambda_GAN *
 NCE, NCE = mean over layers of lambda_NCE * PatchNCE(pool(G_enc(fake_B)), pool(G_enc(real_A))),
 averaged with the identity term NCE(idt_B, real_B) when ``nce_idt``. Pooling is
 :class:`qsattn_fast.QSPatchSampler` (netF): random patches on every layer for cut/fastcut, QS-Attn
-on the QS layers for qs (selection and routing with the source attention, both pooled in one pass).
+on the QS layers for qs (selection and routing with the source attention, both pooled in one pass;
+``--qs_detach_attention`` builds that attention from detached source features).
 
 Several processes (torchrun): gradients are averaged over the process group after each backward
 (all-reduce), which is what DistributedDataParallel computes, and works with the several forward
@@ -63,7 +64,8 @@ class CUTModel:
         self.netF = QSPatchSampler(use_mlp=opt.netF == "mlp_sample", nc=opt.netF_nc, qs_layers=qs_layer_positions(opt),
                                    mode=opt.qs_mode, window=opt.qs_window, backend=opt.qs_backend,
                                    precision=opt.qs_precision, variant=opt.qs_variant, init_type=opt.init_type,
-                                   init_gain=opt.init_gain, check_finite=False)
+                                   init_gain=opt.init_gain, check_finite=False,
+                                   detach_attention=opt.qs_detach_attention)
         with torch.no_grad():  # CUT's data-dependent init: netF's heads from the encoder's feature shapes
             probe = torch.zeros(1, opt.input_nc, opt.crop_size, opt.crop_size, device=device)
             self.netF.create_mlp(self.netG(probe, opt.nce_layers_list, encode_only=True))

@@ -33,8 +33,9 @@ def str2bool(v) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
 
 
-def _bool(parser, name, help):
-    parser.add_argument(name, type=str2bool, nargs="?", const=True, default=None, help=help)
+def _bool(parser, name, help, default=None):
+    """``--name`` alone means true; ``--name false`` (yes/no, 1/0, ...) is accepted too."""
+    parser.add_argument(name, type=str2bool, nargs="?", const=True, default=default, help=help)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -99,6 +100,9 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--qs_variant", default="paper", choices=["paper", "official"],
                    help="official: the released code's local layout (reference backend only)")
     g.add_argument("--qs_window", type=int, default=7, help="local attention window")
+    _bool(g, "--qs_detach_attention", "build the attention from detached source features: the source encoder "
+          "gets no gradient through the attention rows (off: the paper's and the released code's semantics; "
+          "on: a cheaper step, see the README)", default=False)
     g = p.add_argument_group("data")
     g.add_argument("--dataset_mode", default="unaligned", choices=["unaligned", "synthetic"],
                    help="unaligned: trainA/trainB folders; synthetic: built-in shapes -> striped shapes")
@@ -110,7 +114,8 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--batch_size", type=int, default=1, help="batch size per process")
     g.add_argument("--load_size", type=int, default=286, help="scale images to this size")
     g.add_argument("--crop_size", type=int, default=256, help="then crop to this size")
-    g.add_argument("--max_dataset_size", type=float, default=math.inf, help="use at most this many images per domain")
+    g.add_argument("--max_dataset_size", type=float, default=math.inf,
+                   help="use at most this many images per domain (synthetic: items)")
     g.add_argument("--preprocess", default="resize_and_crop",
                    choices=["resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none"],
                    help="scaling and cropping at load time")
@@ -173,7 +178,7 @@ def parse(argv=None) -> argparse.Namespace:
                          "(or try --demo / --dataset_mode synthetic)")
     if opt.eval_freq < 0 or opt.eval_num_test == 1 or opt.eval_num_test < 0 or opt.kid_subsets < 1:
         parser.error("--eval_freq must be >= 0, --eval_num_test 0 (all) or >= 2, and --kid_subsets >= 1")
-    for name in ("batch_size", "crop_size", "load_size", "num_patches", "ngf", "ndf", "netF_nc"):
+    for name in ("batch_size", "crop_size", "load_size", "num_patches", "ngf", "ndf", "netF_nc", "max_dataset_size"):
         if getattr(opt, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(opt, name)}")
     return opt

@@ -15,7 +15,7 @@ the steps after ``--continue_train`` repeat those of an uninterrupted run bit fo
 
 Several processes: ``torchrun --nproc_per_node N qsattn-train ...`` (gloo with ``--gpu_ids -1``, NCCL
 on GPUs; process i uses GPU ``gpu_ids[local_rank]``). Each process takes its share of every epoch;
-rank 0 writes the files.
+rank 0 writes the files; the logged losses are the mean over the processes.
 """
 from __future__ import annotations
 
@@ -57,8 +57,8 @@ def pick_device(gpu_ids: str, local_rank: int = 0) -> torch.device:
 
 def make_dataset(opt):
     if opt.dataset_mode == "synthetic":
-        return SyntheticDataset(opt.seed, opt.synthetic_size, opt.load_size, opt.crop_size, opt.no_flip,
-                                opt.serial_batches)
+        return SyntheticDataset(opt.seed, int(min(opt.synthetic_size, opt.max_dataset_size)), opt.load_size,
+                                opt.crop_size, opt.no_flip, opt.serial_batches)
     return UnalignedDataset(opt.dataroot, opt.phase, opt.max_dataset_size, opt.preprocess, opt.load_size,
                             opt.crop_size, opt.no_flip, opt.serial_batches)
 
@@ -173,6 +173,17 @@ class Trainer:
         per_step = self.opt.batch_size * self.world
         return freq_images > 0 and (self.step * per_step) // freq_images > ((self.step - 1) * per_step) // freq_images
 
+    def _log_due(self):
+        """True on the steps whose losses are logged (the first, then every ``print_freq`` images)."""
+        return self._every(self.opt.print_freq) or self.step == 1
+
+    def _mean_over_ranks(self, losses):
+        """The losses averaged over the processes: one all-reduce, which every rank joins on the same
+        (logged) steps."""
+        t = torch.stack(list(losses.values())).to(self.device)
+        dist.all_reduce(t)
+        return dict(zip(losses, t / self.world))
+
     def _should_stop(self):
         flag = self.stop_requested or (self.opt.max_steps > 0 and self.step >= self.opt.max_steps)
         if self.world > 1:
@@ -204,6 +215,8 @@ class Trainer:
                     losses = model.optimize(batch)
                     self.epoch_iter += 1
                     self.step += 1
+                    if self.world > 1 and self._log_due():
+                        losses = self._mean_over_ranks(losses)
                     if self.rank == 0:
                         self._after_step(losses, lr, t0, bar)
                     if self._should_stop():
@@ -253,7 +266,7 @@ class Trainer:
 
     def _after_step(self, losses, lr, t0, bar):
         opt = self.opt
-        if self._every(opt.print_freq) or self.step == 1:
+        if self._log_due():
             rec = self._log(losses, lr, t0)
             bar.set_postfix({k: f"{v:.3f}" for k, v in rec["losses"].items()}, refresh=False)
         if self._every(opt.display_freq):
