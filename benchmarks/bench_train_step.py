@@ -1,31 +1,41 @@
-"""One CUT training step: ``--model cut`` against ``--model qs`` (each available QS-Attn backend).
+"""One CUT training step: ``--model cut`` against ``--model qs`` (each available QS-Attn backend), and with
+``--breakdown`` where a QS step's extra time goes.
 
 The issue's target (H100/H200, 256x256, batch 1, median over >= 50 steps after warm-up): qs with the
 fastest fused backend in global mode costs at most 1.05x cut; reference is reported beside them.
 
     python benchmarks/bench_train_step.py --gpu_ids 0                      # the full-size GPU report
+    python benchmarks/bench_train_step.py --gpu_ids -1 --size 128 --steps 3 --warmup 1 --backends auto --breakdown
     python benchmarks/bench_train_step.py --gpu_ids -1 --size 32 --ngf 8 --steps 5 --warmup 1   # CPU smoke
-    python -m pytest benchmarks/bench_train_step.py                         # pytest-benchmark, tiny, CPU
+    python -m pytest benchmarks/bench_train_step_tiny.py                    # pytest-benchmark, tiny, CPU
 
 A step is ``CUTModel.optimize`` on a batch already on the device (D step, then G and netF step; data
-loading excluded), timed with a device synchronisation around it.
+loading excluded), timed with a device synchronisation around it. Rows (``what``): ``step`` for cut and
+for qs per backend; with ``--breakdown``, per backend also ``step, detached attention`` (qs with
+``--qs_detach_attention``: the source encoder is not backpropagated through the attention rows) and the
+QS-Attn ops alone, ``ops fwd`` and ``ops fwd+bwd``: the ``query_selected_attention`` calls of one qs
+step (per QS layer, one for the NCE loss and one for the identity loss, each routing source and target),
+recorded in a step and replayed on the same inputs, summed per step. Needs no pytest.
 """
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import statistics
 import time
+from unittest import mock
 
-import pytest
 import torch
 
 import qsattn_fast as q
-from qsattn_fast.registry import Request
+from qsattn_fast import sampler
+from qsattn_fast.registry import Request, resolve
 from qsattn_fast.train import options
 from qsattn_fast.train.data import synthetic_pair
 from qsattn_fast.train.model import CUTModel
 from qsattn_fast.train.trainer import pick_device
+from report import environment
 
 
 def available_backends(device: torch.device, mode="global") -> list[str]:
@@ -48,38 +58,80 @@ def make_step(model_name, backend, size=256, ngf=64, batch=1, mode="global", gpu
     return model, data
 
 
+def qsattn_calls(model, data) -> list:
+    """The QS-Attn calls of one step of ``model`` on ``data`` (the step is run to record them): a list of
+    (feat_src, values, kwargs), the inputs detached into leaves that need a gradient where the step's did
+    (a map passed twice, as the source is, stays one leaf)."""
+    with mock.patch.object(sampler, "query_selected_attention", wraps=sampler.query_selected_attention) as spy:
+        model.optimize(data)
+    leaves = {}
+
+    def leaf(t):
+        if id(t) not in leaves:
+            leaves[id(t)] = t.detach().requires_grad_(t.requires_grad)
+        return leaves[id(t)]
+    return [(leaf(c.args[0]), [leaf(v) for v in c.args[1]], c.kwargs) for c in spy.call_args_list]
+
+
+def run_ops(calls, backward=False, autocast=contextlib.nullcontext()):
+    """Run the recorded ``calls`` once (under ``autocast``, as the step does); with ``backward``, also the
+    gradient of every routed output (ones) w.r.t. the inputs that need one."""
+    with autocast:
+        outs = [o for f, values, kw in calls for o in q.query_selected_attention(f, values, **kw)[1]]
+    if backward:
+        inputs = list({id(t): t for f, values, _ in calls for t in (f, *values) if t.requires_grad}.values())
+        torch.autograd.grad(outs, inputs, [torch.ones_like(o) for o in outs])
+
+
 def _sync(device):
     if device.type == "cuda":
         torch.cuda.synchronize(device)
 
 
-def median_step_time(model, data, steps=50, warmup=10) -> float:
-    """Median seconds of ``steps`` timed steps after ``warmup`` untimed ones."""
+def median_seconds(fn, device, steps=50, warmup=10) -> float:
+    """Median seconds of ``steps`` timed calls of ``fn()`` after ``warmup`` untimed ones."""
     times = []
     for i in range(warmup + steps):
-        _sync(model.device)
+        _sync(device)
         t = time.perf_counter()
-        model.optimize(data)
-        _sync(model.device)
+        fn()
+        _sync(device)
         if i >= warmup:
             times.append(time.perf_counter() - t)
     return statistics.median(times)
 
 
-def report(size=256, ngf=64, batch=1, mode="global", gpu_ids="0", steps=50, warmup=10, backends=None, bf16=False):
-    """Median step times of cut and of qs per backend; returns rows with the ratio to cut."""
+def report(size=256, ngf=64, batch=1, mode="global", gpu_ids="0", steps=50, warmup=10, backends=None, bf16=False,
+           breakdown=False, extra=()):
+    """Median times of the cut step and, per QS backend, of the qs step (and with ``breakdown`` of the qs
+    step with detached attention and of its QS-Attn ops alone); rows with the ratio to the cut step. A
+    configuration that fails (e.g. out of memory) gets its error in its row, and the others still run."""
     device = pick_device(gpu_ids)
     backends = backends or available_backends(device, mode)
+    configs = [("cut", "auto", "step", ())]
+    for b in backends:
+        configs.append(("qs", b, "step", ()))
+        if breakdown:
+            configs.append(("qs", b, "step, detached attention", ("--qs_detach_attention",)))
     rows = []
-    for model_name, backend in [("cut", "auto")] + [("qs", b) for b in backends]:
-        row = {"model": model_name, "backend": backend if model_name == "qs" else "-", "mode": mode}
+    for model_name, backend, what, flags in configs:
+        row = base = {"model": model_name, "backend": backend if model_name == "qs" else "-", "mode": mode,
+                      "what": what}
+        if model_name == "qs" and backend == "auto":
+            req = Request("qsattn", device.type, torch.bfloat16 if bf16 else torch.float32, mode)
+            base["resolved"] = resolve("auto", req).name
         try:
-            model, data = make_step(model_name, backend, size, ngf, batch, mode, gpu_ids, bf16)
-            row["median_ms"] = median_step_time(model, data, steps, warmup) * 1e3
-            del model, data
-        except (RuntimeError, ValueError) as e:  # one failing backend (e.g. out of memory) leaves the rest
-            row["median_ms"], row["error"] = float("nan"), str(e).splitlines()[0][:200]
-        rows.append(row)
+            model, data = make_step(model_name, backend, size, ngf, batch, mode, gpu_ids, bf16, (*extra, *flags))
+            rows.append(dict(row, median_ms=median_seconds(lambda: model.optimize(data), device, steps, warmup) * 1e3))
+            if breakdown and model_name == "qs" and not flags:
+                calls = qsattn_calls(model, data)
+                for what_ops, backward in (("ops fwd", False), ("ops fwd+bwd", True)):
+                    row = dict(base, what=what_ops, calls=len(calls))
+                    seconds = median_seconds(lambda: run_ops(calls, backward, model.autocast), device, steps, warmup)
+                    rows.append(dict(row, median_ms=seconds * 1e3))
+        except (RuntimeError, ValueError) as e:
+            rows.append(dict(row, median_ms=float("nan"), error=str(e).splitlines()[0][:200]))
+        model = data = calls = None
         if device.type == "cuda":
             torch.cuda.empty_cache()
     for r in rows:
@@ -96,35 +148,31 @@ def main(argv=None):
     p.add_argument("--mode", default="global", choices=["global", "local", "local_global"])
     p.add_argument("--steps", type=int, default=50)
     p.add_argument("--warmup", type=int, default=10)
-    p.add_argument("--backends", nargs="*", default=None, help="QS backends (default: every available one)")
+    p.add_argument("--backends", nargs="*", default=None,
+                   help="QS backends (default: every available one; auto: the one the trainer picks)")
     p.add_argument("--bf16", action="store_true", help="bf16 autocast (GPU)")
-    p.add_argument("--json", default=None, help="also write the rows and the device to this file")
+    p.add_argument("--breakdown", action="store_true",
+                   help="per backend also the qs step with --qs_detach_attention and the QS-Attn ops alone")
+    p.add_argument("--cpu_threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--json", default=None, help="also write the rows, the device, versions and commit to this file")
     a = p.parse_args(argv)
-    rows = report(a.size, a.ngf, a.batch_size, a.mode, a.gpu_ids, a.steps, a.warmup, a.backends, a.bf16)
+    if a.cpu_threads > 0:
+        torch.set_num_threads(a.cpu_threads)
+    rows = report(a.size, a.ngf, a.batch_size, a.mode, a.gpu_ids, a.steps, a.warmup, a.backends, a.bf16, a.breakdown)
     device = pick_device(a.gpu_ids)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else "CPU"
-    print(f"device: {name}; {a.size}x{a.size}, batch {a.batch_size}, ngf {a.ngf}, median of {a.steps} steps")
-    print(f"{'model':6} {'backend':10} {'mode':13} {'median ms':>10} {'x cut':>7}")
+    env = environment(device.type)
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else env["device_name"]
+    print(f"device: {name}, {torch.get_num_threads()} threads, torch {torch.__version__}; {a.size}x{a.size}, "
+          f"batch {a.batch_size}, ngf {a.ngf}, median of {a.steps} steps")
+    print(f"{'model':6} {'backend':12} {'mode':13} {'what':26} {'median ms':>10} {'x cut':>7}")
     for r in rows:
-        print(f"{r['model']:6} {r['backend']:10} {r['mode']:13} {r['median_ms']:10.2f} {r['vs_cut']:7.3f}"
-              + (f"  ({r['error']})" if "error" in r else ""))
+        backend = r["backend"] + (f"={r['resolved']}" if "resolved" in r else "")
+        print(f"{r['model']:6} {backend:12} {r['mode']:13} {r['what']:26} {r['median_ms']:10.2f} "
+              f"{r['vs_cut']:7.3f}" + (f"  ({r['error']})" if "error" in r else ""))
     if a.json:
         with open(a.json, "w") as f:
-            json.dump({"device": name, "args": vars(a), "torch": torch.__version__, "rows": rows}, f, indent=1)
+            json.dump(dict(env, device=name, args=vars(a), rows=rows), f, indent=1)
     return rows
-
-
-@pytest.mark.parametrize("config", ["cut", "qs-reference", "qs-torch"])
-def bench_train_step_tiny_cpu(benchmark, config):
-    model_name, _, backend = config.partition("-")
-    model, data = make_step(model_name, backend or "auto", size=32, ngf=8, extra=["--netG", "resnet_6blocks",
-                                                                               "--num_patches", "16", "--netF_nc", "16"])
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        benchmark(model.optimize, data)
-    finally:
-        torch.set_num_threads(threads)
 
 
 if __name__ == "__main__":
