@@ -143,3 +143,35 @@ def test_patch_nce_loss_matches_a_loop(batch, P, C, all_neg):
     assert torch.allclose(out, ref)
     out.sum().backward()
     assert k.grad is None and q.grad is not None  # keys are detached, as CUT's
+
+
+def test_torch_instance_norm_layout_bug_is_detected_and_our_norms_hold_either_way(record_property):
+    """Reports whether the installed torch has the channels-last instance_norm gradient bug (README,
+    "Known PyTorch issues"; present in 2.13.0 CPU), and checks that the trainer's norm layers give the
+    finite-difference-correct input gradient for contiguous, channels-last and transposed incoming
+    gradients at batch 1 and 2, whichever way torch behaves; forward values equal torch's own layer."""
+    has_bug = N.instance_norm_grad_layout_bug()
+    record_property("torch_instance_norm_layout_bug", has_bug)
+    print(f"torch {torch.__version__}: instance_norm channels-last gradient bug {'present' if has_bug else 'absent'}")
+    for norm, plain in ((N.get_norm_layer("instance")(6), torch.nn.InstanceNorm2d(6)),
+                        (N.get_norm_layer("batch")(6).double(), None)):
+        for batch in (1, 2):
+            x = torch.randn(batch, 6, 5, 4, dtype=torch.float64, requires_grad=True)
+            g = torch.randn(batch, 6, 5, 4, dtype=torch.float64)
+            want = torch.autograd.grad((norm(x) * g).sum(), x)[0]
+            eps = 1e-6
+            for _ in range(3):  # spot-check ``want`` by central differences
+                i = tuple(int(torch.randint(0, s, ())) for s in x.shape)
+                xp, xm = x.detach().clone(), x.detach().clone()
+                xp[i] += eps
+                xm[i] -= eps
+                with torch.no_grad():
+                    fd = float(((norm(xp) - norm(xm)) * g).sum()) / (2 * eps)
+                assert math.isclose(fd, float(want[i]), rel_tol=1e-5, abs_tol=1e-8)
+            for layout in (g.contiguous(memory_format=torch.channels_last), g.transpose(2, 3).contiguous().transpose(2, 3)):
+                got = torch.autograd.grad(norm(x), x, layout)[0]
+                assert torch.allclose(got, want, rtol=1e-10, atol=1e-12), (type(norm).__name__, batch)
+            if plain is not None:
+                assert torch.equal(norm(x), plain(x))
+    assert not N.get_norm_layer("instance")(6).state_dict() and \
+        set(N.get_norm_layer("batch")(6).state_dict()) == set(torch.nn.BatchNorm2d(6).state_dict())
