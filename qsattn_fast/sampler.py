@@ -78,7 +78,8 @@ class QSPatchSampler(nn.Module):
         _init_weights(self, self.init_type, self.init_gain)
         self.mlp_init = True
 
-    def _qs_set(self, n_layers: int) -> set[int]:
+    def qs_positions(self, n_layers: int) -> set[int]:
+        """Positions (0 .. n_layers-1) of the QS layers among ``n_layers`` feature maps."""
         layers = (n_layers - 2, n_layers - 1) if self.qs_layers is None else self.qs_layers
         out = set()
         for i in layers:
@@ -105,7 +106,7 @@ class QSPatchSampler(nn.Module):
     def _sample(self, groups, num_patches, patch_ids, state):
         if self.use_mlp and not self.mlp_init:
             self.create_mlp([g[0] for g in groups])
-        qs = self._qs_set(len(groups))
+        qs = self.qs_positions(len(groups))
         if state is not None and set(state) != qs & set(range(len(groups))) and num_patches > 0:
             raise ValueError("state: does not come from a source call with the same QS layers")
         all_pooled, all_ids, new_state = [], [], {}

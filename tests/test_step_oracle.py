@@ -241,7 +241,7 @@ def run_step(argv, batch, dtype=F64, flip=None):
     losses = {n: getattr(model, "loss_" + n).detach() for n in model.optimize(data)}  # unrounded
     grads = {name: {k: p.grad.clone() for k, p in net.named_parameters() if p.grad is not None}
              for name, net in model.nets.items()}
-    qs = model.netF._qs_set(len(opt.nce_layers_list)) if opt.model == "qs" else set()
+    qs = model.netF.qs_positions(len(opt.nce_layers_list)) if opt.model == "qs" else set()
     draws = {"ids": ids, "flipped": model.flipped, "qs_layers": qs}
     return model, before, _params(model.netD), draws, losses, grads, data
 

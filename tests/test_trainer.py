@@ -251,3 +251,35 @@ def test_qs_detach_attention_changes_only_the_gradient(tmp_path):
 
 def test_tiny_args_are_valid():
     assert options.parse(TINY).crop_size == 32
+
+
+@pytest.mark.parametrize("mode", ["global", "local"])
+def test_textbook_entropy_is_the_released_codes(mode):
+    """The released code's float32 entropy, blockwise (global) or per window (local), equals the
+    reference backend's dense -sum p log p; one-hot rows give exactly 0."""
+    from qsattn_fast.reference import global_attention, local_attention
+    from qsattn_fast.train.model import textbook_entropy
+    feat = torch.randn(2, 5, 7, 9) * torch.tensor([0.2, 6.0]).view(2, 1, 1, 1)  # mild and one-hot rows
+    p = global_attention(feat) if mode == "global" else local_attention(feat, 3, "paper")
+    want = -torch.special.xlogy(p, p).sum(-1)
+    got = textbook_entropy(feat, mode, 3, block=10)
+    assert got.shape == (2, 63) and torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert bool((got[0] > 0).all())
+    assert torch.equal(got[1] == 0, want[1] == 0) and bool((got[1] == 0).any())
+
+
+def test_qs_run_logs_selection_statistics(tmp_path):
+    """--model qs writes one selection record per epoch, per QS layer (12, 16), with fractions in [0, 1]
+    and ordered entropy percentiles; cut writes none."""
+    assert trainer.main(tiny(tmp_path, "--model", "qs", "--qs_backend", "torch")) == 0
+    with open(tmp_path / "run" / trainer.SELECTION_LOG) as f:
+        recs = [json.loads(line) for line in f]
+    assert [r["epoch"] for r in recs] == [1, 2] and recs[-1]["step"] == 8
+    for r in recs:
+        assert set(r["layers"]) == {"12", "16"}
+        for s in r["layers"].values():
+            assert all(0 <= s[k] <= 1 for k in ("textbook_zero_rows", "selected_textbook_zero", "selected_zero"))
+            e = s["selected_entropy"]
+            assert 0 <= e["p5"] <= e["p50"] <= e["p95"] <= e["max"]
+    assert trainer.main(tiny(tmp_path, "--model", "cut", name="cut")) == 0
+    assert not (tmp_path / "cut" / trainer.SELECTION_LOG).exists()

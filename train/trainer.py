@@ -2,7 +2,9 @@
 
 Outputs under ``<checkpoints_dir>/<name>/``: ``{latest|<epoch>}_net_{G,F,D}.pth`` (CUT's files),
 ``{latest|<epoch>}_state.pth`` (resume state), ``loss_log.jsonl`` (one JSON record per logged step),
-``loss_plot.png``, ``samples/*.png`` (rows: real A | fake B | real B | identity B), ``opt.json``; with
+``loss_plot.png``, ``samples/*.png`` (rows: real A | fake B | real B | identity B), ``opt.json``;
+for ``--model qs`` ``selection_log.jsonl`` (per epoch: how QS-Attn's selection relates to the released
+code's ties, see :meth:`.model.CUTModel.selection_stats`); with
 ``--eval_freq N``: ``eval_log.jsonl`` (the test split's metrics every N epochs and after the last, see
 :class:`.evaluate.TestSetEvaluator`), ``eval_best.json`` and ``best_net_G.pth`` (the epoch with the
 lowest primary metric: papers report the best epoch, the last one is in the log).
@@ -38,6 +40,7 @@ from .viz import plot_losses, save_grid
 LOG_NAME = "loss_log.jsonl"
 EVAL_LOG = "eval_log.jsonl"
 EVAL_BEST = "eval_best.json"
+SELECTION_LOG = "selection_log.jsonl"
 
 
 def pick_device(gpu_ids: str, local_rank: int = 0) -> torch.device:
@@ -104,6 +107,7 @@ class Trainer:
         self.evaluator, self.best = None, None
         if self.rank == 0:
             self._trim_log(self.log_path)
+            self._trim_log(os.path.join(self.save_dir, SELECTION_LOG))
             if opt.eval_freq > 0:
                 self.evaluator = TestSetEvaluator(opt, self.device, log=lambda m: print(m, file=sys.stderr))
                 self.best = self._trim_log(os.path.join(self.save_dir, EVAL_LOG), self.evaluator.primary)
@@ -230,6 +234,8 @@ class Trainer:
                 finished = self.epoch
                 self.epoch, self.epoch_iter = self.epoch + 1, 0
                 self.save("latest")
+                if self.rank == 0 and opt.model == "qs":
+                    self.log_selection(finished)
                 if finished % opt.save_epoch_freq == 0 or finished == last_epoch:
                     self.save(finished)
                 if opt.eval_freq > 0 and (finished % opt.eval_freq == 0 or finished == last_epoch):
@@ -241,6 +247,13 @@ class Trainer:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+
+    def log_selection(self, epoch):
+        """Append the QS-Attn selection statistics of the epoch's last batch (:meth:`CUTModel.selection_stats`:
+        how many rows the released code's float32 entropy ties at exactly 0) to selection_log.jsonl."""
+        rec = {"epoch": epoch, "step": self.step, "layers": self.model.selection_stats()}
+        with open(os.path.join(self.save_dir, SELECTION_LOG), "a") as f:
+            f.write(json.dumps(rec) + "\n")
 
     def evaluate(self, epoch):
         """Rank 0: the test split's metrics after ``epoch``, appended to eval_log.jsonl; a new best (lowest
