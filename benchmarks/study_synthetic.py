@@ -1,0 +1,241 @@
+"""The synthetic-task study: CUT, FastCUT and QS-Attn variants over seeds, at one step budget.
+
+    python benchmarks/study_synthetic.py                  # 6 configurations x 3 seeds (about an hour on 2 cores)
+    python benchmarks/study_synthetic.py --configs cut qs_global --seeds 0 --epochs 2   # a quick look
+
+Every run is ``qsattn-train --demo`` (the demo's data, networks, learning rate and step budget; override
+the number of epochs with ``--epochs``) with the configuration's model flags and one seed, evaluated
+on the 100 held-out synthetic pairs after every epoch (``--eval_freq 1``, metrics SWD and the synthetic
+stripe_energy / background_error). Runs live in ``--runs`` (one trainer folder each) and ``--jobs`` of
+them train at once, each on one thread. Killing the study loses little: a finished run (its eval log
+holds the last epoch) is read back, an interrupted one continues from its latest state with
+``--continue_train`` (the trainer resumes exactly).
+
+Per configuration the summary gives mean and standard deviation over seeds of every measure at the last
+epoch and at each run's best epoch (lowest SWD, the trainer's primary number on this task), and the
+median step time (consecutive steps of the training logs; the median skips the per-epoch evaluation and
+checkpoint pauses). Output: ``--out`` JSON (settings, versions, commit, every run's eval log and step
+times, the summary) and a PNG of the three measures per configuration (dots: seeds, bars: means).
+"""
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import shlex
+import platform
+import statistics
+import subprocess
+import sys
+import time
+
+import torch
+from PIL import Image, ImageDraw
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+CONFIGS = {
+    "cut": ["--model", "cut"],
+    "fastcut": ["--model", "fastcut"],
+    "qs_global": ["--model", "qs", "--qs_mode", "global"],
+    "qs_local": ["--model", "qs", "--qs_mode", "local"],
+    "qs_local_global": ["--model", "qs", "--qs_mode", "local_global"],
+    "qs_global_detached": ["--model", "qs", "--qs_mode", "global", "--qs_detach_attention"],
+}
+MEASURES = (("stripe_energy", "higher is better, target >= 0.5"), ("background_error", "lower is better"),
+            ("swd", "lower is better"))
+
+
+def read_jsonl(path):
+    if not os.path.exists(path):
+        return []
+    with open(path) as f:
+        return [json.loads(line) for line in f if line.strip()]
+
+
+def run_argv(config, seed, args):
+    """The trainer's argv for one run (``--continue_train`` added by the caller when resuming)."""
+    argv = ["--demo", *CONFIGS[config], "--seed", str(seed), "--checkpoints_dir", args.runs,
+            "--name", f"{config}-s{seed}", "--eval_freq", "1", "--eval_metrics", "swd,synthetic",
+            "--cpu_threads", "1", "--print_freq", "1", *shlex.split(args.trainer_args)]
+    if args.epochs:
+        argv += ["--n_epochs", str(args.epochs - args.epochs // 2), "--n_epochs_decay", str(args.epochs // 2)]
+    return argv
+
+
+def run_dir(config, seed, args):
+    return os.path.join(args.runs, f"{config}-s{seed}")
+
+
+def finished(config, seed, args) -> bool:
+    """True when the run's eval log holds its last epoch."""
+    folder = run_dir(config, seed, args)
+    opt_path = os.path.join(folder, "opt.json")
+    if not os.path.exists(opt_path):
+        return False
+    with open(opt_path) as f:
+        opt = json.load(f)
+    last = opt["n_epochs"] + opt["n_epochs_decay"]
+    return any(r["epoch"] == last for r in read_jsonl(os.path.join(folder, "eval_log.jsonl")))
+
+
+def start(config, seed, args):
+    argv = run_argv(config, seed, args)
+    if os.path.exists(os.path.join(run_dir(config, seed, args), "latest_state.pth")):
+        argv.append("--continue_train")
+    os.makedirs(args.runs, exist_ok=True)
+    log = open(os.path.join(args.runs, f"{config}-s{seed}.log"), "a")
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    return subprocess.Popen([sys.executable, "-m", "qsattn_fast.train.trainer", *argv], stdout=log,
+                            stderr=subprocess.STDOUT, env=env)
+
+
+def train_all(todo, args):
+    """Run the unfinished (config, seed) pairs, ``args.jobs`` at a time, printing progress."""
+    pending = [t for t in todo if not finished(*t, args)]
+    done = len(todo) - len(pending)
+    print(f"study: {len(todo)} runs, {done} already finished, {len(pending)} to train ({args.jobs} at a time); "
+          f"logs in {args.runs}", flush=True)
+    running, durations, t0 = {}, [], time.time()
+    while pending or running:
+        while pending and len(running) < args.jobs:
+            t = pending.pop(0)
+            running[t] = (start(*t, args), time.time())
+        time.sleep(2)
+        for t, (proc, began) in list(running.items()):
+            if proc.poll() is None:
+                continue
+            del running[t]
+            if proc.returncode != 0 or not finished(*t, args):
+                for other, _ in running.values():
+                    other.terminate()
+                raise SystemExit(f"study: run {t[0]} seed {t[1]} stopped before its last epoch (exit "
+                                 f"{proc.returncode}); see "
+                                 f"{args.runs}/{t[0]}-s{t[1]}.log; run the study again to resume it")
+            done += 1
+            durations.append(time.time() - began)
+            left = statistics.fmean(durations) * (len(pending) + len(running)) / args.jobs
+            print(f"study: {done}/{len(todo)} done ({t[0]} seed {t[1]}, {durations[-1] / 60:.1f} min), "
+                  f"{(time.time() - t0) / 60:.1f} min so far, about {left / 60:.0f} min left", flush=True)
+
+
+def step_times(folder):
+    """Seconds between consecutive logged steps of one process (a resumed process restarts its clock)."""
+    recs = read_jsonl(os.path.join(folder, "loss_log.jsonl"))
+    return [b["time"] - a["time"] for a, b in zip(recs, recs[1:]) if b["step"] == a["step"] + 1 and b["time"] > a["time"]]
+
+
+def mean_std(xs):
+    return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0, "n": len(xs)}
+
+
+def summarise(configs, seeds, args):
+    runs, summary = {}, {}
+    for c in configs:
+        per_seed = []
+        for s in seeds:
+            folder = run_dir(c, s, args)
+            evals = read_jsonl(os.path.join(folder, "eval_log.jsonl"))
+            best = min(evals, key=lambda r: r["metrics"]["swd"])
+            rec = {"config": c, "seed": s, "evals": [{"epoch": r["epoch"], "step": r["step"], **{
+                m: r["metrics"][m] for m, _ in MEASURES}} for r in evals],
+                "best_epoch": best["epoch"], "median_step_s": statistics.median(step_times(folder)),
+                "selection": read_jsonl(os.path.join(folder, "selection_log.jsonl"))}
+            runs[f"{c}-s{s}"] = rec
+            per_seed.append(rec)
+        summary[c] = {"last": {m: mean_std([r["evals"][-1][m] for r in per_seed]) for m, _ in MEASURES},
+                      "best": {m: mean_std([next(e[m] for e in r["evals"] if e["epoch"] == r["best_epoch"])
+                                            for r in per_seed]) for m, _ in MEASURES},
+                      "median_step_s": statistics.median(r["median_step_s"] for r in per_seed),
+                      "steps": per_seed[0]["evals"][-1]["step"]}
+    return runs, summary
+
+
+def table(summary) -> str:
+    """Markdown table: mean ± std over seeds at the last epoch (best epoch by SWD in brackets)."""
+    head = "| configuration | stripe_energy ↑ | background_error ↓ | SWD ↓ | median step s |\n|---|---|---|---|---|\n"
+    rows = []
+    for c, s in summary.items():
+        cells = [f"{s['last'][m]['mean']:.3g} ± {s['last'][m]['std']:.2g} ({s['best'][m]['mean']:.3g})"
+                 for m, _ in MEASURES]
+        rows.append(f"| {c} | " + " | ".join(cells) + f" | {s['median_step_s']:.2f} |")
+    return head + "\n".join(rows)
+
+
+def plot(runs, summary, path, size=(1200, 420)):
+    """Three panels (one per measure, last epoch): each configuration's seeds as dots over its mean bar."""
+    img = Image.new("RGB", size, (255, 255, 255))
+    draw = ImageDraw.Draw(img)
+    configs = list(summary)
+    pw = size[0] // len(MEASURES)
+    top, bottom, left = 30, 110, 50
+    for p, (m, hint) in enumerate(MEASURES):
+        x_off = p * pw
+        vals = [r["evals"][-1][m] for r in runs.values()]
+        y1 = max(vals) * 1.1 + 1e-12
+        ph = size[1] - top - bottom
+        draw.text((x_off + left, 8), f"{m} ({hint})", fill=(0, 0, 0))
+        draw.rectangle((x_off + left, top, x_off + pw - 10, top + ph), outline=(0, 0, 0))
+        for t in range(5):
+            v = y1 * t / 4
+            y = top + ph - v / y1 * ph
+            draw.text((x_off + 4, y - 6), f"{v:.2g}", fill=(0, 0, 0))
+        bw = (pw - left - 10) / len(configs)
+        for i, c in enumerate(configs):
+            cx = x_off + left + bw * (i + 0.5)
+            mean = summary[c]["last"][m]["mean"]
+            draw.rectangle((cx - bw * 0.3, top + ph - mean / y1 * ph, cx + bw * 0.3, top + ph), fill=(190, 210, 235))
+            for r in runs.values():
+                if r["config"] == c:
+                    y = top + ph - r["evals"][-1][m] / y1 * ph
+                    draw.ellipse((cx - 3, y - 3, cx + 3, y + 3), fill=(31, 119, 180))
+            for j, part in enumerate(c.split("_")):
+                draw.text((cx - bw * 0.45, top + ph + 6 + 12 * j), part, fill=(0, 0, 0))
+    img.save(path)
+
+
+def git_commit():
+    try:
+        return subprocess.run(["git", "rev-parse", "HEAD"], cwd=HERE, capture_output=True, text=True,
+                              check=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def parse(argv=None):
+    date = datetime.date.today().isoformat()
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=0, help="epochs per run (0: the demo's)")
+    p.add_argument("--jobs", type=int, default=2, help="runs trained at once (one thread each)")
+    p.add_argument("--trainer_args", default="", help="more qsattn-train flags for every run (quoted)")
+    p.add_argument("--runs", default=os.path.join(HERE, "study-runs"), help="folder of the runs")
+    p.add_argument("--out", default=os.path.join(HERE, "results", f"study-synthetic-cpu-{date}.json"))
+    return p.parse_args(argv)
+
+
+def main(argv=None):
+    args = parse(argv)
+    date = datetime.date.today().isoformat()
+    if len(args.seeds) < 2:
+        print("study: one seed gives no spread; use several for conclusions", file=sys.stderr)
+    t0 = time.time()
+    train_all([(c, s) for c in args.configs for s in args.seeds], args)
+    runs, summary = summarise(args.configs, args.seeds, args)
+    result = {"date": date, "device": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+              "torch": torch.__version__, "commit": git_commit(), "argv": sys.argv[1:],
+              "trainer_argv": {c: run_argv(c, "<seed>", args) for c in args.configs},
+              "wall_minutes": round((time.time() - t0) / 60, 1), "summary": summary, "runs": runs}
+    os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
+    with open(args.out, "w") as f:
+        json.dump(result, f, indent=1)
+    png = os.path.splitext(args.out)[0] + ".png"
+    plot(runs, summary, png)
+    print(table(summary))
+    print(f"study: wrote {args.out} and {png}")
+    return result
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,36 @@
+"""benchmarks/study_synthetic.py on tiny runs: trains every (configuration, seed), resumes an interrupted
+run instead of starting over, skips finished ones, and summarises over seeds."""
+import json
+import os
+import sys
+
+import pytest
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "benchmarks"))
+import study_synthetic as study  # noqa: E402
+
+TINY = ("--synthetic_size 3 --load_size 36 --crop_size 32 --ngf 8 --ndf 8 --num_patches 16 --netF_nc 16 "
+        "--eval_num_test 4 --display_freq 1000 --save_latest_freq 1000")
+
+
+def test_study_trains_resumes_and_summarises(tmp_path, capsys):
+    argv = ["--configs", "cut", "qs_global_detached", "--seeds", "0", "1", "--epochs", "2", "--jobs", "2",
+            "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "study.json"), "--trainer_args", TINY]
+    # an interrupted run: one epoch of cut seed 1 done, with its latest state
+    first = ["--configs", "cut", "--seeds", "1", "--epochs", "2", "--runs", str(tmp_path / "runs"),
+             "--trainer_args", TINY + " --max_steps 3", "--out", str(tmp_path / "partial.json")]
+    with pytest.raises(SystemExit, match="stopped before its last epoch"):  # stopped by --max_steps before its last epoch
+        study.main(first)
+    assert not study.finished("cut", 1, study.parse(first))
+    result = study.main(argv)
+    log = capsys.readouterr().out
+    assert "4 runs, 0 already finished" in log and "4/4 done" in log
+    steps = [r["step"] for r in study.read_jsonl(str(tmp_path / "runs" / "cut-s1" / "loss_log.jsonl"))]
+    assert steps == list(range(1, 7))  # resumed at step 4, not restarted
+    assert set(result["summary"]) == {"cut", "qs_global_detached"}
+    for s in result["summary"].values():
+        assert s["last"]["swd"]["n"] == 2 and s["steps"] == 6 and s["median_step_s"] > 0
+    assert os.path.exists(tmp_path / "study.png")
+    assert json.load(open(tmp_path / "study.json"))["runs"]["cut-s0"]["evals"][-1]["epoch"] == 2
+    assert study.main(argv)["summary"].keys() == result["summary"].keys()  # all finished: nothing retrained
+    assert "4 already finished, 0 to train" in capsys.readouterr().out
