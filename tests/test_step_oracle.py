@@ -167,7 +167,8 @@ class Oracle:
             B, C = fk.shape[:2]
             if i in qs:
                 route_mode = "local" if opt.qs_mode == "local" else "global"
-                pooled = [_route(fk[b], ids[i][b], [fk[b], fq[b]], route_mode, opt.qs_window) for b in range(B)]
+                att = fk.detach() if opt.qs_detach_attention else fk  # the maps the attention is built from
+                pooled = [_route(att[b], ids[i][b], [fk[b], fq[b]], route_mode, opt.qs_window) for b in range(B)]
                 k, q = (torch.cat([p[j] for p in pooled]) for j in (0, 1))
             else:
                 k, q = (f.reshape(B, C, -1)[:, :, ids[i]].transpose(1, 2).reshape(-1, C) for f in (fk, fq))
@@ -324,6 +325,11 @@ def test_fastcut_step(batch, flip):
 @pytest.mark.parametrize("batch", [1, 2])
 def test_qs_step(batch, mode, backend):
     check_step(["--model", "qs", "--qs_mode", mode, "--qs_backend", backend], batch)
+
+
+@pytest.mark.parametrize("mode", ["global", "local"])
+def test_qs_step_with_detached_attention(mode):
+    check_step(["--model", "qs", "--qs_mode", mode, "--qs_detach_attention"], 1)
 
 
 @pytest.mark.parametrize("mode", ["global", "local"])
