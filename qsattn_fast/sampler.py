@@ -54,9 +54,10 @@ class QSPatchSampler(nn.Module):
     ``detach_attention=True`` builds the attention (entropy, selection, the rows Q = F[idx], K = F) from
     the detached source maps; the routed values (source and target) keep their gradients. The paper and
     the released code (the default, False) let the loss reach the source features through the attention
-    rows, so the source encoder is backpropagated too; CUT's PatchNCE detaches the pooled source (the
-    keys), so with True the source encoder gets no gradient from the QS layers and is not backpropagated
-    at all (see README, "What a QS step costs")."""
+    rows, so the source encoder is backpropagated too. CUT's PatchNCE detaches the pooled source (the
+    keys), so with True the source encoder gets no gradient from the QS layers; the routing ops still hand
+    a zero gradient to a value whose output got none, so to skip the source encoder's backward encode the
+    source without a graph, as the trainer does (see README, "What a QS step costs")."""
 
     def __init__(self, use_mlp=True, nc=256, qs_layers=None, mode="global", window=7, backend="auto",
                  precision=None, variant="paper", init_type="xavier", init_gain=0.02, check_finite=True,

@@ -230,9 +230,10 @@ def test_max_dataset_size_caps_the_synthetic_set():
 
 
 def test_qs_detach_attention_changes_only_the_gradient(tmp_path):
-    """--qs_detach_attention: the same losses and selections, the QS ops get source maps that need no gradient,
-    and netG's gradient changes (the source encoder gets none through the attention rows; at initialisation
-    the rows are peaked, nearly one-hot, so that share is small: about 3e-6 of the gradient here)."""
+    """--qs_detach_attention: the same losses and selections, the QS ops get source maps that need no gradient
+    (the source is encoded without a graph), and netG's gradient changes (the source encoder gets none through
+    the attention rows; at initialisation the rows are peaked, nearly one-hot, so that share is small: about
+    3e-6 of the gradient here)."""
     from unittest import mock
     from qsattn_fast import sampler
     assert options.parse(TINY).qs_detach_attention is False
@@ -240,9 +241,11 @@ def test_qs_detach_attention_changes_only_the_gradient(tmp_path):
     for flag in ("false", "true"):
         opt = options.parse(tiny(tmp_path, "--model", "qs", "--qs_detach_attention", flag))
         with mock.patch.object(sampler, "query_selected_attention", wraps=sampler.query_selected_attention) as spy:
-            runs.append(_one_step(opt) + ([c.args[0].requires_grad for c in spy.call_args_list],))
+            runs.append(_one_step(opt) + ([(c.args[0].requires_grad, c.args[1][0].requires_grad)
+                                           for c in spy.call_args_list],))
     (losses, ids, grads, needs_grad), (losses_d, ids_d, grads_d, needs_grad_d) = runs
-    assert needs_grad == [True] * 4 and needs_grad_d == [False] * 4  # 2 QS layers x (NCE, identity NCE)
+    # (attention source, source value) of 2 QS layers x (NCE, identity NCE)
+    assert needs_grad == [(True, True)] * 4 and needs_grad_d == [(False, False)] * 4
     assert losses.keys() == losses_d.keys() and all(torch.equal(losses[k], losses_d[k]) for k in losses)
     assert all(torch.equal(a, b) for a, b in zip(ids, ids_d))
     flat = [torch.cat([g.flatten() for g in gs.values()]) for gs in (grads, grads_d)]

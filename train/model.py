@@ -99,6 +99,7 @@ class CUTModel:
         self.gen = torch.Generator().manual_seed(opt.seed * 7919 + rank)
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if opt.bf16 else contextlib.nullcontext()
         self.last_patch_ids = None
+        self.source_needs_grad = opt.model == "qs" and not opt.qs_detach_attention
         if world > 1:
             for net in self.nets.values():
                 for t in list(net.parameters()) + list(net.buffers()):
@@ -137,7 +138,10 @@ class CUTModel:
         feat_q = self.netG(tgt, opt.nce_layers_list, encode_only=True)
         if self.flipped:
             feat_q = [f.flip(3) for f in feat_q]
-        feat_k = self.netG(src, opt.nce_layers_list, encode_only=True)
+        # PatchNCE detaches the keys (the pooled source): a gradient reaches the source features only through
+        # QS-Attn's attention rows, so otherwise their encoder pass builds no graph and is never backpropagated
+        with contextlib.nullcontext() if self.source_needs_grad else torch.no_grad():
+            feat_k = self.netG(src, opt.nce_layers_list, encode_only=True)
         pool_k, pool_q, self.last_patch_ids = self.netF.paired(feat_k, feat_q, opt.num_patches)
         groups = 1 if opt.nce_includes_all_negatives_from_minibatch else src.shape[0]
         total = sum(networks.patch_nce_loss(q, k, groups, opt.nce_T).mean() * opt.lambda_NCE
