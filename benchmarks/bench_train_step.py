@@ -10,17 +10,20 @@ fastest fused backend in global mode costs at most 1.05x cut; reference is repor
     python -m pytest benchmarks/bench_train_step_tiny.py                    # pytest-benchmark, tiny, CPU
 
 A step is ``CUTModel.optimize`` on a batch already on the device (D step, then G and netF step; data
-loading excluded), timed with a device synchronisation around it. Rows (``what``): ``step`` for cut and
-for qs per backend; with ``--breakdown``, per backend also ``step, detached attention`` (qs with
-``--qs_detach_attention``: the source encoder is not backpropagated through the attention rows) and the
-QS-Attn ops alone, ``ops fwd`` and ``ops fwd+bwd``: the ``query_selected_attention`` calls of one qs
-step (per QS layer, one for the NCE loss and one for the identity loss, each routing source and target),
-recorded in a step and replayed on the same inputs, summed per step. Needs no pytest.
+loading excluded), timed with a device synchronisation around it. Every configuration is built first,
+then timed in interleaved rounds (one call of each per round), so that a shared machine's drift touches
+them alike. Rows (``what``): ``step`` for cut and for qs per backend; with ``--breakdown``, per backend
+also ``step, detached attention`` (qs with ``--qs_detach_attention``: the source encoder is not
+backpropagated through the attention rows) and the QS-Attn ops alone, ``ops fwd`` and ``ops fwd+bwd``:
+the ``query_selected_attention`` calls of one qs step (per QS layer, one for the NCE loss and one for the
+identity loss, each routing source and target), recorded in a step and replayed on the same inputs,
+summed per step. Needs no pytest.
 """
 from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import json
 import statistics
 import time
@@ -88,24 +91,34 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def median_seconds(fn, device, steps=50, warmup=10) -> float:
-    """Median seconds of ``steps`` timed calls of ``fn()`` after ``warmup`` untimed ones."""
-    times = []
+def interleaved_medians(fns: dict, device, steps=50, warmup=10) -> tuple[dict, dict]:
+    """Median seconds of each of ``fns`` over ``steps`` rounds after ``warmup`` untimed ones; a round calls
+    every fn once, in turn, so that drifts in the machine's speed (a shared CPU) touch them alike. Returns
+    (medians, errors): a fn that raises (e.g. out of memory) leaves the rounds with its error message."""
+    times, errors = {k: [] for k in fns}, {}
     for i in range(warmup + steps):
-        _sync(device)
-        t = time.perf_counter()
-        fn()
-        _sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - t)
-    return statistics.median(times)
+        for k, fn in fns.items():
+            if k in errors:
+                continue
+            _sync(device)
+            t = time.perf_counter()
+            try:
+                fn()
+            except (RuntimeError, ValueError) as e:
+                errors[k] = str(e).splitlines()[0][:200]
+                continue
+            _sync(device)
+            if i >= warmup:
+                times[k].append(time.perf_counter() - t)
+    return {k: statistics.median(v) for k, v in times.items() if k not in errors}, errors
 
 
 def report(size=256, ngf=64, batch=1, mode="global", gpu_ids="0", steps=50, warmup=10, backends=None, bf16=False,
            breakdown=False, extra=()):
     """Median times of the cut step and, per QS backend, of the qs step (and with ``breakdown`` of the qs
-    step with detached attention and of its QS-Attn ops alone); rows with the ratio to the cut step. A
-    configuration that fails (e.g. out of memory) gets its error in its row, and the others still run."""
+    step with detached attention and of its QS-Attn ops alone), measured in interleaved rounds; rows with
+    the ratio to the cut step. A configuration that fails (e.g. out of memory) gets its error in its row,
+    and the others still run."""
     device = pick_device(gpu_ids)
     backends = backends or available_backends(device, mode)
     configs = [("cut", "auto", "step", ())]
@@ -113,27 +126,28 @@ def report(size=256, ngf=64, batch=1, mode="global", gpu_ids="0", steps=50, warm
         configs.append(("qs", b, "step", ()))
         if breakdown:
             configs.append(("qs", b, "step, detached attention", ("--qs_detach_attention",)))
-    rows = []
+    rows, fns = [], {}
     for model_name, backend, what, flags in configs:
-        row = base = {"model": model_name, "backend": backend if model_name == "qs" else "-", "mode": mode,
-                      "what": what}
+        row = {"model": model_name, "backend": backend if model_name == "qs" else "-", "mode": mode, "what": what}
         if model_name == "qs" and backend == "auto":
             req = Request("qsattn", device.type, torch.bfloat16 if bf16 else torch.float32, mode)
-            base["resolved"] = resolve("auto", req).name
+            row["resolved"] = resolve("auto", req).name
+        rows.append(row)
         try:
             model, data = make_step(model_name, backend, size, ngf, batch, mode, gpu_ids, bf16, (*extra, *flags))
-            rows.append(dict(row, median_ms=median_seconds(lambda: model.optimize(data), device, steps, warmup) * 1e3))
+            fns[len(rows) - 1] = functools.partial(model.optimize, data)
             if breakdown and model_name == "qs" and not flags:
                 calls = qsattn_calls(model, data)
                 for what_ops, backward in (("ops fwd", False), ("ops fwd+bwd", True)):
-                    row = dict(base, what=what_ops, calls=len(calls))
-                    seconds = median_seconds(lambda: run_ops(calls, backward, model.autocast), device, steps, warmup)
-                    rows.append(dict(row, median_ms=seconds * 1e3))
+                    rows.append(dict(row, what=what_ops, calls=len(calls)))
+                    fns[len(rows) - 1] = functools.partial(run_ops, calls, backward, model.autocast)
         except (RuntimeError, ValueError) as e:
-            rows.append(dict(row, median_ms=float("nan"), error=str(e).splitlines()[0][:200]))
-        model = data = calls = None
-        if device.type == "cuda":
-            torch.cuda.empty_cache()
+            rows[-1]["error"] = str(e).splitlines()[0][:200]
+    medians, errors = interleaved_medians(fns, device, steps, warmup)
+    for i, r in enumerate(rows):
+        if i in errors:
+            r["error"] = errors[i]
+        r["median_ms"] = medians[i] * 1e3 if i in medians else float("nan")
     for r in rows:
         r["vs_cut"] = r["median_ms"] / rows[0]["median_ms"]
     return rows
