@@ -91,10 +91,10 @@ def _sync(device):
         torch.cuda.synchronize(device)
 
 
-def interleaved_medians(fns: dict, device, steps=50, warmup=10) -> tuple[dict, dict]:
-    """Median seconds of each of ``fns`` over ``steps`` rounds after ``warmup`` untimed ones; a round calls
-    every fn once, in turn, so that drifts in the machine's speed (a shared CPU) touch them alike. Returns
-    (medians, errors): a fn that raises (e.g. out of memory) leaves the rounds with its error message."""
+def interleaved_times(fns: dict, device, steps=50, warmup=10) -> tuple[dict, dict]:
+    """Seconds of each of ``fns`` in ``steps`` rounds after ``warmup`` untimed ones; a round calls every fn
+    once, in turn, so that drifts in the machine's speed (a shared CPU) touch them alike. Returns (times,
+    errors): a fn that raises (e.g. out of memory) leaves the rounds with its error message."""
     times, errors = {k: [] for k in fns}, {}
     for i in range(warmup + steps):
         for k, fn in fns.items():
@@ -110,7 +110,7 @@ def interleaved_medians(fns: dict, device, steps=50, warmup=10) -> tuple[dict, d
             _sync(device)
             if i >= warmup:
                 times[k].append(time.perf_counter() - t)
-    return {k: statistics.median(v) for k, v in times.items() if k not in errors}, errors
+    return {k: v for k, v in times.items() if k not in errors}, errors
 
 
 def report(size=256, ngf=64, batch=1, mode="global", gpu_ids="0", steps=50, warmup=10, backends=None, bf16=False,
@@ -143,11 +143,12 @@ def report(size=256, ngf=64, batch=1, mode="global", gpu_ids="0", steps=50, warm
                     fns[len(rows) - 1] = functools.partial(run_ops, calls, backward, model.autocast)
         except (RuntimeError, ValueError) as e:
             rows[-1]["error"] = str(e).splitlines()[0][:200]
-    medians, errors = interleaved_medians(fns, device, steps, warmup)
+    times, errors = interleaved_times(fns, device, steps, warmup)
     for i, r in enumerate(rows):
         if i in errors:
             r["error"] = errors[i]
-        r["median_ms"] = medians[i] * 1e3 if i in medians else float("nan")
+        r["times_ms"] = [t * 1e3 for t in times.get(i, [])]
+        r["median_ms"] = statistics.median(r["times_ms"]) if r["times_ms"] else float("nan")
     for r in rows:
         r["vs_cut"] = r["median_ms"] / rows[0]["median_ms"]
     return rows
