@@ -117,8 +117,9 @@ def report(size=256, ngf=64, batch=1, mode="global", gpu_ids="0", steps=50, warm
            breakdown=False, extra=()):
     """Median times of the cut step and, per QS backend, of the qs step (and with ``breakdown`` of the qs
     step with detached attention and of its QS-Attn ops alone), measured in interleaved rounds; rows with
-    the ratio to the cut step. A configuration that fails (e.g. out of memory) gets its error in its row,
-    and the others still run."""
+    the ratio of the medians to the cut step's (``vs_cut``) and the median of the per-round ratios
+    (``vs_cut_paired``, the one to read on a noisy machine). A configuration that fails (e.g. out of
+    memory) gets its error in its row, and the others still run."""
     device = pick_device(gpu_ids)
     backends = backends or available_backends(device, mode)
     configs = [("cut", "auto", "step", ())]
@@ -149,8 +150,10 @@ def report(size=256, ngf=64, batch=1, mode="global", gpu_ids="0", steps=50, warm
             r["error"] = errors[i]
         r["times_ms"] = [t * 1e3 for t in times.get(i, [])]
         r["median_ms"] = statistics.median(r["times_ms"]) if r["times_ms"] else float("nan")
-    for r in rows:
+    for r in rows:  # paired: the median over rounds of the ratio to the cut step of the same round
         r["vs_cut"] = r["median_ms"] / rows[0]["median_ms"]
+        paired = [t / c for t, c in zip(r["times_ms"], rows[0]["times_ms"])]
+        r["vs_cut_paired"] = statistics.median(paired) if paired else float("nan")
     return rows
 
 
@@ -179,11 +182,11 @@ def main(argv=None):
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else env["device_name"]
     print(f"device: {name}, {torch.get_num_threads()} threads, torch {torch.__version__}; {a.size}x{a.size}, "
           f"batch {a.batch_size}, ngf {a.ngf}, median of {a.steps} steps")
-    print(f"{'model':6} {'backend':12} {'mode':13} {'what':26} {'median ms':>10} {'x cut':>7}")
+    print(f"{'model':6} {'backend':12} {'mode':13} {'what':26} {'median ms':>10} {'x cut':>7} {'paired':>7}")
     for r in rows:
         backend = r["backend"] + (f"={r['resolved']}" if "resolved" in r else "")
         print(f"{r['model']:6} {backend:12} {r['mode']:13} {r['what']:26} {r['median_ms']:10.2f} "
-              f"{r['vs_cut']:7.3f}" + (f"  ({r['error']})" if "error" in r else ""))
+              f"{r['vs_cut']:7.3f} {r['vs_cut_paired']:7.3f}" + (f"  ({r['error']})" if "error" in r else ""))
     if a.json:
         with open(a.json, "w") as f:
             json.dump(dict(env, device=name, args=vars(a), rows=rows), f, indent=1)
