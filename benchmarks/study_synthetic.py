@@ -13,8 +13,9 @@ holds the last epoch) is read back, an interrupted one continues from its latest
 
 Per configuration the summary gives mean and standard deviation over seeds of every measure at the last
 epoch and at each run's best epoch (lowest SWD, the trainer's primary number on this task), and the
-median step time (consecutive steps of the training logs; the median skips the per-epoch evaluation and
-checkpoint pauses). Output: ``--out`` JSON (settings, versions, commit, every run's eval log and step
+median step time, measured after training in one process with the configurations' steps interleaved
+round by round (``--timing_rounds``), so that the machine's drift touches them alike (the training logs'
+step times, also kept per run, depend on what else ran at the time). Output: ``--out`` JSON (settings, versions, commit, every run's eval log and step
 times, the summary) and a PNG of the three measures per configuration (dots: seeds, bars: means).
 """
 from __future__ import annotations
@@ -32,6 +33,11 @@ import time
 
 import torch
 from PIL import Image, ImageDraw
+
+from bench_train_step import interleaved_times
+from qsattn_fast.train import options
+from qsattn_fast.train.data import synthetic_pair
+from qsattn_fast.train.model import CUTModel
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = {
@@ -125,6 +131,24 @@ def step_times(folder):
     return [b["time"] - a["time"] for a, b in zip(recs, recs[1:]) if b["step"] == a["step"] + 1 and b["time"] > a["time"]]
 
 
+def timed_steps(configs, args) -> dict:
+    """Median seconds of one optimize() step per configuration (the runs' settings, batch of the demo's
+    size, one thread), the configurations interleaved in each of ``args.timing_rounds`` rounds."""
+    torch.set_num_threads(1)
+    fns = {}
+    for c in configs:
+        opt = options.parse(run_argv(c, 0, args))
+        torch.manual_seed(0)
+        model = CUTModel(opt, "cpu")
+        pairs = [synthetic_pair(0, i, opt.crop_size) for i in range(opt.batch_size)]
+        data = {"A": torch.stack([p[0] for p in pairs]), "B": torch.stack([p[1] for p in pairs])}
+        fns[c] = lambda model=model, data=data: model.optimize(data)
+    times, errors = interleaved_times(fns, torch.device("cpu"), steps=args.timing_rounds, warmup=1)
+    if errors:
+        raise SystemExit(f"study: timing failed: {errors}")
+    return {c: statistics.median(t) for c, t in times.items()}
+
+
 def mean_std(xs):
     return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0, "n": len(xs)}
 
@@ -139,14 +163,13 @@ def summarise(configs, seeds, args):
             best = min(evals, key=lambda r: r["metrics"]["swd"])
             rec = {"config": c, "seed": s, "evals": [{"epoch": r["epoch"], "step": r["step"], **{
                 m: r["metrics"][m] for m, _ in MEASURES}} for r in evals],
-                "best_epoch": best["epoch"], "median_step_s": statistics.median(step_times(folder)),
+                "best_epoch": best["epoch"], "log_median_step_s": statistics.median(step_times(folder)),
                 "selection": read_jsonl(os.path.join(folder, "selection_log.jsonl"))}
             runs[f"{c}-s{s}"] = rec
             per_seed.append(rec)
         summary[c] = {"last": {m: mean_std([r["evals"][-1][m] for r in per_seed]) for m, _ in MEASURES},
                       "best": {m: mean_std([next(e[m] for e in r["evals"] if e["epoch"] == r["best_epoch"])
                                             for r in per_seed]) for m, _ in MEASURES},
-                      "median_step_s": statistics.median(r["median_step_s"] for r in per_seed),
                       "steps": per_seed[0]["evals"][-1]["step"]}
     return runs, summary
 
@@ -210,6 +233,7 @@ def parse(argv=None):
     p.add_argument("--epochs", type=int, default=0, help="epochs per run (0: the demo's)")
     p.add_argument("--jobs", type=int, default=2, help="runs trained at once (one thread each)")
     p.add_argument("--trainer_args", default="", help="more qsattn-train flags for every run (quoted)")
+    p.add_argument("--timing_rounds", type=int, default=5, help="interleaved rounds of the step-time measurement")
     p.add_argument("--runs", default=os.path.join(HERE, "study-runs"), help="folder of the runs")
     p.add_argument("--out", default=os.path.join(HERE, "results", f"study-synthetic-cpu-{date}.json"))
     return p.parse_args(argv)
@@ -223,9 +247,15 @@ def main(argv=None):
     t0 = time.time()
     train_all([(c, s) for c in args.configs for s in args.seeds], args)
     runs, summary = summarise(args.configs, args.seeds, args)
+    print("study: timing one step of each configuration, interleaved", flush=True)
+    for c, t in timed_steps(args.configs, args).items():
+        summary[c]["median_step_s"] = t
+    with open(os.path.join(run_dir(args.configs[0], args.seeds[0], args), "opt.json")) as f:
+        settings = json.load(f)
     result = {"date": date, "device": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
               "torch": torch.__version__, "commit": git_commit(), "argv": sys.argv[1:],
               "trainer_argv": {c: run_argv(c, "<seed>", args) for c in args.configs},
+              "settings_of_first_run": settings,
               "wall_minutes": round((time.time() - t0) / 60, 1), "summary": summary, "runs": runs}
     os.makedirs(os.path.dirname(os.path.abspath(args.out)), exist_ok=True)
     with open(args.out, "w") as f:

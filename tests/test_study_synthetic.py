@@ -15,7 +15,8 @@ TINY = ("--synthetic_size 3 --load_size 36 --crop_size 32 --ngf 8 --ndf 8 --num_
 
 def test_study_trains_resumes_and_summarises(tmp_path, capsys):
     argv = ["--configs", "cut", "qs_global_detached", "--seeds", "0", "1", "--epochs", "2", "--jobs", "2",
-            "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "study.json"), "--trainer_args", TINY]
+            "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "study.json"), "--trainer_args", TINY,
+            "--timing_rounds", "1"]
     # an interrupted run: one epoch of cut seed 1 done, with its latest state
     first = ["--configs", "cut", "--seeds", "1", "--epochs", "2", "--runs", str(tmp_path / "runs"),
              "--trainer_args", TINY + " --max_steps 3", "--out", str(tmp_path / "partial.json")]
