@@ -8,11 +8,16 @@
 // dS = P * (sum_i dO_i V_i,blk^T - sum_i rowsum(dO_i * O_i)),
 // and adds dQ = dS K_blk to a per-thread k x C accumulator; the accumulators are summed and
 // index-added to dF at the end (dF = dK + index_add(idx, dQ)).
+// Pivots: where P_ij > 3/4, key j is row i's pivot, and dS_ij comes not from the formula above (whose
+// dP_ij - D_i is rounding noise in a saturated row) but from sum_j dS_ij = 0: the tasks leave it 0 and
+// sum the row's other entries, and the end adds c_i = -(that sum) as dK_j += c_i Q_i, dQ_i += c_i K_j.
+// A one-hot row (P = 1 at its pivot, 0 elsewhere) thus gives dS = 0 exactly, as the exact gradient.
 // f and v may be the transposed views rows(feat) of NCHW maps: BLAS reads them in place, and the
 // gradients are written in the same layout.
 #include <ATen/ThreadLocalState.h>
 #include <torch/library.h>
 
+#include <algorithm>
 #include <tuple>
 #include <vector>
 
@@ -23,6 +28,8 @@ namespace {
 
 constexpr int64_t TILE = int64_t(1) << 18;  // logits per forward task (1 MiB in fp32)
 constexpr int64_t BK = 256;                 // keys per backward task: two k x BK tiles per thread
+constexpr double PIVOT = 0.75;              // P_ij > PIVOT: key j is row i's pivot (one at most: rows sum to 1)
+constexpr int64_t CB = 16;                  // channels per pass of the final scatter into strided dF
 
 template <typename T>
 void route_forward(const at::Tensor& f, const at::Tensor& idx, const std::vector<at::Tensor>& v,
@@ -69,16 +76,21 @@ void route_backward(const at::Tensor& f, const at::Tensor& idx, const std::vecto
   at::Tensor dsum = at::zeros({B, k}, f.options());  // D = sum_i rowsum(dO_i * O_i), (B, k)
   for (size_t i = 0; i < v.size(); ++i) dsum.add_((g[i] * out[i]).sum(-1));
   at::Tensor dq = at::zeros({nt, k, C}, f.options());
+  at::Tensor rsum = at::zeros({nt, k}, f.options());  // per thread: each row's sum of dS off its pivot
+  std::vector<int64_t> piv(k), fix;                   // each row's pivot key or -1; rows with c_i != 0
+  int64_t* pv = piv.data();
   const at::ThreadLocalState tls;
   for (int64_t b = 0; b < B; ++b) {
     const at::Tensor fb = f[b], ib = idx[b], q = fb.index_select(0, ib);
     const T* lp = lse.data_ptr<T>() + b * k;
     const T* dp = dsum.data_ptr<T>() + b * k;
+    std::fill(piv.begin(), piv.end(), -1);
 #pragma omp parallel num_threads(nt)
     {
       at::ThreadLocalStateGuard guard(tls);
       at::Tensor pbuf = at::empty({k * BK}, f.options()), sbuf = at::empty({k * BK}, f.options());
       at::Tensor dqt = dq[omp_get_thread_num()];
+      T* rs = rsum[omp_get_thread_num()].data_ptr<T>();
 #pragma omp for schedule(dynamic, 1)
       for (int64_t blk = 0; blk < nblk; ++blk) {
         const int64_t n0 = blk * BK, nk = std::min(BK, N - n0);
@@ -93,10 +105,23 @@ void route_backward(const at::Tensor& f, const at::Tensor& idx, const std::vecto
         for (int64_t r = 0; r < k; ++r) {
           T* prow = pp + r * nk;
           T* srow = sp + r * nk;
-          exp_shift(prow, nk, lp[r]);
-          const T d = dp[r];
-#pragma omp simd
-          for (int64_t j = 0; j < nk; ++j) srow[j] = prow[j] * (srow[j] - d);
+          const T z = exp_shift(prow, nk, lp[r]), d = dp[r];
+          T sum = 0;
+#pragma omp simd reduction(+ : sum)
+          for (int64_t j = 0; j < nk; ++j) {
+            srow[j] = prow[j] * (srow[j] - d);
+            sum += srow[j];
+          }
+          if (z > T(PIVOT)) {  // only a block holding more than PIVOT of the row can hold its pivot
+            for (int64_t j = 0; j < nk; ++j) {
+              if (prow[j] > T(PIVOT)) {
+                pv[r] = n0 + j;
+                sum -= srow[j];
+                srow[j] = 0;
+              }
+            }
+          }
+          rs[r] += sum;
         }
         for (size_t i = 0; i < v.size(); ++i) {
           at::Tensor dvb = dv[i][b].narrow(0, n0, nk);
@@ -106,17 +131,36 @@ void route_backward(const at::Tensor& f, const at::Tensor& idx, const std::vecto
         dqt.addmm_(ds, kb);
       }
     }
-    // dF[idx] += sum over threads of dQ, then reset the accumulators for the next image.
-    const at::Tensor dqs = dq.sum(0);
+    // dF[idx] += sum over threads of dQ, plus the pivots' terms with c_i = -sum over threads of rsum:
+    // whole rows where dF's rows are contiguous, else CB channels at a time (CB planes of NCHW maps,
+    // which stay cached while the rows are scattered); then reset the accumulators for the next image.
+    const at::Tensor dqs = dq.sum(0), rss = rsum.sum(0);
     const int64_t* ip = ib.data_ptr<int64_t>();
-    const T* dqp = dqs.data_ptr<T>();
+    const T *dqp = dqs.data_ptr<T>(), *rsp = rss.data_ptr<T>(), *qp = q.data_ptr<T>(), *fp = fb.data_ptr<T>();
     T* dfp = df.data_ptr<T>() + b * df.stride(0);
-    const int64_t sn = df.stride(1), sc = df.stride(2);
-    for (int64_t r = 0; r < k; ++r) {
-      T* dst = dfp + ip[r] * sn;
-      for (int64_t c = 0; c < C; ++c) dst[c * sc] += dqp[r * C + c];
+    const int64_t sn = df.stride(1), sc = df.stride(2), fn = fb.stride(0), fc = fb.stride(1);
+    fix.clear();
+    for (int64_t r = 0; r < k; ++r)
+      if (pv[r] >= 0 && rsp[r] != 0) fix.push_back(r);
+    const int64_t cb = sc == 1 ? C : CB;
+    for (int64_t c0 = 0; c0 < C; c0 += cb) {
+      const int64_t c1 = std::min(C, c0 + cb);
+      for (int64_t r = 0; r < k; ++r) {
+        T* dst = dfp + ip[r] * sn;
+        for (int64_t c = c0; c < c1; ++c) dst[c * sc] += dqp[r * C + c];
+      }
+      for (const int64_t r : fix) {
+        const T cr = -rsp[r];
+        T *dqr = dfp + ip[r] * sn, *dkr = dfp + pv[r] * sn;
+        const T* kr = fp + pv[r] * fn;
+        for (int64_t c = c0; c < c1; ++c) {
+          dqr[c * sc] += cr * kr[c * fc];
+          dkr[c * sc] += cr * qp[r * C + c];
+        }
+      }
     }
     dq.zero_();
+    rsum.zero_();
   }
 }
 

@@ -1,6 +1,7 @@
 """qsattn::route_global and route_global_backward (csrc/route_global_cpu.cpp) against the reference:
 outputs fp32 to 2e-4 and fp64 to 1e-12, float64 gradcheck, gradients of several query blocks against
-reference autograd, repeated indices, strided rows, bad inputs, opcheck of both ops."""
+reference autograd, one-hot rows (exactly no gradient through the attention) and peaked rows (the
+pivot form), repeated indices, strided rows, bad inputs, opcheck of both ops."""
 import pytest
 import torch
 
@@ -57,6 +58,48 @@ def test_gradients_over_several_query_blocks(dtype, tol):
         x.grad = t.grad = None
     for g, r in zip(*grads):
         assert rel_err(g, r) < tol
+
+
+@pytest.mark.parametrize("dtype,scale,tol", [(torch.float32, 1.5, 1e-6), (torch.float64, 3.0, 1e-12)])
+def test_one_hot_rows_give_the_source_map_no_gradient(dtype, scale, tol):
+    """256-channel features at this scale make every selected row one-hot (P = 1 at the query's own key,
+    exactly 0 elsewhere, in float32 and, at scale 3, in float64), so the exact gradient through the
+    attention is 0, and the reference gives 0. So must the native backward: dS at the pivot (the key
+    with P > 3/4) is minus the row's other entries, where dP - rowsum(dO * O) would be rounding noise.
+    The value still gets P^T dO. Two rows share a pivot (a repeated index)."""
+    x = features(2, 256, 6, 7, dtype, scale=scale, requires_grad=True)
+    t = features(2, 5, 6, 7, dtype, requires_grad=True)
+    idx = rand_idx(2, 42, 17)
+    idx[:, 1] = idx[:, 0]
+    w = torch.randn(2, 17, 5, dtype=dtype)
+    grads = {}
+    for be in ("reference", "native"):
+        (out,) = q.route(x, idx, [t], "global", backend=be)
+        grads[be] = torch.autograd.grad((out * w).sum(), [x, t])
+    assert not grads["reference"][0].any() and not grads["native"][0].any()
+    assert rel_err(grads["native"][1], grads["reference"][1]) < tol
+
+
+@pytest.mark.parametrize("contiguous", [False, True])
+def test_peaked_rows_against_autograd(contiguous):
+    """Rows with a pivot key (P > 3/4) that are not one-hot, some pivots in the second key block
+    (N = 323 > 256 keys per task): the pivot's dS, minus the row's other entries, is added after the
+    key blocks. float64 gradients against autograd of softmax(Q K^T) V, for rows(feat) views of NCHW
+    maps and for contiguous rows."""
+    x = features(2, 12, 17, 19, torch.float64, scale=1.0)
+    f = x.flatten(2).transpose(1, 2)
+    f = f.contiguous() if contiguous else f
+    v = torch.randn(2, 323, 3, dtype=torch.float64)
+    idx = rand_idx(2, 323, 40)
+    (out,), lse = torch.ops.qsattn.route_global(f, idx, [v])
+    g = torch.randn_like(out)
+    df, (dv,) = torch.ops.qsattn.route_global_backward(f, idx, [v], [out], lse, [g])
+    fr, vr = f.detach().requires_grad_(), v.requires_grad_()
+    p = torch.softmax(fr.gather(1, idx[..., None].expand(-1, -1, 12)) @ fr.transpose(1, 2), -1)
+    top = p.detach().amax(-1)
+    assert int(((top > 0.75) & (top < 1 - 1e-12)).sum()) >= 10
+    ref = torch.autograd.grad(((p @ vr) * g).sum(), [fr, vr])
+    assert rel_err(df, ref[0]) < 1e-12 and rel_err(dv, ref[1]) < 1e-12
 
 
 def test_strided_and_contiguous_rows_agree():
