@@ -214,6 +214,7 @@ def plot(runs, summary, path, size=(1200, 420)):
                     draw.ellipse((cx - 3, y - 3, cx + 3, y + 3), fill=(31, 119, 180))
             for j, part in enumerate(c.split("_")):
                 draw.text((cx - bw * 0.45, top + ph + 6 + 12 * j), part, fill=(0, 0, 0))
+    draw.text((left, size[1] - 18), "at the last epoch; dots: seeds, bars: mean over seeds", fill=(0, 0, 0))
     img.save(path)
 
 
