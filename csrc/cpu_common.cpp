@@ -17,7 +17,7 @@ namespace qsattn {
 template <typename T>
 static inline __attribute__((always_inline)) void add_exp_terms(T d, T& r, T& t, T& c) {
   const bool top = d == T(0);
-  const T e = top ? T(0) : fast_exp(d);
+  const T e = top ? T(0) : fast_exp(d, T(kEntropyExpMin));
   r += e;
   t += e * d;
   c += top ? T(1) : T(0);

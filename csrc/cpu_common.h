@@ -25,12 +25,15 @@ inline int num_threads() { return at::get_num_threads(); }
 
 // exp(x) for float to ~1 ulp, written so that GCC vectorises loops calling it (no libm call, no
 // branch): x = n ln2 + r with |r| <= ln2/2, e^r by its degree-7 Taylor polynomial, 2^n from the
-// exponent bits. exp(x) for x < -64 is returned as 0 (e^-64 ~ 1.6e-28 is below the float resolution
-// of any sum it joins): this keeps subnormal numbers, which are ~100x slower in MKL's sgemm, out of
-// the attention rows and their products.
-__attribute__((always_inline)) inline float fast_exp(float x) {
-  const bool flush = x < -64.0f;
-  x = flush ? -64.0f : x;
+// exponent bits. exp(x) for x < lo is returned as 0. The routing kernels keep lo = -64 (e^-64 ~ 1.6e-28
+// is below the float resolution of any sum it joins): this keeps subnormal numbers, which are ~100x
+// slower in MKL's sgemm, out of the attention rows and their products. The entropy sums take
+// kEntropyExpMin instead: a peaked row's entropy consists of exactly such tiny terms, and flushing them
+// at -64 tied every row whose logit gap exceeds 64 (README, "Selection ties").
+constexpr float kEntropyExpMin = -87.0f;  // e^-87 ~ 1.6e-38: the smallest normal floats, no subnormal
+__attribute__((always_inline)) inline float fast_exp(float x, float lo = -64.0f) {
+  const bool flush = x < lo;
+  x = flush ? lo : x;
   const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer
   float t = x * 1.44269504088896341f + shifter;
   int32_t ti;
@@ -51,7 +54,7 @@ __attribute__((always_inline)) inline float fast_exp(float x) {
   return flush ? 0.0f : p * scale;
 }
 
-inline double fast_exp(double x) { return std::exp(x); }
+inline double fast_exp(double x, double = 0.0) { return std::exp(x); }
 
 // Over n logits with max <= m: *rr = sum of e^{s_j - m} over the s_j < m, *tt = sum_j e^{s_j - m} (s_j - m)
 // and *cc = the number of s_j == m (each contributes exactly 1 to Z and 0 to T). The float version is
