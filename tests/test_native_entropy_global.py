@@ -121,3 +121,18 @@ def test_bad_inputs(f, match):
 def test_opcheck():
     torch.library.opcheck(torch.ops.qsattn.entropy_global.default, (torch.randn(2, 13, 5),))
     torch.library.opcheck(torch.ops.qsattn.entropy_global.default, (torch.randn(1, 9, 3, dtype=torch.float64),))
+
+
+def test_peaked_rows_down_to_the_smallest_normal_floats():
+    """A row whose only off-maximum logits lie 65..86 below its maximum has an entropy of ~1e-28..1e-36:
+    normal floats, which the kernel keeps (it once flushed every e^d below e^-64, tying such rows at 0
+    and so losing QS-Attn's selection order on peaked layers); fp32 within 1e-4 of float64."""
+    gaps = torch.empty(6).uniform_(65.0, 86.0)
+    a = 20.0
+    x = torch.zeros(1, len(gaps), 1, 2 * len(gaps), dtype=torch.float64)
+    for i, g in enumerate(gaps):  # pair i on channel i: row 2i has the gap g to row 2i+1, 400 to all others
+        x[0, i, 0, 2 * i] = a
+        x[0, i, 0, 2 * i + 1] = (a * a - float(g)) / a
+    want = q.attention_entropy(x, "global", backend="torch")[0, 0::2]
+    got = q.attention_entropy(x.float(), "global", backend="native")[0, 0::2]
+    assert bool((want < 1e-26).all()) and bool((got > 0).all()) and rel_err(got, want) < 1e-4
