@@ -1,6 +1,6 @@
 """Build and install qsattn_fast.
 
-``pip install --no-build-isolation -e .`` with torch already installed (DESIGN §6: a plain ``torch``
+``pip install --no-build-isolation -e .`` with torch already installed (docs/design.md §9: a plain ``torch``
 requirement would pull a CUDA build). ``kernels/`` and ``train/`` install as ``qsattn_fast.kernels``
 and ``qsattn_fast.train``.
 

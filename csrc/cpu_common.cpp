@@ -13,7 +13,7 @@
 namespace qsattn {
 
 // The terms of one logit at d = s - max <= 0: e^d to r and e^d d to t, except for the max itself
-// (d == 0), which is counted in c instead (its 1 is kept apart, DESIGN §2).
+// (d == 0), which is counted in c instead (its 1 is kept apart, docs/design.md §2).
 template <typename T>
 static inline __attribute__((always_inline)) void add_exp_terms(T d, T& r, T& t, T& c) {
   const bool top = d == T(0);

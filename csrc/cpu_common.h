@@ -1,4 +1,4 @@
-// Shared helpers of the C++/OpenMP CPU kernels (DESIGN §2): the thread count, a vectorisable exp for
+// Shared helpers of the C++/OpenMP CPU kernels (docs/design.md §2): the thread count, a vectorisable exp for
 // float, and the online cancellation-free entropy state, fed by rows or by columns of a logit tile.
 #pragma once
 
@@ -86,7 +86,7 @@ inline T row_max(const T* s, int64_t n) {
 // Running softmax statistics of one row over the keys seen so far, relative to the running max m:
 // Z = sum e^{s-m} = 1 + r (r: the sum without the max's own 1, kept apart so that peaked rows with
 // r << eps keep their digits) and t = sum e^{s-m} (s-m) <= 0. The entropy is log1p(r) - t/(1+r), two
-// terms >= 0: no cancellation (DESIGN §2).
+// terms >= 0: no cancellation (docs/design.md §2).
 template <typename T>
 struct EntropyState {
   T m = -std::numeric_limits<T>::infinity();

@@ -1,4 +1,4 @@
-// Device helpers shared by the CUDA kernels: the online entropy state (DESIGN §2, log1p form) and
+// Device helpers shared by the CUDA kernels: the online entropy state (docs/design.md §2, log1p form) and
 // warp/block reductions. CUDA headers only.
 #pragma once
 

@@ -4,7 +4,7 @@
 // I row by row and the rows of J column by column (S_JI = S_IJ^T). Only the tiles I <= J are formed
 // (an at::mm_out each: MKL sgemm, single-threaded inside the parallel region), about half the products
 // of the full matrix; the exps stay N^2 (each logit once in its row's softmax and once in its column's).
-// Each tile is folded into running (max, r, t) states by the cancellation-free epilogue (DESIGN §2):
+// Each tile is folded into running (max, r, t) states by the cancellation-free epilogue (docs/design.md §2):
 // EntropyState::update along its rows, fold_columns (column max, then exp sums vectorised along the
 // columns) along its columns.
 // Determinism: the rows are cut into superblocks of g tiles (g = 1 up to MAX_SLOTS * TS rows, grown

@@ -1,4 +1,4 @@
-// CUDA kernels of qsattn::route_global and its backward (DESIGN §2): per image, the selected queries
+// CUDA kernels of qsattn::route_global and its backward (docs/design.md §3): per image, the selected queries
 // are processed in chunks of QC rows whose attention rows (QC x N floats) live in a workspace, never
 // the whole k x N. All products go through one FP32 tiled GEMM (64 x 64 tiles, 4 x 4 per thread) that
 // reads its operands through (row, column) strides, so transposes cost nothing, with optional row

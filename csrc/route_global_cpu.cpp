@@ -1,6 +1,6 @@
-// CPU kernels of qsattn::route_global and its backward (DESIGN §2, the same math as
-// qsattn_fast/streaming.py), arranged like the entropy kernel: OpenMP threads take independent tasks
-// whose products are single-threaded MKL calls on cache-sized tiles.
+// CPU kernels of qsattn::route_global and its backward (docs/design.md §3: the math of
+// qsattn_fast/streaming.py, except the pivots below), arranged like the entropy kernel: OpenMP threads
+// take independent tasks whose products are single-threaded MKL calls on cache-sized tiles.
 // Forward: a task is a block of BQ selected rows x all N keys; it writes its own rows of out and lse.
 // Several value maps v_1..v_m are routed by the same P (no concatenated copy of them is made).
 // Backward: a task is a block of BK keys x all k selected rows, recomputing P = exp(Q K_blk^T - lse);

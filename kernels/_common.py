@@ -1,7 +1,7 @@
 """Pieces shared by the Triton kernels: the precision-aware dot, window neighbourhoods, launch helpers.
 
 Importing this module imports Triton and fixes, once, whether the kernels are compiled for the GPU or
-run by the Triton interpreter (``TRITON_INTERPRET=1`` when the kernels are first imported; DESIGN §6).
+run by the Triton interpreter (``TRITON_INTERPRET=1`` when the kernels are first imported; docs/design.md §9).
 
 Layout: every kernel reads NCHW maps directly through strides (batch, channel, position), position
 n = h*W + w; rows of F are therefore columns of the (C, N) slab of one image.

@@ -1,9 +1,10 @@
 """Global row entropy: H_i = -sum_j A_ij log A_ij with A = softmax(F F^T), F the (N, C) rows of one image.
 
 One program per (block of BM query rows, image) streams the keys in blocks of BN: S = Q K^T (channels in
-chunks of BC), then the online, cancellation-free update of DESIGN §2 on (m, Z, T); H = log Z - T/Z. Z is kept as 1 + R,
-R the sum without the current max's own term, and H = log1p(R) - T/(1 + R): for peaked rows (R below
-fp32's epsilon) log Z would round to 0 and lose the entropy's leading digits.
+chunks of BC), then the online, cancellation-free update of docs/design.md §2 on (m, Z, T);
+H = log Z - T/Z. Z is kept as 1 + R, R the sum without the current max's own term, and
+H = log1p(R) - T/(1 + R): for peaked rows (R below fp32's epsilon) log Z would round to 0 and lose the
+entropy's leading digits.
 Nothing of size N x N (or k x N) is written; the output is (B, N). FLOPs: 2 N^2 C per image.
 """
 from __future__ import annotations

@@ -3,7 +3,7 @@ image), V one or more value maps concatenated along channels (source and target 
 
 Forward: one program per (block of BM selected rows, block of BV value channels, image) streams the
 keys with the online softmax and saves the per-row log-sum-exp (B, k). Backward (flash-attention
-style, P = exp(Q K^T - lse) recomputed, DESIGN §2): with D = rowsum(dO * O) and dS = P * (dO V^T - D),
+style, P = exp(Q K^T - lse) recomputed, docs/design.md §3): with D = rowsum(dO * O) and dS = P * (dO V^T - D),
 one kernel per (key block, output-channel block) accumulates dK = dS^T Q (channels < C, also adding
 its share dS K of dQ by atomic adds, so the sum order over key blocks is not deterministic on GPUs) or
 dV = P^T dO (channels >= C) over the k selected rows; dF = dK + index_add(idx, dQ). Nothing of size

@@ -37,7 +37,7 @@ def _prepare(feat_src, mode, modes, window, precision, variant, check_finite, va
 
 def attention_entropy(feat, mode="global", window=7, *, backend="auto", precision=None, variant="paper",
                       check_finite=True) -> torch.Tensor:
-    """Row entropies H_i = -sum_j A_ij log A_ij of the source attention (DESIGN §1).
+    """Row entropies H_i = -sum_j A_ij log A_ij of the source attention (docs/design.md §1).
 
     ``mode="global"``: A = softmax(F F^T) over all N positions (no scaling). ``mode="local"``: softmax
     over each position's ``window`` x ``window`` neighbourhood of the zero-padded map.

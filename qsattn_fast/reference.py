@@ -1,4 +1,4 @@
-"""The ``reference`` backend: a literal PyTorch transcription of QS-Attn (DESIGN §1).
+"""The ``reference`` backend: a literal PyTorch transcription of QS-Attn (docs/design.md §1).
 
 It materialises the N x N attention (global) or the unfolded 7x7 neighbourhoods of every position
 (local), exactly as the released code does, and is the ground truth of the test suite. Half inputs are

@@ -1,13 +1,15 @@
-"""The ``torch`` backend: streaming QS-Attn in plain PyTorch (DESIGN §2), the portable fallback.
+"""The ``torch`` backend: streaming QS-Attn in plain PyTorch (docs/design.md §2-§4), the portable fallback.
 
-Global mode never holds more than a block of ``BLOCK_ELEMS`` attention entries per image: entropies are
-computed block of rows by block of rows with the cancellation-free ``H = log Z - T/Z``; routing saves
-only the per-row log-sum-exp and its backward recomputes the attention rows from it. Local mode works on
-the window x window neighbourhoods directly (entropy: one shifted product per offset; routing: gathers
-the neighbourhoods of the selected positions only). Half inputs are computed in float32.
+Global mode holds one block of rows x all N keys at a time, ``BLOCK_ELEMS`` attention entries per block
+(at least one row): entropies are computed block of rows by block of rows with the cancellation-free
+``H = log1p(R) - T/(1 + R)``; routing saves only the per-row log-sum-exp and its backward recomputes the
+attention rows from it. Local mode works on the window x window neighbourhoods directly (entropy: one
+shifted product per offset; routing: gathers the neighbourhoods of the selected positions only). Half
+inputs are computed in float32.
 
-The global ops are registered with ``torch.library`` (``qsattn_fast::torch_*``) so that
-``torch.compile`` treats them as opaque calls instead of unrolling the block loops.
+The global ops and the local entropy are registered with ``torch.library`` (``qsattn_fast::torch_*``)
+so that ``torch.compile`` treats them as opaque calls instead of unrolling the block loops; the local
+routing is plain differentiable PyTorch.
 """
 from __future__ import annotations
 

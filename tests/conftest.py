@@ -30,7 +30,7 @@ def features(B, C, H, W, dtype=torch.float32, scale=0.5, requires_grad=False):
 
 
 def assert_valid_selection(idx, ref_entropy, k, tol):
-    """DESIGN §5: k distinct indices per image whose reference entropy is <= the reference k-th
+    """docs/design.md §8: k distinct indices per image whose reference entropy is <= the reference k-th
     smallest + tol (near-ties may legitimately swap)."""
     assert idx.shape == (ref_entropy.shape[0], k) and idx.dtype == torch.int64
     kth = ref_entropy.sort(dim=1).values[:, k - 1:k]

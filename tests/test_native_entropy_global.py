@@ -34,7 +34,7 @@ def test_against_reference(B, C, H, W, dtype, tol, scale):
 
 
 def test_peaked_rows_keep_fp32_accuracy():
-    """256-channel features: logits in the hundreds, entropies far below 1 (DESIGN §2)."""
+    """256-channel features: logits in the hundreds, entropies far below 1 (docs/design.md §2)."""
     x = features(1, 256, 9, 7, torch.float32, scale=0.3)
     got = q.attention_entropy(x, "global", backend="native")
     ref = q.attention_entropy(x.double(), "global", backend="reference")
@@ -43,7 +43,7 @@ def test_peaked_rows_keep_fp32_accuracy():
 
 def test_peaked_rows_across_tiles_keep_fp32_accuracy():
     """Peaked rows over 3 tiles: most of each row's tiny sum r comes from column-served tiles, whose
-    partial states are rescaled by e^(their max - the row max) when merged (DESIGN §2)."""
+    partial states are rescaled by e^(their max - the row max) when merged (docs/design.md §2, merge rule)."""
     x = features(1, 256, 33, 34, torch.float32, scale=0.3)
     got = q.attention_entropy(x, "global", backend="native")
     ref = q.attention_entropy(x.double(), "global", backend="reference")

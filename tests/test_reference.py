@@ -1,4 +1,4 @@
-"""The reference backend against independent float64 computations of DESIGN §1 (NumPy loops, written
+"""The reference backend against independent float64 computations of docs/design.md §1 (NumPy loops, written
 from the formulas, sharing no code with the package), and the released code's ``variant="official"``."""
 import numpy as np
 import pytest

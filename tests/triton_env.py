@@ -1,6 +1,6 @@
 """Loads the Triton kernels for the tests: compiled when CUDA is present, else under the interpreter.
 
-Without CUDA, TRITON_INTERPRET=1 is set while Triton and the kernels are imported (DESIGN §6), then
+Without CUDA, TRITON_INTERPRET=1 is set while Triton and the kernels are imported (docs/design.md §9), then
 removed from os.environ again with the interpreter kept on in Triton's own knob; so other test modules
 and subprocesses see the environment they started with. Tests use
 ``DEVICE`` ("cuda" for compiled kernels, "cpu" under the interpreter).

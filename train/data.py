@@ -1,7 +1,7 @@
 """Datasets of the trainer: CUT's unaligned ``trainA/trainB`` folders and a built-in synthetic pair.
 
 Images are (3, H, W) float32 tensors in [-1, 1]. Decoding and bicubic resizing use Pillow; cropping
-and flipping are done on tensors (no torchvision, DESIGN §6). Every random choice of an item (the B
+and flipping are done on tensors (no torchvision, docs/design.md §9). Every random choice of an item (the B
 partner, crop positions, flips) comes from a ``torch.Generator`` seeded by the item's key, so an
 epoch's batches depend only on (seed, epoch, position): resuming and data-loader workers cannot change
 them (see :class:`EpochSampler`).

@@ -208,8 +208,9 @@ class CUTModel:
         (:func:`textbook_entropy`) is exactly 0 (above num_patches / N, the released code picks among
         tied rows arbitrarily); ``selected_textbook_zero``, that fraction among the rows we select;
         ``selected_entropy`` {p5, p50, p95, max}, our (cancellation-free) entropies of the selected rows,
-        and ``selected_zero``, the fraction of those that are exactly 0 even so (every term below
-        float32's smallest number: such rows tie for us too and are taken in index order).
+        and ``selected_zero``, the fraction of those that are exactly 0 even so (every off-maximum term
+        underflows in float32, or, on the native CPU kernel, falls below its e^-87 flush: such rows tie
+        for us too and are taken in index order; docs/design.md §2).
         Costs one encoder pass and one entropy pass per QS layer."""
         opt = self.opt
         if opt.model != "qs":
