@@ -14,7 +14,7 @@ TINY = ("--synthetic_size 3 --load_size 36 --crop_size 32 --ngf 8 --ndf 8 --num_
 
 
 def test_study_trains_resumes_and_summarises(tmp_path, capsys):
-    argv = ["--configs", "cut", "qs_global_detached", "--seeds", "0", "1", "--epochs", "2", "--jobs", "2",
+    argv = ["--configs", "cut", "--seeds", "0", "1", "--epochs", "2", "--jobs", "2",
             "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "study.json"), "--trainer_args", TINY,
             "--timing_rounds", "1"]
     # an interrupted run: one epoch of cut seed 1 done, with its latest state
@@ -25,13 +25,25 @@ def test_study_trains_resumes_and_summarises(tmp_path, capsys):
     assert not study.finished("cut", 1, study.parse(first))
     result = study.main(argv)
     log = capsys.readouterr().out
-    assert "4 runs, 0 already finished" in log and "4/4 done" in log
+    assert "2 runs, 0 already finished" in log and "2/2 done" in log
     steps = [r["step"] for r in study.read_jsonl(str(tmp_path / "runs" / "cut-s1" / "loss_log.jsonl"))]
     assert steps == list(range(1, 7))  # resumed at step 4, not restarted
-    assert set(result["summary"]) == {"cut", "qs_global_detached"}
+    assert set(result["summary"]) == {"cut"}
     for s in result["summary"].values():
         assert s["last"]["swd"]["n"] == 2 and s["steps"] == 6 and s["median_step_s"] > 0
     assert os.path.exists(tmp_path / "study.png")
     assert json.load(open(tmp_path / "study.json"))["runs"]["cut-s0"]["evals"][-1]["epoch"] == 2
     assert study.main(argv)["summary"].keys() == result["summary"].keys()  # all finished: nothing retrained
-    assert "4 already finished, 0 to train" in capsys.readouterr().out
+    assert "2 already finished, 0 to train" in capsys.readouterr().out
+
+
+def test_every_configuration_is_a_valid_demo_run(tmp_path):
+    """Each configuration's trainer argv parses, with the demo's budget and the configuration's model."""
+    from qsattn_fast.train import options
+    args = study.parse(["--runs", str(tmp_path)])
+    for name in study.CONFIGS:
+        opt = options.parse(study.run_argv(name, 0, args))
+        assert opt.model == name.split("_")[0] and opt.eval_freq == 1 and opt.name == f"{name}-s0"
+        assert opt.qs_detach_attention == name.endswith("detached")
+        if opt.model == "qs":
+            assert opt.qs_mode == name[3:].replace("_detached", "")
