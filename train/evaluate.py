@@ -207,6 +207,7 @@ else the synthetic background error.
                     fakes += list(quantize(net_g(x)))
         finally:
             net_g.train(was)
+        self.last_fakes = fakes
         out = {}
         if "synthetic" in self.metrics:
             out.update(synthetic_scores(fakes, self.sources, self.real, self.mask))
@@ -214,6 +215,16 @@ else the synthetic background error.
                                    device=self.device, seed=self.seed, swd_size=self.size,
                                    kid_subsets=self.kid_subsets, progress=False))
         return out
+
+    def save_grid(self, path: str, count: int = 8) -> None:
+        """PNG of the first ``count`` test items of the last :meth:`run`: one row each, real A | fake B,
+        and real B (the item's true target) on the synthetic set."""
+        from .viz import save_grid
+        n = min(count, len(self.last_fakes))
+        cols = [self.sources[:n], torch.stack(self.last_fakes[:n])]
+        if self.synthetic:
+            cols.append(torch.stack(self.real[:n]))
+        save_grid([dequantize(c) for c in cols], path)
 
 
 def pick_device(name: str) -> torch.device:

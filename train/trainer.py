@@ -6,8 +6,9 @@ Outputs under ``<checkpoints_dir>/<name>/``: ``{latest|<epoch>}_net_{G,F,D}.pth`
 for ``--model qs`` ``selection_log.jsonl`` (per epoch: how QS-Attn's selection relates to the released
 code's ties, see :meth:`.model.CUTModel.selection_stats`); with
 ``--eval_freq N``: ``eval_log.jsonl`` (the test split's metrics every N epochs and after the last, see
-:class:`.evaluate.TestSetEvaluator`), ``eval_best.json`` and ``best_net_G.pth`` (the epoch with the
-lowest primary metric: papers report the best epoch, the last one is in the log).
+:class:`.evaluate.TestSetEvaluator`), ``samples/test_epoch<N>.png`` (the first 8 test translations),
+``eval_best.json`` and ``best_net_G.pth`` (the epoch with the lowest primary metric: papers report the
+best epoch, the last one is in the log); the last evaluation's numbers are printed at the end.
 
 Resume exactness: data order and augmentation depend only on (seed, epoch, position) (see
 :mod:`.data`); the learning rate only on the epoch; flips come from the model's generator and the
@@ -242,7 +243,9 @@ class Trainer:
                     self.evaluate(finished)
             if self.rank == 0:
                 self.write_plot()
-                print(f"qsattn-train: done; checkpoints, samples and loss plot in {self.save_dir}")
+                print(f"qsattn-train: done in {time.time() - t0:.0f} s; checkpoints, samples and loss plot in "
+                      f"{self.save_dir}")
+                self._print_summary()
             return 0
         finally:
             if previous is not None:
@@ -271,11 +274,34 @@ class Trainer:
                 ckpt.save_networks(self.save_dir, "best", {"G": self.model.netG})
                 with open(os.path.join(self.save_dir, EVAL_BEST), "w") as f:
                     json.dump(rec, f, indent=1)
+            self.last_eval = rec
+            self.evaluator.save_grid(os.path.join(self.save_dir, "samples", f"test_epoch{epoch:03d}.png"))
             shown = ", ".join(f"{k} {v:.4g}" for k, v in numbers.items() if isinstance(v, float))
             print(f"qsattn-train: eval epoch {epoch}: {shown} (best {primary}: epoch {self.best['epoch']})",
                   file=sys.stderr)
         if self.world > 1:
             dist.barrier()
+
+    def _print_summary(self):
+        """After the last epoch: the held-out measures of the last evaluation, what they mean, and the
+        grid of test translations (the demo's answer to "did it translate?")."""
+        rec = getattr(self, "last_eval", None)
+        if rec is None:
+            return
+        m, ev = rec["metrics"], self.evaluator
+        print(f"held-out test split ({len(ev.sources)} {'synthetic pairs' if ev.synthetic else 'images'}, "
+              f"{ev.size}x{ev.size}) after epoch {rec['epoch']}:")
+        if "stripe_energy" in m:
+            print(f"  stripe_energy    {m['stripe_energy']:.3f}  (higher is better) luminance variance inside the "
+                  "object relative to the real striped B: 1 as striped as B, 0 plain like A"
+                  + ("; demo target >= 0.5" if self.opt.demo else ""))
+            print(f"  background_error {m['background_error']:.3f}  (lower is better) mean |fake B - real A| / 2 "
+                  "outside the object: 0 background unchanged" + ("; demo target <= 0.05" if self.opt.demo else ""))
+        for k in ("fid", "kid", "swd"):
+            if k in m:
+                print(f"  {k:<16} {m[k]:.4g}")
+        grid = os.path.join(self.save_dir, "samples", f"test_epoch{rec['epoch']:03d}.png")
+        print(f"  test translations: {grid} (columns: real A | fake B{' | real B' if ev.synthetic else ''})")
 
     def _after_step(self, losses, lr, t0, bar):
         opt = self.opt
