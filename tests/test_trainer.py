@@ -130,23 +130,32 @@ def test_continue_from_weights_without_state(tmp_path):
 
 
 def test_demo_path_tiny(tmp_path, capsys):
-    """--demo with tiny overrides runs to the end and leaves checkpoints, sample grids and the loss plot."""
+    """--demo with tiny overrides runs to the end, leaves checkpoints, sample grids and the loss plot, evaluates
+    the held-out pairs after the last epoch (the demo's eval_freq) and prints the two synthetic measures with
+    the grid of test translations."""
     argv = ["--demo", "--checkpoints_dir", str(tmp_path), "--synthetic_size", "3", "--load_size", "36",
             "--crop_size", "32", "--ngf", "8", "--ndf", "8", "--num_patches", "16", "--netF_nc", "16",
-            "--n_epochs", "1", "--n_epochs_decay", "1", "--display_freq", "2", "--save_epoch_freq", "1"]
+            "--n_epochs", "1", "--n_epochs_decay", "1", "--display_freq", "2", "--save_epoch_freq", "1",
+            "--eval_num_test", "5"]
+    opt = options.parse(argv)
+    assert (opt.model, opt.normG, opt.eval_freq, opt.eval_metrics) == ("qs", "none", 10, "synthetic,swd")
     assert trainer.main(argv) == 0
     run = tmp_path / "demo"
     names = set(os.listdir(run))
     for which in ("latest", "1", "2"):
         assert {f"{which}_net_G.pth", f"{which}_net_F.pth", f"{which}_net_D.pth", f"{which}_state.pth"} <= names
-    assert {"loss_log.jsonl", "loss_plot.png", "opt.json"} <= names
+    assert {"loss_log.jsonl", "loss_plot.png", "opt.json", "eval_log.jsonl"} <= names
     samples = sorted(os.listdir(run / "samples"))
-    assert len(samples) == 3  # steps 2, 4, 6 of 6
-    grid = Image.open(run / "samples" / samples[-1])
+    assert len(samples) == 4  # steps 2, 4, 6 of 6, and the test translations after the last epoch
+    grid = Image.open(run / "samples" / samples[-2])
     assert grid.size == (4 * 34 + 2, 34 + 2)  # real A | fake B | real B | idt B, 2-pixel gaps
+    assert samples[-1] == "test_epoch002.png"
+    assert Image.open(run / "samples" / samples[-1]).size == (3 * 34 + 2, 5 * 34 + 2)  # 5 items, 3 columns
     assert Image.open(run / "loss_plot.png").size == (800, 450)
     assert json.load(open(run / "opt.json"))["model"] == "qs"
-    assert "done" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    assert "done" in out and "held-out test split (5 synthetic pairs, 32x32) after epoch 2" in out
+    assert "stripe_energy" in out and "background_error" in out and str(run / "samples" / "test_epoch002.png") in out
 
 
 def test_sigint_saves_and_exits(tmp_path):
