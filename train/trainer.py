@@ -105,7 +105,7 @@ class Trainer:
         self.stop_requested = False
         if opt.continue_train:
             self._resume()
-        self.evaluator, self.best = None, None
+        self.evaluator, self.best, self.last_eval = None, None, None
         if self.rank == 0:
             self._trim_log(self.log_path)
             self._trim_log(os.path.join(self.save_dir, SELECTION_LOG))
@@ -274,8 +274,8 @@ class Trainer:
                 ckpt.save_networks(self.save_dir, "best", {"G": self.model.netG})
                 with open(os.path.join(self.save_dir, EVAL_BEST), "w") as f:
                     json.dump(rec, f, indent=1)
-            self.last_eval = rec
-            self.evaluator.save_grid(os.path.join(self.save_dir, "samples", f"test_epoch{epoch:03d}.png"))
+            self.last_eval = rec, os.path.join(self.save_dir, "samples", f"test_epoch{epoch:03d}.png")
+            self.evaluator.save_grid(self.last_eval[1])
             shown = ", ".join(f"{k} {v:.4g}" for k, v in numbers.items() if isinstance(v, float))
             print(f"qsattn-train: eval epoch {epoch}: {shown} (best {primary}: epoch {self.best['epoch']})",
                   file=sys.stderr)
@@ -285,9 +285,9 @@ class Trainer:
     def _print_summary(self):
         """After the last epoch: the held-out measures of the last evaluation, what they mean, and the
         grid of test translations (the demo's answer to "did it translate?")."""
-        rec = getattr(self, "last_eval", None)
-        if rec is None:
+        if self.last_eval is None:
             return
+        rec, grid = self.last_eval
         m, ev = rec["metrics"], self.evaluator
         print(f"held-out test split ({len(ev.sources)} {'synthetic pairs' if ev.synthetic else 'images'}, "
               f"{ev.size}x{ev.size}) after epoch {rec['epoch']}:")
@@ -300,7 +300,6 @@ class Trainer:
         for k in ("fid", "kid", "swd"):
             if k in m:
                 print(f"  {k:<16} {m[k]:.4g}")
-        grid = os.path.join(self.save_dir, "samples", f"test_epoch{rec['epoch']:03d}.png")
         print(f"  test translations: {grid} (columns: real A | fake B{' | real B' if ev.synthetic else ''})")
 
     def _after_step(self, losses, lr, t0, bar):
