@@ -91,11 +91,35 @@ def test_synthetic_pair_is_deterministic_and_masked(size):
     assert not torch.equal(a, other)
 
 
+def _stripe_edges(b, m):
+    """Neighbour pairs inside the mask whose stripe sign differs (horizontal and vertical)."""
+    s, inner = b[0] > 0, m
+    return int(((s[:, 1:] != s[:, :-1]) & inner[:, 1:] & inner[:, :-1]).sum()
+               + ((s[1:] != s[:-1]) & inner[1:] & inner[:-1]).sum())
+
+
+def test_synthetic_period_scale_changes_only_the_period():
+    seed, size = int(torch.randint(0, 1000, ())), 96
+    edges = {1.0: 0, 2.0: 0}
+    for i in range(12):
+        a1, b1, m1 = D.synthetic_pair(seed, i, size)
+        a2, b2, m2 = D.synthetic_pair(seed, i, size, period_scale=2.0)
+        assert torch.equal(a1, a2) and torch.equal(m1, m2) and torch.equal(b1[:, ~m1], b2[:, ~m2])
+        assert torch.equal(b1, D.synthetic_pair(seed, i, size, period_scale=1.0)[1])
+        edges[1.0] += _stripe_edges(b1, m1)
+        edges[2.0] += _stripe_edges(b2, m2)
+    assert 0.35 < edges[2.0] / edges[1.0] < 0.65   # twice the period: about half the stripe edges
+    with pytest.raises(ValueError, match="period_scale"):
+        D.synthetic_pair(seed, 0, size, period_scale=0)
+
+
 def test_synthetic_dataset_items():
     ds = D.SyntheticDataset(seed=1, length=6, load_size=40, crop_size=32)
     item = ds[(2, 99)]
     assert item["A"].shape == (3, 32, 32) and len(ds) == 6
     assert torch.equal(item["A"], ds[(2, 99)]["A"])
+    coarse = D.SyntheticDataset(seed=1, length=6, load_size=40, crop_size=32, period_scale=2.0)[(2, 99)]
+    assert torch.equal(coarse["A"], item["A"]) and not torch.equal(coarse["B"], item["B"])
     with pytest.raises(ValueError, match="crop_size"):
         D.SyntheticDataset(crop_size=80, load_size=40)
 

@@ -40,6 +40,20 @@ def test_synthetic_measures_tell_identity_from_stripes(split, tmp_path, capsys):
     assert res["metrics"]["swd"] == pytest.approx(out["testA"]["swd"]) and res["settings"]["n_fake"] == 6
 
 
+def test_synthetic_period_scale_reaches_the_split_and_its_measures(tmp_path, capsys):
+    coarse = tmp_path / "coarse"
+    E.main(["--write_synthetic", str(coarse), "--num_test", "4", "--size", "32", "--synthetic_period_scale", "2"])
+    same = E.evaluate(None, str(coarse / "testB"), dataset_mode="synthetic", synthetic_period_scale=2.0,
+                      progress=False)
+    other = E.evaluate(None, str(coarse / "testB"), dataset_mode="synthetic", progress=False)  # fine stripes
+    assert same["metrics"]["stripe_energy"] == pytest.approx(1.0) and same["metrics"]["background_error"] == 0
+    assert same["settings"]["synthetic_period_scale"] == 2.0
+    assert same["metrics"]["swd"] == 0 < other["metrics"]["swd"]   # the real set is regenerated with the scale
+    with pytest.raises(SystemExit):
+        E.main(["--write_synthetic", str(tmp_path / "bad"), "--synthetic_period_scale", "0"])
+    assert "synthetic_period_scale" in capsys.readouterr().err
+
+
 def test_fid_kid_swd_of_two_folders(split, tmp_path, capsys, random_inception_weights):
     shutil.copytree(split / "testB", tmp_path / "copyB")
     common = ["--inception-weights", random_inception_weights, "--kid_subsets", "4", "--batch_size", "4"]

@@ -238,6 +238,18 @@ def test_max_dataset_size_caps_the_synthetic_set():
         options.parse(TINY + ["--max_dataset_size", "0"])
 
 
+def test_synthetic_period_scale_reaches_training_and_evaluation():
+    from qsattn_fast.train.evaluate import TestSetEvaluator
+    fine, coarse = (options.parse(TINY + ["--eval_metrics", "synthetic", "--eval_num_test", "3",
+                                          "--synthetic_period_scale", s]) for s in ("1", "2.5"))
+    assert trainer.make_dataset(coarse).period_scale == 2.5 and trainer.make_dataset(fine).period_scale == 1
+    ev_fine, ev_coarse = (TestSetEvaluator(o, torch.device("cpu")) for o in (fine, coarse))
+    assert torch.equal(ev_fine.sources, ev_coarse.sources) and torch.equal(ev_fine.mask, ev_coarse.mask)
+    assert not all(torch.equal(f, c) for f, c in zip(ev_fine.real, ev_coarse.real))
+    with pytest.raises(SystemExit):
+        options.parse(TINY + ["--synthetic_period_scale", "-1"])
+
+
 def test_qs_detach_attention_changes_only_the_gradient(tmp_path):
     """--qs_detach_attention: the same losses and selections, the QS ops get source maps that need no gradient
     (the source is encoded without a graph), and netG's gradient changes (the source encoder gets none through

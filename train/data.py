@@ -153,14 +153,18 @@ def _smooth_noise(gen, channels, size, cells):
     return F.interpolate(grid, size=(size, size), mode="bicubic", align_corners=False)[0].clamp(-1, 1)
 
 
-def synthetic_pair(seed: int, index: int, size: int = 64):
+def synthetic_pair(seed: int, index: int, size: int = 64, period_scale: float = 1.0):
     """One item of the synthetic two-domain set, a horse->zebra in miniature.
 
     Returns (A, B, mask): A (3, size, size) a plain-coloured shape (disc, ellipse, square or triangle,
     random position, size, colour) on a textured background; B the same image with the shape
-    painted with dark/light stripes (random angle and period), the background unchanged; mask
-    (size, size) bool, True on the object. A and B are in [-1, 1]; all depends only on (seed, index).
+    painted with dark/light stripes (random angle; period uniform in [0.075, 0.15] x ``period_scale``
+    of the image width), the background unchanged; mask (size, size) bool, True on the object.
+    A and B are in [-1, 1]; all depends only on (seed, index, size, period_scale), and ``period_scale``
+    changes nothing but the period.
     """
+    if not period_scale > 0:
+        raise ValueError(f"period_scale: expected > 0, got {period_scale}")
     gen = item_generator(seed, index)
     yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
     tint = torch.rand(3, 1, 1, generator=gen) * 0.6 - 0.3
@@ -179,7 +183,7 @@ def synthetic_pair(seed: int, index: int, size: int = 64):
         mask = (dy <= 0.7 * r) & (dy >= -r + 2 * dx.abs())
     colour = torch.rand(3, 1, 1, generator=gen) * 1.2 - 0.6
     angle = float(torch.rand((), generator=gen)) * math.pi
-    period = float(torch.rand((), generator=gen)) * 0.15 + 0.15
+    period = (float(torch.rand((), generator=gen)) * 0.15 + 0.15) * period_scale
     phase = math.cos(angle) * xx + math.sin(angle) * yy
     stripes = torch.where(torch.sin(phase * 2 * math.pi / period) > 0, 0.9, -0.9).expand(3, -1, -1)
     a = torch.where(mask, colour.expand(3, size, size), background)
@@ -199,15 +203,17 @@ def synthetic_test_indices(count: int) -> list[int]:
 class SyntheticDataset(torch.utils.data.Dataset):
     """``--dataset_mode synthetic``: ``length`` items of :func:`synthetic_pair` drawn at ``load_size``,
     unpaired in training (A of item ``index``, B of a random item; the same item with
-    ``serial_batches``), randomly cropped to ``crop_size`` and flipped like the folder dataset."""
+    ``serial_batches``), randomly cropped to ``crop_size`` and flipped like the folder dataset;
+    ``period_scale`` as in :func:`synthetic_pair`."""
 
-    def __init__(self, seed=0, length=100, load_size=72, crop_size=64, no_flip=False, serial_batches=False):
+    def __init__(self, seed=0, length=100, load_size=72, crop_size=64, no_flip=False, serial_batches=False,
+                 period_scale=1.0):
         if length < 1:
             raise ValueError(f"synthetic_size: expected >= 1, got {length}")
         if crop_size > load_size:
             raise ValueError(f"crop_size: {crop_size} exceeds load_size {load_size}")
         self.seed, self.length, self.load_size, self.crop_size = seed, length, load_size, crop_size
-        self.no_flip, self.serial_batches = no_flip, serial_batches
+        self.no_flip, self.serial_batches, self.period_scale = no_flip, serial_batches, period_scale
         self.finetuning = False
 
     def __len__(self):
@@ -217,8 +223,8 @@ class SyntheticDataset(torch.utils.data.Dataset):
         index, seed = key
         gen = torch.Generator().manual_seed(seed)
         j = index if self.serial_batches else int(torch.randint(0, self.length, (1,), generator=gen))
-        a = synthetic_pair(self.seed, index % self.length, self.load_size)[0]
-        b = synthetic_pair(self.seed, j, self.load_size)[1]
+        a = synthetic_pair(self.seed, index % self.length, self.load_size, self.period_scale)[0]
+        b = synthetic_pair(self.seed, j, self.load_size, self.period_scale)[1]
         return {"A": crop_flip(a, self.crop_size, not self.no_flip, gen),
                 "B": crop_flip(b, self.crop_size, not self.no_flip, gen),
                 "A_paths": f"synthetic/A/{index % self.length:05d}", "B_paths": f"synthetic/B/{j:05d}"}

@@ -115,10 +115,11 @@ def synthetic_scores(fake: Sequence[torch.Tensor], source: Sequence[torch.Tensor
     return M.synthetic_measures(*(dequantize(torch.stack(list(u))) for u in (fake, source, target)), mask)
 
 
-def synthetic_from_files(fake: Sequence[str], seed: int) -> tuple[dict, list[torch.Tensor], list[torch.Tensor]]:
+def synthetic_from_files(fake: Sequence[str], seed: int, period_scale: float = 1.0
+                         ) -> tuple[dict, list[torch.Tensor], list[torch.Tensor]]:
     """Translations of synthetic items read once from files named ``<item index>.<ext>``: their
-    :func:`synthetic_scores` against the items (regenerated at each file's size and quantised as the
-    split's PNGs), the fake images and the items' targets (the real set for SWD), both uint8."""
+    :func:`synthetic_scores` against the items (regenerated with ``period_scale`` at each file's size and
+    quantised as the split's PNGs), the fake images and the items' targets (the real set for SWD), both uint8."""
     fakes, items = [], []
     for p in fake:
         m = re.search(r"(\d+)$", os.path.splitext(os.path.basename(p))[0])
@@ -128,17 +129,17 @@ def synthetic_from_files(fake: Sequence[str], seed: int) -> tuple[dict, list[tor
         if img.shape[1] != img.shape[2]:
             raise ValueError(f"fake: {p} is {img.shape[2]}x{img.shape[1]}; synthetic items are square")
         fakes.append(img)
-        items.append(synthetic_pair(seed, int(m.group(1)), img.shape[1]))
+        items.append(synthetic_pair(seed, int(m.group(1)), img.shape[1], period_scale))
     a, b = ([quantize(it[j]) for it in items] for j in (0, 1))
     return synthetic_scores(fakes, a, b, torch.stack([it[2] for it in items])), fakes, b
 
 
-def write_synthetic(out_dir: str, seed: int, count: int, size: int) -> int:
+def write_synthetic(out_dir: str, seed: int, count: int, size: int, period_scale: float = 1.0) -> int:
     """Write the synthetic test split: ``out_dir/testA`` and ``testB``, ``<index>.png``; returns count."""
     for d in ("testA", "testB"):
         os.makedirs(os.path.join(out_dir, d), exist_ok=True)
     for i in synthetic_test_indices(count):
-        a, b, _ = synthetic_pair(seed, i, size)
+        a, b, _ = synthetic_pair(seed, i, size, period_scale)
         to_image(a).save(os.path.join(out_dir, "testA", f"{i}.png"))
         to_image(b).save(os.path.join(out_dir, "testB", f"{i}.png"))
     return count
@@ -163,7 +164,8 @@ else the synthetic background error.
         self.synthetic = opt.dataset_mode == "synthetic"
         n = opt.eval_num_test or (100 if self.synthetic else float("inf"))
         if self.synthetic:
-            items = [synthetic_pair(opt.seed, i, self.size) for i in synthetic_test_indices(n)]
+            items = [synthetic_pair(opt.seed, i, self.size, opt.synthetic_period_scale)
+                     for i in synthetic_test_indices(n)]
             src, tgt = (0, 1) if opt.direction == "AtoB" else (1, 0)
             self.sources = torch.stack([quantize(it[src]) for it in items])
             self.real = [quantize(it[tgt]) for it in items]
@@ -268,6 +270,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset_mode", default="unaligned", choices=["unaligned", "synthetic"],
                    help="synthetic: --fake holds translations of the synthetic test split")
     p.add_argument("--synthetic_seed", type=int, default=0, help="--seed of the synthetic run")
+    p.add_argument("--synthetic_period_scale", type=float, default=1.0,
+                   help="--synthetic_period_scale of the synthetic run")
     p.add_argument("--write_synthetic", default=None, metavar="DIR",
                    help="write the synthetic test split (DIR/testA, DIR/testB) and exit")
     p.add_argument("--num_test", type=int, default=100, help="items written by --write_synthetic")
@@ -286,7 +290,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def evaluate(real: str | None, fake: str, metrics=None, *, dataset_mode: str = "unaligned",
-             synthetic_seed: int = 0, inception_weights: str | None = None, max_images: int | None = None,
+             synthetic_seed: int = 0, synthetic_period_scale: float = 1.0, inception_weights: str | None = None, max_images: int | None = None,
              batch_size: int = 50, device="auto", seed: int = 0, swd_size: int | None = None,
              kid_subsets: int = 100, kid_subset_size: int = 1000, progress: bool = True) -> dict:
     """``qsattn-eval`` as a function: folders ``real`` and ``fake`` -> {"metrics": {...}, "settings": {...}}
@@ -319,7 +323,7 @@ def evaluate(real: str | None, fake: str, metrics=None, *, dataset_mode: str = "
         net = load_inception(weights, device)
     numbers, reals = {}, None
     if synthetic:   # the fake files are read here once, and their tensors passed on
-        measures, fakes, reals = synthetic_from_files(fakes, synthetic_seed)
+        measures, fakes, reals = synthetic_from_files(fakes, synthetic_seed, synthetic_period_scale)
         if "synthetic" in metrics:
             numbers.update(measures)
     if real:
@@ -336,20 +340,23 @@ def evaluate(real: str | None, fake: str, metrics=None, *, dataset_mode: str = "
                     swd="ProGAN: 7x7 Laplacian patches, 128 per image and level, 4x128 directions, x1e3",
                     seconds=round(time.time() - t0, 2), torch=torch.__version__, qsattn_fast=qsattn_fast.__version__)
     if synthetic:
-        settings["synthetic_seed"] = synthetic_seed
+        settings.update(synthetic_seed=synthetic_seed, synthetic_period_scale=synthetic_period_scale)
     return {"metrics": numbers, "settings": settings}
 
 
 def main(argv=None) -> int:
     p = build_parser()
     a = p.parse_args(argv)
+    if not a.synthetic_period_scale > 0:
+        p.error(f"--synthetic_period_scale must be > 0, got {a.synthetic_period_scale}")
     if a.write_synthetic:
-        n = write_synthetic(a.write_synthetic, a.synthetic_seed, a.num_test, a.size)
+        n = write_synthetic(a.write_synthetic, a.synthetic_seed, a.num_test, a.size, a.synthetic_period_scale)
         print(f"qsattn-eval: wrote {n} synthetic test pairs to {a.write_synthetic}/testA and testB")
         return 0
     metrics = [m.strip() for m in a.metrics.split(",") if m.strip()] if a.metrics else None
     try:
         res = evaluate(a.real, a.fake, metrics, dataset_mode=a.dataset_mode, synthetic_seed=a.synthetic_seed,
+                       synthetic_period_scale=a.synthetic_period_scale,
                        inception_weights=a.inception_weights, max_images=a.max_images, batch_size=a.batch_size,
                        device=a.device, seed=a.seed, swd_size=a.swd_size, kid_subsets=a.kid_subsets,
                        kid_subset_size=a.kid_subset_size, progress=not a.quiet)

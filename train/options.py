@@ -18,12 +18,17 @@ MODEL_DEFAULTS = {
 
 # The README's demo: synthetic shapes -> striped shapes, 48x48 crops, small networks, QS-Attn (global),
 # 1100 steps on one CPU thread, then the 100 held-out pairs are evaluated (eval_freq = the last epoch).
+# synthetic_period_scale 2: stripes of 8-16 px instead of 4-8 px at 52 px, because CUT's generator
+# passes everything through a 4x downsampled bottleneck (13x13 here), where 4-8 px stripes are 1-2 px,
+# at or past Nyquist: with the task's default stripes the demo's translations stayed plain (stripe_energy
+# 0.025), with these it paints stripe fragments (0.10; one run each, same budget).
 # normG none: an instance-normalised generator cannot see an image's global colour offset (each
 # channel's mean and scale are normalised away after the first conv), and the synthetic backgrounds carry
 # a random per-image tint that alone costs it about 0.04 of background error; without norms the generator
 # keeps colours (init_gain 1 so the un-normalised layers start with signal). lambda_NCE 2: at 1 the GAN paints
 # stripe-like noise over the background, at 4 the translator stays an identity within this budget.
 DEMO_DEFAULTS = dict(model="qs", dataset_mode="synthetic", name="demo", gpu_ids="-1", synthetic_size=110,
+                     synthetic_period_scale=2.0,
                      load_size=52, crop_size=48, ngf=16, ndf=16, netG="resnet_4blocks", normG="none",
                      init_gain=1.0, num_patches=64, netF_nc=64, lambda_NCE=2.0, n_epochs=8, n_epochs_decay=2,
                      lr=0.0005, save_epoch_freq=5, display_freq=220, print_freq=22, save_latest_freq=550,
@@ -113,6 +118,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("data")
     g.add_argument("--dataset_mode", default="unaligned", choices=["unaligned", "synthetic"],
                    help="unaligned: trainA/trainB folders; synthetic: built-in shapes -> striped shapes")
+    g.add_argument("--synthetic_period_scale", type=float, default=1.0,
+                   help="synthetic stripes' period x this (1: 7.5-15%% of the image width)")
     g.add_argument("--synthetic_size", type=int, default=200, help="items of the synthetic dataset")
     g.add_argument("--phase", default="train", help="folder prefix: <phase>A, <phase>B")
     g.add_argument("--direction", default="AtoB", choices=["AtoB", "BtoA"], help="translation direction")
@@ -188,4 +195,6 @@ def parse(argv=None) -> argparse.Namespace:
     for name in ("batch_size", "crop_size", "load_size", "num_patches", "ngf", "ndf", "netF_nc", "max_dataset_size"):
         if getattr(opt, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(opt, name)}")
+    if not opt.synthetic_period_scale > 0:
+        parser.error(f"--synthetic_period_scale must be > 0, got {opt.synthetic_period_scale}")
     return opt

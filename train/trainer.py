@@ -62,7 +62,7 @@ def pick_device(gpu_ids: str, local_rank: int = 0) -> torch.device:
 def make_dataset(opt):
     if opt.dataset_mode == "synthetic":
         return SyntheticDataset(opt.seed, int(min(opt.synthetic_size, opt.max_dataset_size)), opt.load_size,
-                                opt.crop_size, opt.no_flip, opt.serial_batches)
+                                opt.crop_size, opt.no_flip, opt.serial_batches, opt.synthetic_period_scale)
     return UnalignedDataset(opt.dataroot, opt.phase, opt.max_dataset_size, opt.preprocess, opt.load_size,
                             opt.crop_size, opt.no_flip, opt.serial_batches)
 
