@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 
 from . import _checks as chk
-from .registry import Request, resolve
+from .registry import Request, request, resolve
 
 
 def _prepare(feat_src, mode, modes, window, precision, variant, check_finite, values=None):
@@ -44,7 +44,7 @@ def attention_entropy(feat, mode="global", window=7, *, backend="auto", precisio
     feat (B, C, H, W) -> (B, H*W) float32 (float64 for float64 input). Not differentiable.
     """
     window, precision, variant, _ = _prepare(feat, mode, chk.MODES_ENTROPY, window, precision, variant, check_finite)
-    be = resolve(backend, Request("entropy", feat.device.type, feat.dtype, mode, precision, variant))
+    be = resolve(backend, request("entropy", feat, mode, precision, variant, window))
     with torch.no_grad():
         return be.entropy(feat, mode, window, precision, variant)
 
@@ -54,7 +54,7 @@ def select_queries(entropy, k, *, backend="auto") -> torch.Tensor:
     ``argsort(entropy, stable=True)[:, :k]``. entropy (B, N) -> (B, k) int64."""
     chk.check_entropy(entropy)
     k = chk.check_k(k, entropy.shape[1])
-    be = resolve(backend, Request("select", entropy.device.type, entropy.dtype))
+    be = resolve(backend, Request("select", entropy.device.type, entropy.dtype, n=entropy.shape[1]))
     return be.select(entropy, k)
 
 
@@ -70,7 +70,7 @@ def route(feat_src, idx, values, mode="global", window=7, *, backend="auto", pre
     window, precision, variant, values = _prepare(feat_src, mode, chk.MODES_ROUTE, window, precision, variant,
                                          check_finite, values)
     chk.check_idx(idx, feat_src, check_range=check_finite)
-    be = resolve(backend, Request("route", feat_src.device.type, feat_src.dtype, mode, precision, variant))
+    be = resolve(backend, request("route", feat_src, mode, precision, variant, window))
     return be.route(feat_src, idx, values, mode, window, precision, variant)
 
 
@@ -87,5 +87,5 @@ def query_selected_attention(feat_src, values, k=256, mode="global", window=7, *
                                          check_finite, values)
     B, _, H, W = feat_src.shape
     k = chk.check_k(k, H * W)
-    be = resolve(backend, Request("qsattn", feat_src.device.type, feat_src.dtype, mode, precision, variant))
+    be = resolve(backend, request("qsattn", feat_src, mode, precision, variant, window))
     return be.qsattn(feat_src, values, k, mode, window, precision, variant)

@@ -103,6 +103,8 @@ class NativeBackend(Backend):
     devices = ("cpu", "cuda")
     dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
     precisions = ("ieee",)
+    # The CUDA kernels' limits: kMaxWindow in csrc/qsattn_cuda.h (a test pins it) and 32-bit sizes.
+    limits = {"cuda": {"window": 15, "channels": 2**31 - 1, "n": 2**31 - 1}}
 
     def unavailable(self):
         return LOAD_ERROR

@@ -1,7 +1,8 @@
 """Backend registry and dispatch.
 
-A backend declares the devices, dtypes, precisions and variants it supports; ``why_not`` returns the
-reasons it cannot take a request (empty when it can). ``resolve("auto", request)`` walks
+A backend declares the devices, dtypes, precisions and variants it supports and its size limits per
+device (``limits``: window, channels, N); ``why_not`` returns the reasons it cannot take a request
+(empty when it can). ``resolve("auto", request)`` walks
 ``AUTO_PRIORITY`` and takes the first backend with no reasons; it never picks ``reference``. A forced
 backend that cannot run, or an ``auto`` that finds none, raises ``BackendUnavailableError`` listing
 every reason.
@@ -25,6 +26,17 @@ class Request:
     mode: str | None = None
     precision: str | None = None
     variant: str = "paper"
+    window: int | None = None     # the local window, set when the op attends locally
+    channels: int | None = None   # C of the source map
+    n: int | None = None          # N = H*W (entropy: its row count)
+
+
+def request(op: str, feat: torch.Tensor, mode: str | None = None, precision: str | None = None,
+            variant: str = "paper", window: int | None = None) -> Request:
+    """The Request of an op on ``feat`` (B, C, H, W); ``window`` is kept only for modes that attend locally."""
+    local = mode == "local" or mode == "local_global"      # local_global: the local entropy selects
+    return Request(op, feat.device.type, feat.dtype, mode, precision, variant, window if local else None,
+                   feat.shape[1], feat.shape[2] * feat.shape[3])
 
 
 class BackendUnavailableError(RuntimeError):
@@ -44,6 +56,8 @@ class Backend:
     dtypes: tuple[torch.dtype, ...] = ()
     precisions: tuple[str, ...] = ("ieee",)
     variants: tuple[str, ...] = ("paper",)
+    #: device -> {"window" | "channels" | "n": the largest value its kernels take}; absent: no limit.
+    limits: dict[str, dict[str, int]] = {}
 
     def unavailable(self) -> str | None:
         """Why the backend cannot run at all on this machine (not built, not importable), or None."""
@@ -63,6 +77,10 @@ class Backend:
             reasons.append(f"precision '{req.precision}' not supported (supports {', '.join(self.precisions)})")
         if req.variant not in self.variants:
             reasons.append(f"variant '{req.variant}' not supported (supports {', '.join(self.variants)})")
+        for name, top in self.limits.get(req.device, {}).items():
+            got = getattr(req, name)
+            if got is not None and got > top:
+                reasons.append(f"{name} {got} exceeds the {req.device} kernels' limit {top}")
         return reasons
 
     def auto_reasons(self, req: Request) -> list[str]:
@@ -134,4 +152,6 @@ def _describe(req: Request) -> str:
         parts.append(f"precision={req.precision}")
     if req.variant != "paper":
         parts.append(f"variant={req.variant}")
+    if req.window is not None:
+        parts.append(f"window={req.window}")
     return "(" + ", ".join(parts) + ")"

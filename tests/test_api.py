@@ -109,6 +109,53 @@ def test_every_reason_is_reported_and_auto_follows_priority(monkeypatch):
     assert len(registry.backends()["narrow"].why_not(req)) == 3          # device, dtype, precision
 
 
+@pytest.mark.parametrize("mode", ["local", "local_global"])
+def test_a_window_above_a_declared_limit_falls_back_under_auto(monkeypatch, mode):
+    """A backend first in the priority list that declares window <= 5 on CPU: auto takes it for window 5 and
+    passes it over for 7 (reasons kept); forced, it raises with its reason; global requests carry no window."""
+    calls = []
+
+    class Small(Backend):
+        name = "small"
+        devices = ("cpu",)
+        dtypes = (torch.float32,)
+        limits = {"cpu": {"window": 5}}
+
+        def qsattn(self, feat, values, k, mode, window, precision, variant):
+            calls.append(window)
+            return registry.backends()["torch"].qsattn(feat, values, k, mode, window, precision, variant)
+
+    monkeypatch.setitem(registry._REGISTRY, "small", Small())
+    monkeypatch.setattr(registry, "AUTO_PRIORITY", ("small",) + registry.AUTO_PRIORITY)
+    x, v = x_and_values()
+    ref5 = q.query_selected_attention(x, v, k=4, mode=mode, window=5, backend="reference")
+    got5 = q.query_selected_attention(x, v, k=4, mode=mode, window=5)
+    assert calls == [5] and torch.equal(got5[0], ref5[0])
+    got7 = q.query_selected_attention(x, v, k=4, mode=mode, window=7)
+    assert calls == [5] and torch.equal(got7[0], q.query_selected_attention(x, v, k=4, mode=mode, window=7,
+                                                                            backend="reference")[0])
+    with pytest.raises(BackendUnavailableError, match="window 7 exceeds the cpu kernels' limit 5") as info:
+        q.query_selected_attention(x, v, k=4, mode=mode, window=7, backend="small")
+    assert "window=7" in str(info.value)
+    q.query_selected_attention(x, v, k=4, mode="global", window=7, backend="small")   # no window in global
+    assert calls == [5, 7]
+
+
+def test_native_declares_the_cuda_kernels_window_limit():
+    import re
+    from pathlib import Path
+    header = (Path(__file__).resolve().parents[1] / "csrc" / "qsattn_cuda.h").read_text()
+    k_max = int(re.search(r"constexpr int kMaxWindow = (\d+);", header).group(1))
+    native = registry.backends()["native"]
+    assert native.limits["cuda"]["window"] == k_max
+    req = registry.request("qsattn", torch.empty(1, 4, 8, 8, device="meta"), "local", window=k_max + 2)
+    assert req.window == k_max + 2 and req.channels == 4 and req.n == 64
+    req = Request("qsattn", "cuda", torch.float32, "local", window=k_max + 2)
+    assert f"window {k_max + 2} exceeds the cuda kernels' limit {k_max}" in native.why_not(req)
+    assert not any("window" in r for r in native.why_not(Request("qsattn", "cuda", torch.float32, "local",
+                                                                   window=k_max)))
+
+
 def test_select_is_stable_argsort():
     ent = torch.randint(0, 4, (3, 50)).float()                          # many exact ties
     for be in ("torch", "reference"):
