@@ -34,6 +34,8 @@ import sys
 import torch
 import torch.nn.functional as F
 
+from flop_model import entropy_flops, qsattn_flops, route_flops
+
 SHAPES = {"S1": (256, 64, 1), "S2": (256, 128, 1), "S3": (256, 64, 4), "S4": (128, 256, 1), "S5": (3, 262, 1)}
 PEERS = ("triton", "sdpa", "reference")
 PRECISIONS = ("tf32x3", "ieee", "tf32", "bf16")
@@ -116,17 +118,15 @@ def step_fn(peer: str, what: str, precision):
     return lambda x, t: q.query_selected_attention(x, [x, t], k=K_SEL, mode=mode, **be)[1]
 
 
-def flops(what: str, C: int, N: int, B: int, backward: bool) -> float:
-    """Matrix-product FLOPs (values [x, t]: C_v = 2C; k = 256; local counts the 49 dots per row)."""
+def flops(what: str, C: int, N: int, B: int, backward: bool) -> int:
+    """benchmarks/flop_model.py's count of one quantity (values [x, t]: C_v = 2C; k = min(256, N); window 7)."""
     k, cv = min(K_SEL, N), 2 * C
-    ent = {"global": 2 * N * N * C, "local": 2 * 49 * N * C}
-    route = {"global": 2 * k * N * (C + cv) + (2 * k * N * (3 * C + 2 * cv) if backward else 0),  # bwd: S, dV, dP, dQ, dK
-             "local": 2 * 49 * k * (C + cv) * (3 if backward else 1)}
     kind, _, mode = what.partition("_")
     if kind == "select":
         return 0
-    total = {"entropy": ent[mode], "route": route[mode], "step": ent[mode] + route[mode]}[kind]
-    return B * total
+    if kind == "entropy":
+        return entropy_flops(mode, C, N, B)
+    return (route_flops if kind == "route" else qsattn_flops)(mode, C, N, k, cv, B, backward=backward)
 
 
 def cases(whats, passes=(False,)):
@@ -157,6 +157,7 @@ def bench(benchmark, what: str, shape: str, peer: str, backward: bool = False, p
         x = torch.rand(B, 1, N, device="cuda")
     run = runner(fn, x, t, backward)
     run()
+    benchmark.extra_info["flops"] = flops(what, C, N, B, backward)
     benchmark(lambda: (run(), torch.cuda.synchronize()))
 
 

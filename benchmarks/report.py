@@ -30,6 +30,8 @@ import subprocess
 import sys
 import time
 
+from flop_model import qsattn_flops
+
 DEFAULT_SHAPES = [f"global:64:{s * s}:1" for s in (32, 48, 64, 96, 128)] + ["global:256:4096:1",
                                                                              "local:256:4096:1"]
 QUICK_SHAPES = ["global:16:256:2", "local:16:256:2"]
@@ -41,17 +43,6 @@ def parse_shape(text: str) -> dict:
     if side * side != int(n):
         raise argparse.ArgumentTypeError(f"--shapes: N={n} must be a square (N = H*W with H = W)")
     return dict(mode=mode, C=int(c), N=int(n), B=int(b), H=side, W=side)
-
-
-def flops(mode: str, C: int, N: int, B: int, k: int, backward: bool) -> float:
-    """Matrix-product FLOPs of one step with values [x (C), t (C)] (global; local counts window dots)."""
-    cv = 2 * C
-    if mode == "local":
-        per = 2 * 49 * (N * C + k * (C + cv))               # entropy over all N, routing at the k rows
-        return B * per * (3 if backward else 1)
-    fwd = 2 * N * N * C + 2 * k * N * (C + cv)
-    bwd = 2 * k * N * C + 2 * k * N * cv * 2 + 2 * k * N * C * 2
-    return B * (fwd + (bwd if backward else 0))
 
 
 # ---------------------------------------------------------------- worker (one measurement per process)
@@ -178,7 +169,8 @@ def main(argv=None) -> int:
                       f"{name} {'fwd+bwd' if backward else 'fwd'}", file=sys.stderr, flush=True)
                 res = run_one(cfg)
                 if "times_s" in res:
-                    work = flops(shape["mode"], shape["C"], shape["N"], shape["B"], cfg["k"], backward)
+                    work = qsattn_flops(shape["mode"], shape["C"], shape["N"], cfg["k"], 2 * shape["C"],
+                                        shape["B"], backward=backward)   # values [x, t]
                     res["median_s"] = statistics.median(res["times_s"])
                     res["gflops"] = work / res["median_s"] / 1e9
                     res["floor_ratio_paired"] = statistics.median(

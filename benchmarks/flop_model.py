@@ -1,0 +1,42 @@
+"""The one FLOP model of the benchmarks (report.py, gpu_report.py, the pytest-benchmark suites).
+
+Matrix-product FLOPs of the math (2 per multiply-add), as docs/design.md §1 defines the ops; exponentials,
+reductions and the selection are not counted. The count is of the dense products the definition implies,
+not of what a kernel forms (a kernel may skip or recompute work), so achieved FLOP/s compare backends on
+the same work. With ``m`` the attended positions per row (N global, window^2 local), F (N, C) and values
+of C_v channels in all:
+
+* entropy: 2 N m C (the logits of every row); never differentiated, so backward adds nothing;
+* route (k selected rows): forward 2 k m (C + C_v) (logits, then P V); backward 2 k m (3 C + 2 C_v)
+  (the logits recomputed, dV = P^T dO, dP = dO V^T, dQ = dS K, dK = dS^T Q);
+* qsattn: entropy in the selection mode (local for local_global) plus route in the routing mode
+  (global for local_global).
+"""
+from __future__ import annotations
+
+
+def _attended(mode: str, N: int, window: int) -> int:
+    if mode not in ("global", "local"):
+        raise ValueError(f"mode: expected 'global' or 'local', got {mode!r}")
+    return N if mode == "global" else window * window
+
+
+def entropy_flops(mode: str, C: int, N: int, B: int = 1, window: int = 7) -> int:
+    """Row entropies of B maps (B, C, N): 2 B N m C."""
+    return 2 * B * N * _attended(mode, N, window) * C
+
+
+def route_flops(mode: str, C: int, N: int, k: int, cv: int, B: int = 1, window: int = 7,
+                backward: bool = False) -> int:
+    """Routing k rows of B maps into values of cv channels in all; with ``backward`` forward + backward."""
+    m = _attended(mode, N, window)
+    return 2 * B * k * m * ((C + cv) + ((3 * C + 2 * cv) if backward else 0))
+
+
+def qsattn_flops(mode: str, C: int, N: int, k: int, cv: int, B: int = 1, window: int = 7,
+                 backward: bool = False) -> int:
+    """The whole step in ``mode`` (global, local, local_global)."""
+    select_mode = "global" if mode == "global" else "local"
+    route_mode = "local" if mode == "local" else "global"
+    return (entropy_flops(select_mode, C, N, B, window)
+            + route_flops(route_mode, C, N, k, cv, B, window, backward))

@@ -1,0 +1,52 @@
+"""benchmarks/flop_model.py against torch's FLOP counter on independent compositions: the reference
+entropies, the torch backend's local routing (plain PyTorch) and a dense global routing written here;
+backward adds the logits that the kernels recompute (2 B k m C) to what autograd multiplies."""
+import importlib.util
+import os
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import qsattn_fast as q
+
+_PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "flop_model.py")
+_spec = importlib.util.spec_from_file_location("flop_model", _PATH)
+fm = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(fm)
+
+
+def counted(fn):
+    with FlopCounterMode(display=False) as fc:
+        out = fn()
+    return out, fc.get_total_flops()
+
+
+def dense_global_route(x, idx, values):
+    """softmax(F[idx] F^T) V for every value map, as dense products."""
+    f = x.flatten(2).transpose(1, 2)                                           # (B, N, C)
+    p = torch.softmax(torch.gather(f, 1, idx[..., None].expand(-1, -1, f.shape[2])) @ f.transpose(1, 2), -1)
+    return [p @ v.flatten(2).transpose(1, 2) for v in values]
+
+
+@pytest.mark.parametrize("B,C,H,W,k,window", [(1, 3, 5, 7, 6, 3), (2, 5, 6, 7, 9, 7)])
+def test_flop_model_counts_the_products_of_the_math(B, C, H, W, k, window):
+    N = H * W
+    x = torch.randn(B, C, H, W, dtype=torch.float64, requires_grad=True)
+    t = torch.randn(B, 2, H, W, dtype=torch.float64, requires_grad=True)
+    idx = torch.stack([torch.randperm(N)[:k] for _ in range(B)])
+    cv = C + 2
+    for mode in ("global", "local"):
+        _, n = counted(lambda: q.attention_entropy(x, mode, window, backend="reference"))
+        assert n == fm.entropy_flops(mode, C, N, B, window)
+        route = ((lambda: q.route(x, idx, [x, t], "local", window, backend="torch")) if mode == "local"
+                 else (lambda: dense_global_route(x, idx, [x, t])))
+        outs, fwd = counted(route)
+        _, bwd = counted(lambda: sum(o.sum() for o in outs).backward())
+        m = N if mode == "global" else window * window
+        assert fwd == fm.route_flops(mode, C, N, k, cv, B, window)
+        assert fwd + bwd + 2 * B * k * m * C == fm.route_flops(mode, C, N, k, cv, B, window, backward=True)
+    assert fm.qsattn_flops("local_global", C, N, k, cv, B, window) == (
+        fm.entropy_flops("local", C, N, B, window) + fm.route_flops("global", C, N, k, cv, B, window))
+    with pytest.raises(ValueError, match="mode"):
+        fm.entropy_flops("local_global", C, N)
