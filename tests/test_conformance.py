@@ -1,0 +1,173 @@
+"""One conformance suite for every registered backend (xformers style): each test runs once per backend
+of ``qsattn_fast.backends()`` other than ``reference`` (the ground truth every backend is held to) and
+skips, with the backend's own reasons, where ``why_not`` refuses the request. Entropies, selections,
+routed outputs and gradients in every mode (fp32 relative to the float64 reference, float64 equal to it,
+float64 gradcheck), k = N, ties, window borders, half inputs and bad inputs; B = 1..3 and N never a
+multiple of a block. Backend-specific behaviour stays in the backend's own test file."""
+import pytest
+import torch
+
+import qsattn_fast as q
+from qsattn_fast.registry import request
+
+from conftest import assert_valid_selection, features, rel_err
+
+try:                                  # the Triton kernels: compiled on a GPU, else under the interpreter
+    from triton_env import DEVICE
+except pytest.skip.Exception:         # triton missing: the triton backend skips with its own reason
+    DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+BACKENDS = [name for name in q.backends() if name != "reference"]
+MODES = ["global", "local", "local_global"]
+SHAPES = [(1, 8, 7, 9), (2, 5, 6, 11), (3, 3, 5, 5)]      # N = 63, 66, 25
+
+
+def runs(backend, op, x, mode=None, window=7):
+    """Skip unless ``backend`` takes the request (forced, as the tests call it)."""
+    why = q.backends()[backend].why_not(request(op, x, mode, window=window))
+    if why:
+        pytest.skip(f"{backend}: {'; '.join(why)}")
+
+
+def on(x):
+    return x.to(DEVICE)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["global", "local"])
+@pytest.mark.parametrize("B,C,H,W", SHAPES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-12)])
+def test_entropy(backend, mode, B, C, H, W, dtype, tol):
+    x = features(B, C, H, W, dtype, scale=1.0)
+    runs(backend, "entropy", on(x), mode)
+    got = q.attention_entropy(on(x), mode, 5, backend=backend).cpu()
+    ref = q.attention_entropy(x.double(), mode, 5, backend="reference")
+    assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32) and got.shape == (B, H * W)
+    assert rel_err(got, ref) < tol
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("B,C,H,W", SHAPES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-12)])
+def test_qsattn_against_reference(backend, mode, B, C, H, W, dtype, tol):
+    """The selection is the stable argsort of the backend's own entropies and valid against the
+    reference's; the routed values equal the reference routing of that selection."""
+    x, t = features(B, C, H, W, dtype), features(B, C + 2, H, W, dtype)
+    runs(backend, "qsattn", on(x), mode, 5)
+    k = min(13, H * W)
+    idx, (a, b) = q.query_selected_attention(on(x), [on(x), on(t)], k=k, mode=mode, window=5, backend=backend)
+    idx, a, b = idx.cpu(), a.cpu(), b.cpu()
+    sel_mode = "global" if mode == "global" else "local"
+    ref_ent = q.attention_entropy(x.double(), sel_mode, 5, backend="reference")
+    assert_valid_selection(idx, ref_ent, k, tol=max(tol, 1e-4) * float(ref_ent.abs().max()))
+    own = q.attention_entropy(on(x), sel_mode, 5, backend=backend).cpu()
+    assert torch.equal(idx, torch.argsort(own, dim=1, stable=True)[:, :k])
+    ra, rb = q.route(x.double(), idx, [x.double(), t.double()], "local" if mode == "local" else "global", 5,
+                     backend="reference")
+    assert a.dtype == dtype and a.shape == (B, k, C) and b.shape == (B, k, C + 2)
+    assert rel_err(a, ra) < tol and rel_err(b, rb) < tol
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", MODES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-8), (torch.float32, 1e-4)])
+def test_gradients_against_reference(backend, mode, dtype, tol):
+    """Outputs and gradients (source and value maps) against the float64 reference routing of the
+    backend's selection, which in float64 is the reference's own selection."""
+    B, C, H, W = 2, 6, 5, 7
+    x, t = features(B, C, H, W, dtype), features(B, 4, H, W, dtype)
+    runs(backend, "qsattn", on(x), mode, 3)
+    w1, w2 = torch.randn(B, 9, C, dtype=torch.float64), torch.randn(B, 9, 4, dtype=torch.float64)
+    xs, ts = on(x).requires_grad_(), on(t).requires_grad_()
+    idx, (a, b) = q.query_selected_attention(xs, [xs, ts], k=9, mode=mode, window=3, backend=backend)
+    mine = torch.autograd.grad((a.double().cpu() * w1).sum() + (b.double().cpu() * w2).sum(), (xs, ts))
+    idx = idx.cpu()
+    if dtype == torch.float64:
+        assert torch.equal(idx, q.query_selected_attention(x, [x, t], k=9, mode=mode, window=3,
+                                                           backend="reference")[0])
+    xr, tr = x.double().requires_grad_(), t.double().requires_grad_()
+    ra, rb = q.route(xr, idx, [xr, tr], "local" if mode == "local" else "global", 3, backend="reference")
+    ref = torch.autograd.grad((ra * w1).sum() + (rb * w2).sum(), (xr, tr))
+    assert rel_err(a.cpu(), ra) < tol and rel_err(b.cpu(), rb) < tol
+    assert all(rel_err(g.cpu(), r) < tol for g, r in zip(mine, ref))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["global", "local"])
+def test_route_gradcheck(backend, mode):
+    x = features(2, 3, 3, 5, torch.float64)
+    runs(backend, "route", on(x), mode, 3)
+    x, t = on(x).requires_grad_(), on(features(2, 2, 3, 5, torch.float64)).requires_grad_()
+    idx = on(torch.stack([torch.randperm(15)[:6], torch.randperm(15)[:6]]))
+    fast = backend == "triton" and DEVICE == "cpu"    # the interpreter: a random projection, not every column
+    assert torch.autograd.gradcheck(lambda a, b: q.route(a, idx, [a, b], mode, 3, backend=backend), (x, t),
+                                    fast_mode=fast)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", MODES)
+def test_k_equals_n(backend, mode):
+    x = features(2, 4, 3, 4, torch.float64)
+    runs(backend, "qsattn", on(x), mode)
+    idx, (out,) = q.query_selected_attention(on(x), [on(x)], k=12, mode=mode, backend=backend)
+    assert all(sorted(row.tolist()) == list(range(12)) for row in idx.cpu())
+    _, (ref,) = q.query_selected_attention(x, [x], k=12, mode=mode, backend="reference")
+    assert rel_err(out.cpu(), ref) < 1e-12
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ties_broken_by_lower_index(backend):
+    """Repeated feature vectors give exactly equal entropies: the selection is the stable argsort."""
+    base = features(1, 4, 1, 5, torch.float64)
+    x = base.repeat(2, 1, 3, 1)                           # every column repeated on 3 rows: 3-way ties
+    x[1] = x[1].flip(-1)
+    runs(backend, "entropy", on(x), "global")
+    ent = q.attention_entropy(on(x), "global", backend=backend)
+    idx = q.select_queries(ent, 7, backend=backend).cpu()
+    ent = ent.cpu()
+    assert torch.equal(idx, torch.argsort(ent, dim=1, stable=True)[:, :7])
+    picked = ent.gather(1, idx)
+    assert bool((picked[:, 1:] == picked[:, :-1]).any())       # the selection did cross exact ties
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_local_borders(backend):
+    """Corners and edges, windows up to larger than the map: out-of-map keys are zeros with logit 0."""
+    x, v = features(2, 3, 4, 5, torch.float64), features(2, 2, 4, 5, torch.float64)
+    idx = torch.tensor([[0, 4, 15, 19, 7], [19, 0, 10, 9, 2]])
+    for window in (3, 7, 9):
+        runs(backend, "route", on(x), "local", window)
+        out = q.route(on(x), on(idx), [on(x), on(v)], "local", window, backend=backend)
+        ref = q.route(x, idx, [x, v], "local", window, backend="reference")
+        assert all(rel_err(o.cpu(), r) < 1e-12 for o, r in zip(out, ref))
+        ent = q.attention_entropy(on(x), "local", window, backend=backend).cpu()
+        assert rel_err(ent, q.attention_entropy(x, "local", window, backend="reference")) < 1e-12
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_inputs_accumulate_in_fp32(backend, dtype):
+    x, t = features(2, 8, 5, 6, dtype), features(2, 8, 5, 6, dtype)
+    runs(backend, "qsattn", on(x), "global")
+    idx, (a, b) = q.query_selected_attention(on(x), [on(x), on(t)], k=10, backend=backend)
+    ra, rb = q.route(x.double(), idx.cpu(), [x.double(), t.double()], backend="reference")
+    assert a.dtype == dtype and q.attention_entropy(on(x), backend=backend).dtype == torch.float32
+    tol = 1e-2 if dtype == torch.bfloat16 else 2e-3
+    assert rel_err(a.cpu(), ra) < tol and rel_err(b.cpu(), rb) < tol
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("call,words", [
+    (lambda x, be: q.query_selected_attention(x, [x], k=31, backend=be), ["k", "<= 30"]),
+    (lambda x, be: q.query_selected_attention(x.masked_fill(x > 1, float("nan")), [x], k=3, backend=be),
+     ["feat_src", "NaN"]),
+    (lambda x, be: q.query_selected_attention(x, [x[:, :, :4]], k=3, backend=be), ["values[0]"]),
+    (lambda x, be: q.route(x, torch.full((2, 3), 30, device=x.device), [x], backend=be), ["idx", "[0, 30)"]),
+    (lambda x, be: q.attention_entropy(x, "local", 4, backend=be), ["window", "odd"]),
+])
+def test_bad_inputs_are_refused_whatever_the_backend(backend, call, words):
+    x = on(features(2, 4, 5, 6, scale=1.0))
+    with pytest.raises(ValueError) as info:
+        call(x, backend)
+    assert all(w in str(info.value) for w in words), str(info.value)
