@@ -35,6 +35,8 @@ def report() -> str:
         for dev in _probe_devices():
             why = be.why_not(Request("qsattn", dev, torch.float32, "global"))
             lines.append(f"    {dev:5s} {'available' if not why else 'unavailable: ' + '; '.join(why)}")
+        for dev, lim in be.limits.items():
+            lines.append(f"    limits on {dev}: " + ", ".join(f"{k} <= {v}" for k, v in lim.items()))
     return "\n".join(lines)
 
 

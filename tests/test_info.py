@@ -11,3 +11,4 @@ def test_info_lists_backends_and_availability():
     for name in qsattn_fast.backends():
         assert f"  {name} " in out
     assert "cpu   available" in out and "compiled extension qsattn_fast._C:" in out
+    assert f"limits on cuda: window <= {qsattn_fast.backends()['native'].limits['cuda']['window']}" in out
