@@ -52,7 +52,7 @@ def test_qs_layers_map_to_sampler_positions():
     assert qs_layer_positions(options.parse(base)) is None  # the sampler's default: the last two
     assert qs_layer_positions(options.parse(base + ["--qs_layers", "8,16"])) == (2, 4)
     assert qs_layer_positions(options.parse(["--dataroot", "x", "--model", "cut", "--qs_layers", "16"])) == ()
-    with pytest.raises(SystemExit, match="bf16"):
+    with pytest.raises(ValueError, match="bf16"):
         trainer.Trainer(options.parse(TINY + ["--bf16"]))
 
 
@@ -239,7 +239,7 @@ def test_max_dataset_size_caps_the_synthetic_set():
 
 
 def test_synthetic_period_scale_reaches_training_and_evaluation():
-    from qsattn_fast.train.evaluate import TestSetEvaluator
+    from qsattn_fast.train.evaluation import TestSetEvaluator
     fine, coarse = (options.parse(TINY + ["--eval_metrics", "synthetic", "--eval_num_test", "3",
                                           "--synthetic_period_scale", s]) for s in ("1", "2.5"))
     assert trainer.make_dataset(coarse).period_scale == 2.5 and trainer.make_dataset(fine).period_scale == 1

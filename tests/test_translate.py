@@ -73,3 +73,20 @@ def test_errors_name_the_input(tmp_path):
     torch.save({"weight": torch.zeros(2)}, tmp_path / "d.pth")
     with pytest.raises(ValueError, match="model.1.weight"):
         translate.main(["--checkpoint", str(tmp_path / "d.pth"), "--input", str(bad), "--output", str(tmp_path)])
+
+
+def test_one_device_helper_reads_gpu_ids_and_device_names(monkeypatch):
+    from qsattn_fast.train.device import pick_device
+    for spec in ("-1", " -1 ", "cpu", "-1,0"):
+        assert pick_device(spec) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == torch.device("cpu")
+    for spec in ("0", "1,2", "cuda", "cuda:1"):
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            pick_device(spec)
+    with pytest.raises(ValueError, match="expected -1, GPU ids"):
+        pick_device("gpu0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("auto") == torch.device("cuda")
+    assert [pick_device("1,2", r) for r in (0, 1, 2)] == [torch.device("cuda", i) for i in (1, 2, 1)]
+    assert pick_device("cuda:1") == torch.device("cuda", 1)

@@ -6,7 +6,7 @@ Outputs under ``<checkpoints_dir>/<name>/``: ``{latest|<epoch>}_net_{G,F,D}.pth`
 for ``--model qs`` ``selection_log.jsonl`` (per epoch: how QS-Attn's selection relates to the released
 code's ties, see :meth:`.model.CUTModel.selection_stats`); with
 ``--eval_freq N``: ``eval_log.jsonl`` (the test split's metrics every N epochs and after the last, see
-:class:`.evaluate.TestSetEvaluator`), ``samples/test_epoch<N>.png`` (the first 8 test translations),
+:class:`.evaluation.TestSetEvaluator`), ``samples/test_epoch<N>.png`` (the first 8 test translations),
 ``eval_best.json`` and ``best_net_G.pth`` (the epoch with the lowest primary metric: papers report the
 best epoch, the last one is in the log); the last evaluation's numbers are printed at the end.
 
@@ -33,7 +33,9 @@ import torch.distributed as dist
 
 from . import checkpoint as ckpt
 from .data import EpochSampler, SyntheticDataset, UnalignedDataset
-from .evaluate import TestSetEvaluator, jsonable
+from .device import pick_device
+from .evaluation import TestSetEvaluator, jsonable
+from .inception import InceptionUnavailable
 from .model import CUTModel
 from .options import parse
 from .viz import plot_losses, save_grid
@@ -44,18 +46,13 @@ EVAL_BEST = "eval_best.json"
 SELECTION_LOG = "selection_log.jsonl"
 
 
-def pick_device(gpu_ids: str, local_rank: int = 0) -> torch.device:
-    """``-1`` -> CPU (CUDA is never touched); otherwise the GPU ``ids[local_rank % len(ids)]``, made
-    current, with cuDNN autotuning on (CUT's networks have fixed shapes per run)."""
-    ids = [int(i) for i in str(gpu_ids).split(",") if i.strip()]
-    if not ids or ids[0] < 0:
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise SystemExit(f"qsattn-train: --gpu_ids {gpu_ids} asks for a GPU but CUDA is not available; "
-                         "pass --gpu_ids -1 for CPU")
-    dev = torch.device("cuda", ids[local_rank % len(ids)])
-    torch.cuda.set_device(dev)
-    torch.backends.cudnn.benchmark = True
+def training_device(gpu_ids: str, local_rank: int = 0) -> torch.device:
+    """:func:`.device.pick_device` of ``--gpu_ids``; a GPU is made current, with cuDNN autotuning on (CUT's
+    networks have fixed shapes per run)."""
+    dev = pick_device(gpu_ids, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+        torch.backends.cudnn.benchmark = True
     return dev
 
 
@@ -87,9 +84,9 @@ class Trainer:
             torch.set_num_threads(opt.cpu_threads)
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        self.device = pick_device(opt.gpu_ids, int(os.environ.get("LOCAL_RANK", "0")))
+        self.device = training_device(opt.gpu_ids, int(os.environ.get("LOCAL_RANK", "0")))
         if opt.bf16 and self.device.type != "cuda":
-            raise SystemExit("qsattn-train: --bf16 needs a GPU (--gpu_ids >= 0)")
+            raise ValueError("--bf16 needs a GPU (--gpu_ids >= 0)")
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.save_dir = os.path.join(opt.checkpoints_dir, opt.name)
@@ -329,7 +326,11 @@ class Trainer:
 
 def main(argv=None) -> int:
     opt = parse(argv)
-    trainer = Trainer(opt)
+    try:
+        trainer = Trainer(opt)
+    except (ValueError, FileNotFoundError, InceptionUnavailable) as e:   # what the options ask cannot run
+        print(f"qsattn-train: {e}", file=sys.stderr)
+        return 2
     try:
         return trainer.run()
     finally:

@@ -17,8 +17,8 @@ from PIL import Image
 
 from .checkpoint import load_state_dict_file
 from .data import IMG_EXTENSIONS, list_images, load_image, resize_for, to_image, to_tensor
+from .device import pick_device
 from .networks import ResnetGenerator, get_norm_layer
-from .trainer import pick_device
 
 
 def generator_from_state_dict(sd: dict) -> ResnetGenerator:
@@ -102,7 +102,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error(f"--batch_size must be >= 1, got {args.batch_size}")
-    device = pick_device(args.gpu_ids)
+    try:
+        device = pick_device(args.gpu_ids)
+    except ValueError as e:
+        p.error(str(e))
     net = generator_from_state_dict(load_state_dict_file(args.checkpoint)).to(device)
     written = translate(net, collect_inputs(args.input), args.output, device, args.batch_size, args.load_size)
     print(f"qsattn-translate: wrote {len(written)} images to {args.output}")
