@@ -52,6 +52,11 @@ def test_qs_layers_map_to_sampler_positions():
     assert qs_layer_positions(options.parse(base)) is None  # the sampler's default: the last two
     assert qs_layer_positions(options.parse(base + ["--qs_layers", "8,16"])) == (2, 4)
     assert qs_layer_positions(options.parse(["--dataroot", "x", "--model", "cut", "--qs_layers", "16"])) == ()
+    assert qs_layer_positions(options.parse(base + ["--qs_layers", "all"])) == (0, 1, 2, 3, 4)
+    assert qs_layer_positions(options.parse(base + ["--qs_layers", "all", "--nce_layers", "4,16"])) == (0, 1)
+    for bad in (["--qs_layers", "al"], ["--nce_layers", "0,x"]):
+        with pytest.raises(SystemExit):
+            options.parse(base + bad)
     with pytest.raises(ValueError, match="bf16"):
         trainer.Trainer(options.parse(TINY + ["--bf16"]))
 

@@ -45,6 +45,15 @@ def str2bool(v) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
 
 
+def _layer_list(parser, flag, text) -> list[int]:
+    """A comma list of layer indices (a usage error otherwise)."""
+    try:
+        return [int(i) for i in str(text).split(",") if i.strip()]
+    except ValueError:
+        parser.error(f"{flag}: expected comma-separated layer indices{' or all' if flag == '--qs_layers' else ''}, "
+                     f"got {text!r}")
+
+
 def _bool(parser, name, help, default=None):
     """``--name`` alone means true; ``--name false`` (yes/no, 1/0, ...) is accepted too."""
     parser.add_argument(name, type=str2bool, nargs="?", const=True, default=default, help=help)
@@ -104,7 +113,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("QS-Attn (--model qs)")
     g.add_argument("--qs_mode", "--QS_mode", default="global", choices=["global", "local", "local_global"],
                    help="attention for query selection and routing")
-    g.add_argument("--qs_layers", default="", help="NCE layers with QS-Attn, e.g. 12,16 (default: the last two)")
+    g.add_argument("--qs_layers", default="",
+                   help="NCE layers with QS-Attn, e.g. 12,16, or all (default: the last two)")
     g.add_argument("--qs_backend", default="auto", choices=["auto", "reference", "torch", "triton", "native"],
                    help="QS-Attn backend (auto: the fastest available, never reference)")
     g.add_argument("--qs_precision", default=None, choices=["ieee", "tf32x3", "tf32", "bf16"],
@@ -182,8 +192,9 @@ def parse(argv=None) -> argparse.Namespace:
     defaults["model"] = model
     parser.set_defaults(**defaults)
     opt = parser.parse_args(argv)
-    opt.nce_layers_list = [int(i) for i in str(opt.nce_layers).split(",") if i.strip()]
-    opt.qs_layers_list = [int(i) for i in str(opt.qs_layers).split(",") if i.strip()]
+    opt.nce_layers_list = _layer_list(parser, "--nce_layers", opt.nce_layers)
+    opt.qs_layers_list = (list(opt.nce_layers_list) if str(opt.qs_layers).strip() == "all"
+                          else _layer_list(parser, "--qs_layers", opt.qs_layers))
     bad = [i for i in opt.qs_layers_list if i not in opt.nce_layers_list]
     if bad:
         parser.error(f"--qs_layers {bad} are not among --nce_layers {opt.nce_layers}")
