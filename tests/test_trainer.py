@@ -200,15 +200,18 @@ def test_cpu_run_never_touches_cuda(tmp_path, monkeypatch):
     assert trainer.main(tiny(tmp_path, "--model", "qs", "--max_steps", "3", "--continue_train")) == 0
 
 
-def test_bad_dataroot_and_cuda_request(tmp_path):
+def test_bad_dataroot_and_cuda_request(tmp_path, capsys):
+    """The library raises; qsattn-train turns it into exit code 2 and the message."""
     (tmp_path / "trainA").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "trainA" / "a.png")
     with pytest.raises(FileNotFoundError, match="trainB"):
-        trainer.main(tiny(tmp_path, "--dataset_mode", "unaligned", "--dataroot", str(tmp_path)))
+        trainer.Trainer(options.parse(tiny(tmp_path, "--dataset_mode", "unaligned", "--dataroot", str(tmp_path))))
+    assert trainer.main(tiny(tmp_path, "--dataset_mode", "unaligned", "--dataroot", str(tmp_path))) == 2
+    assert "trainB" in capsys.readouterr().err
     if not torch.cuda.is_available():
-        with pytest.raises(SystemExit, match="gpu_ids -1"):
-            trainer.pick_device("0")
-    assert trainer.pick_device("-1").type == "cpu"
+        assert trainer.main(tiny(tmp_path, "--gpu_ids", "0")) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+    assert trainer.training_device("-1").type == "cpu"
 
 
 def test_two_process_gloo_ddp(tmp_path):
