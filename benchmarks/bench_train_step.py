@@ -176,6 +176,10 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.cpu_threads > 0:
         torch.set_num_threads(a.cpu_threads)
+    try:
+        training_device(a.gpu_ids)
+    except ValueError as e:
+        p.error(str(e))
     rows = report(a.size, a.ngf, a.batch_size, a.mode, a.gpu_ids, a.steps, a.warmup, a.backends, a.bf16, a.breakdown)
     device = training_device(a.gpu_ids)
     env = environment(device.type)
