@@ -30,17 +30,17 @@ from .model import GANModel
 class ImagePool:
     """CycleGAN's buffer of past generated images (``--pool_size``), drawing from ``gen``.
 
-    ``query(images)`` (B, C, H, W) -> (B, C, H, W), image by image in batch order: while fewer than
-    ``size`` are stored, the image is stored and returned; once full, u = rand(gen): if u > 0.5,
-    j = randint(size, gen), stored image j is returned and the new image takes its place, else the new
-    image is returned. ``size`` 0: the input itself. Images are stored detached."""
+    ``query(images)`` (B, C, H, W) -> (B, C, H, W), detached, image by image in batch order: while
+    fewer than ``size`` are stored, the image is stored and returned; once full, u = rand(gen): if
+    u > 0.5, j = randint(size, gen), stored image j is returned and the new image takes its place, else
+    the new image is returned. ``size`` 0: the input itself."""
 
     def __init__(self, size: int, gen: torch.Generator):
         self.size, self.gen, self.images = size, gen, []
 
     def query(self, images: torch.Tensor) -> torch.Tensor:
         if self.size == 0:
-            return images
+            return images.detach()
         out = []
         for image in images.detach():
             if len(self.images) < self.size:
