@@ -214,14 +214,15 @@ def test_bad_dataroot_and_cuda_request(tmp_path, capsys):
     assert trainer.training_device("-1").type == "cpu"
 
 
-def test_two_process_gloo_ddp(tmp_path):
+@pytest.mark.parametrize("model,loss", [("qs", "NCE"), ("cycle_gan", "cycle_A")])
+def test_two_process_gloo_ddp(tmp_path, model, loss):
     """torchrun --nproc_per_node 2 (as ``python -m torch.distributed.run``): both processes end with
     identical weights (averaged gradients, broadcast start) that moved from the start; rank 0 wrote
     the checkpoints and the log, whose losses are the mean of the two ranks' own."""
     out = tmp_path / "ranks"
     out.mkdir()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", os.path.join(HERE, "ddp_worker.py"), str(out),
-           *tiny(tmp_path, "--model", "qs", "--qs_backend", "torch", "--max_steps", "2")]
+           *tiny(tmp_path, "--model", model, "--qs_backend", "torch", "--max_steps", "2")]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -232,11 +233,11 @@ def test_two_process_gloo_ddp(tmp_path):
     log = read_log(tmp_path / "run")
     assert [r["step"] for r in log] == [1, 2] and log[-1]["images"] == 4
     own = [json.loads((out / f"losses{r}.json").read_text()) for r in (0, 1)]
-    assert own[0][0]["NCE"] != own[1][0]["NCE"]  # the ranks saw different data
+    assert own[0][0][loss] != own[1][0][loss]  # the ranks saw different data
     for rec, l0, l1 in zip(log, *own):
         assert rec["losses"].keys() == l0.keys()
         assert all(rec["losses"][k] == pytest.approx((l0[k] + l1[k]) / 2, rel=1e-6) for k in l0), rec["step"]
-    assert os.path.exists(tmp_path / "run" / "latest_net_G.pth")
+    assert os.path.exists(tmp_path / "run" / ("latest_net_G_A.pth" if model == "cycle_gan" else "latest_net_G.pth"))
 
 
 def test_max_dataset_size_caps_the_synthetic_set():
