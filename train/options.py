@@ -176,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("evaluation (qsattn-eval's metrics on the test split during training)")
     g.add_argument("--eval_freq", type=int, default=0,
                    help="evaluate the test split every this many epochs and after the last (0: never); "
-                        "logs eval_log.jsonl and keeps the best epoch's G as best_net_G.pth (cycle_gan: G_A, best_net_G_A.pth)")
+                        "logs eval_log.jsonl and keeps the best epoch's G as best_net_G.pth "
+                        "(cycle_gan: G_A as best_net_G_A.pth)")
     g.add_argument("--eval_metrics", default="auto",
                    help="comma list of fid, kid, swd, synthetic; auto: swd (+ synthetic on the synthetic "
                         "set) + fid,kid when Inception weights are found")

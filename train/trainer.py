@@ -10,7 +10,8 @@ code's ties, see :meth:`.model.CUTModel.selection_stats`); with
 ``--eval_freq N``: ``eval_log.jsonl`` (the test split's metrics every N epochs and after the last, see
 :class:`.evaluation.TestSetEvaluator`), ``samples/test_epoch<N>.png`` (the first 8 test translations),
 ``eval_best.json`` and ``best_net_G.pth`` (cycle_gan: ``best_net_G_A.pth``; the epoch with the lowest
-primary metric: papers report the best epoch, the last one is in the log); the last evaluation's numbers are printed at the end.
+primary metric: papers report the best epoch, the last one is in the log); the last evaluation's
+numbers are printed at the end.
 
 Resume exactness: data order and augmentation depend only on (seed, epoch, position) (see
 :mod:`.data`); the learning rate only on the epoch; flips (cut/fastcut/qs) and the image pools' draws

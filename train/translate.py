@@ -2,10 +2,10 @@
 
 ``--checkpoint`` is a generator file or an experiment folder; in a folder, ``--direction`` picks
 CycleGAN's ``<epoch>_net_G_A.pth`` (AtoB, the default) or ``_G_B.pth`` (BtoA), else CUT's
-``<epoch>_net_G.pth`` (AtoB only). The architecture (ngf, number of residual blocks, anti-aliasing, norm) is read off the checkpoint's
-keys and shapes; no options file or ``testB`` folder is needed. Each input image is translated at its
-own size (rounded to a multiple of 4 with a bicubic resize, or at ``--load_size`` x ``--load_size``),
-resized back, and written to ``--output`` under the input's file name.
+``<epoch>_net_G.pth`` (AtoB only). The architecture (ngf, number of residual blocks, anti-aliasing,
+norm) is read off the checkpoint's keys and shapes; no options file or ``testB`` folder is needed.
+Each input image is translated at its own size (rounded to a multiple of 4 with a bicubic resize, or at
+``--load_size`` x ``--load_size``), resized back, and written to ``--output`` under the input's file name.
 """
 from __future__ import annotations
 
