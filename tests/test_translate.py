@@ -1,4 +1,5 @@
-"""train/translate.py: qsattn-translate round trip on checkpoints of ours and of CUT's layout; --direction with CycleGAN."""
+"""train/translate.py: qsattn-translate round trip on checkpoints of ours and of CUT's layout, and
+--direction with CycleGAN's pair of generators."""
 import os
 
 import numpy as np
