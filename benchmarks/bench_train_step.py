@@ -37,7 +37,7 @@ from qsattn_fast.registry import Request, resolve
 from qsattn_fast.train import options
 from qsattn_fast.train.data import synthetic_pair
 from qsattn_fast.train.model import CUTModel
-from qsattn_fast.train.trainer import pick_device
+from qsattn_fast.train.trainer import training_device
 from report import environment
 
 
@@ -53,7 +53,7 @@ def make_step(model_name, backend, size=256, ngf=64, batch=1, mode="global", gpu
             "--ngf", str(ngf), "--ndf", str(ngf), "--batch_size", str(batch), "--gpu_ids", gpu_ids,
             "--qs_mode", mode, "--qs_backend", backend, *(["--bf16"] if bf16 else []), *extra]
     opt = options.parse(argv)
-    device = pick_device(gpu_ids)
+    device = training_device(gpu_ids)
     torch.manual_seed(0)
     model = CUTModel(opt, device)
     pairs = [synthetic_pair(0, i, size) for i in range(batch)]
@@ -120,7 +120,7 @@ def report(size=256, ngf=64, batch=1, mode="global", gpu_ids="0", steps=50, warm
     the ratio of the medians to the cut step's (``vs_cut``) and the median of the per-round ratios
     (``vs_cut_paired``, the one to read on a noisy machine). A configuration that fails (e.g. out of
     memory) gets its error in its row, and the others still run."""
-    device = pick_device(gpu_ids)
+    device = training_device(gpu_ids)
     backends = backends or available_backends(device, mode)
     configs = [("cut", "auto", "step", ())]
     for b in backends:
@@ -176,8 +176,12 @@ def main(argv=None):
     a = p.parse_args(argv)
     if a.cpu_threads > 0:
         torch.set_num_threads(a.cpu_threads)
+    try:
+        training_device(a.gpu_ids)
+    except ValueError as e:
+        p.error(str(e))
     rows = report(a.size, a.ngf, a.batch_size, a.mode, a.gpu_ids, a.steps, a.warmup, a.backends, a.bf16, a.breakdown)
-    device = pick_device(a.gpu_ids)
+    device = training_device(a.gpu_ids)
     env = environment(device.type)
     name = torch.cuda.get_device_name(device) if device.type == "cuda" else env["device_name"]
     print(f"device: {name}, {torch.get_num_threads()} threads, torch {torch.__version__}; {a.size}x{a.size}, "

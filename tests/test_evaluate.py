@@ -1,4 +1,4 @@
-"""qsattn-eval end to end (train/evaluate.py) and the trainer's --eval_freq, on small synthetic sets and
+"""qsattn-eval end to end (train/evaluate.py, its library train/evaluation.py) and the trainer's --eval_freq, on small synthetic sets and
 a randomly initialised Inception (no download)."""
 import json
 import shutil
@@ -6,7 +6,8 @@ import shutil
 import pytest
 import torch
 
-from qsattn_fast.train import evaluate as E
+from qsattn_fast.train import evaluate as cli
+from qsattn_fast.train import evaluation as E
 from qsattn_fast.train import trainer
 from qsattn_fast.train.data import list_images
 from qsattn_fast.train.translate import generator_from_state_dict
@@ -15,12 +16,12 @@ from train_tiny import one_thread, tiny  # noqa: F401 (fixture)
 
 @pytest.fixture
 def split(tmp_path):
-    E.main(["--write_synthetic", str(tmp_path / "syn"), "--num_test", "6", "--size", "32"])
+    cli.main(["--write_synthetic", str(tmp_path / "syn"), "--num_test", "6", "--size", "32"])
     return tmp_path / "syn"
 
 
 def _run(argv, capsys):
-    rc = E.main(argv + ["--quiet"])
+    rc = cli.main(argv + ["--quiet"])
     return rc, capsys.readouterr()
 
 
@@ -42,7 +43,7 @@ def test_synthetic_measures_tell_identity_from_stripes(split, tmp_path, capsys):
 
 def test_synthetic_period_scale_reaches_the_split_and_its_measures(tmp_path, capsys):
     coarse = tmp_path / "coarse"
-    E.main(["--write_synthetic", str(coarse), "--num_test", "4", "--size", "32", "--synthetic_period_scale", "2"])
+    cli.main(["--write_synthetic", str(coarse), "--num_test", "4", "--size", "32", "--synthetic_period_scale", "2"])
     same = E.evaluate(None, str(coarse / "testB"), dataset_mode="synthetic", synthetic_period_scale=2.0,
                       progress=False)
     other = E.evaluate(None, str(coarse / "testB"), dataset_mode="synthetic", progress=False)  # fine stripes
@@ -50,7 +51,7 @@ def test_synthetic_period_scale_reaches_the_split_and_its_measures(tmp_path, cap
     assert same["settings"]["synthetic_period_scale"] == 2.0
     assert same["metrics"]["swd"] == 0 < other["metrics"]["swd"]   # the real set is regenerated with the scale
     with pytest.raises(SystemExit):
-        E.main(["--write_synthetic", str(tmp_path / "bad"), "--synthetic_period_scale", "0"])
+        cli.main(["--write_synthetic", str(tmp_path / "bad"), "--synthetic_period_scale", "0"])
     assert "synthetic_period_scale" in capsys.readouterr().err
 
 
@@ -86,12 +87,12 @@ def test_cli_errors(split, tmp_path, capsys, monkeypatch):
                 ["--fake", str(split / "testA")],
                 ["--real", str(split / "testB"), "--fake", str(split / "testA"), "--metrics", "synthetic"]):
         with pytest.raises(SystemExit):
-            E.main(bad)
+            cli.main(bad)
     renamed = tmp_path / "renamed"
     renamed.mkdir()
     shutil.copy(next((split / "testA").iterdir()), renamed / "img.png")
     with pytest.raises(SystemExit):
-        E.main(["--dataset_mode", "synthetic", "--fake", str(renamed)])
+        cli.main(["--dataset_mode", "synthetic", "--fake", str(renamed)])
     assert "img.png is not named" in capsys.readouterr().err
     with pytest.raises(ValueError, match="img.png"):                      # the Python function raises
         E.evaluate(None, str(renamed), dataset_mode="synthetic")
@@ -133,10 +134,12 @@ def test_trainer_evaluates_a_folder_test_split(tmp_path, split, one_thread):  # 
     assert log[0]["metrics"]["swd"] > 0 and (tmp_path / "run" / "best_net_G.pth").exists()
 
 
-def test_trainer_eval_metrics_need_their_inputs(tmp_path, monkeypatch):
+def test_trainer_eval_metrics_need_their_inputs(tmp_path, monkeypatch, capsys):
     monkeypatch.delenv("QSATTN_INCEPTION_WEIGHTS", raising=False)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    with pytest.raises(SystemExit, match="weights"):
+    with pytest.raises(E.InceptionUnavailable, match="weights"):     # the library raises ...
         trainer.Trainer(trainer.parse(tiny(tmp_path, "--eval_freq", "1", "--eval_metrics", "fid")))
-    with pytest.raises(SystemExit, match="lpips"):
+    with pytest.raises(ValueError, match="lpips"):
         trainer.Trainer(trainer.parse(tiny(tmp_path, "--eval_freq", "1", "--eval_metrics", "swd,lpips")))
+    assert trainer.main(tiny(tmp_path, "--eval_freq", "1", "--eval_metrics", "swd,lpips")) == 2   # ... the CLI exits
+    assert "qsattn-train: --eval_metrics ['lpips'] not available" in capsys.readouterr().err

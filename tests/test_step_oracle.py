@@ -1,5 +1,6 @@
 """One ``CUTModel.optimize()`` step against an independent float64 oracle (train/model.py, networks.py,
-the sampler and every QS-Attn backend that runs here).
+the sampler and every QS-Attn backend that runs here), and one ``CycleGANModel.optimize()`` step
+(train/cycle_gan.py) against a float64 transcription of the CycleGAN objective on the same primitives.
 
 The oracle is a functional transcription of CUT's step written here: its own convolutions, instance
 norm (mean and variance by hand, so no ``F.instance_norm``), blur filters, activations, MLP heads, L2
@@ -20,6 +21,7 @@ from torch import nn
 
 from qsattn_fast.train import networks, options
 from qsattn_fast.train.data import SyntheticDataset
+from qsattn_fast.train.cycle_gan import CycleGANModel
 from qsattn_fast.train.model import CUTModel
 from train_tiny import TINY, one_thread  # noqa: F401 (fixture)
 
@@ -263,7 +265,7 @@ def oracle_step(model, before, d_after, draws, data):
 def assert_grads_match(got, want, tol):
     """Each net's gradient vector to ``tol`` relative, and each tensor's error against that net's norm
     (conv biases before an instance norm have a true gradient of 0: they are measured on that scale)."""
-    for net in ("G", "F", "D"):
+    for net in want:
         assert got[net].keys() == want[net].keys(), net
         norm = torch.cat([g.flatten() for g in want[net].values()]).norm()
         assert norm > 0, net
@@ -369,3 +371,112 @@ def test_oracle_against_finite_differences():
         fd = (vals[0] - vals[1]) / (2 * eps)
         g = float(want[net][name].flatten()[j])
         assert math.isclose(fd, g, rel_tol=1e-4, abs_tol=1e-5), (net, name, j, fd, g)
+
+
+# ---- CycleGAN -------------------------------------------------------------------------------------
+def pool_query(stored, images, size, gen):
+    """CycleGAN's image pool, transcribed from its specification: ``stored`` (a list, updated) holds up
+    to ``size`` images; each image of the batch in turn is stored and returned while the pool is not
+    full, else with u = rand(gen) > 0.5 a stored image j = randint(size, gen) is returned and replaced,
+    else the image itself is returned. Returns (the batch, how many came from the pool)."""
+    if size == 0:
+        return images, 0
+    out, from_pool = [], 0
+    for x in images:
+        if len(stored) < size:
+            stored.append(x)
+            out.append(x)
+        elif torch.rand((), generator=gen).item() > 0.5:
+            j = torch.randint(0, size, (), generator=gen).item()
+            out.append(stored[j])
+            stored[j] = x
+            from_pool += 1
+        else:
+            out.append(x)
+    return torch.stack(out), from_pool
+
+
+def cycle_gan_oracle(model, p, A, B, pools, gen):
+    """CycleGAN's losses from the parameter dicts ``p`` {G_A, G_B, D_A, D_B} (the pre-step values: G's
+    losses use the D of before the G step, D's losses the fakes of before it), LSGAN and mean L1:
+    G = LS(D_A(G_A(A)), 1) + LS(D_B(G_B(B)), 1) + lA |G_B(G_A(A)) - A| + lB |G_A(G_B(B)) - B|
+        + li (lB |G_A(B) - B| + lA |G_B(A) - A|);  D_A = (LS(D_A(B), 1) + LS(D_A(pool_B(G_A(A))), 0)) / 2,
+    D_B likewise. ``pools`` {"A": [...], "B": [...]}: the pools' images before the step (updated)."""
+    opt = model.opt
+
+    def net(name, x):
+        return _sequence(model.nets[name].model, x, p[name], "model.")
+
+    def ls(x, t):
+        return ((x - t) ** 2).mean()
+
+    def l1(x, y):
+        return (x - y).abs().mean()
+
+    fake_B, fake_A = net("G_A", A), net("G_B", B)
+    out = {"G_A": ls(net("D_A", fake_B), 1), "G_B": ls(net("D_B", fake_A), 1),
+           "cycle_A": l1(net("G_B", fake_B), A) * opt.lambda_A, "cycle_B": l1(net("G_A", fake_A), B) * opt.lambda_B}
+    if opt.lambda_identity > 0:
+        out["idt_A"] = l1(net("G_A", B), B) * opt.lambda_B * opt.lambda_identity
+        out["idt_B"] = l1(net("G_B", A), A) * opt.lambda_A * opt.lambda_identity
+    out["G"] = sum(out.values())
+    pooled_B, nB = pool_query(pools["B"], fake_B.detach(), opt.pool_size, gen)  # D_A's pool is queried first
+    pooled_A, nA = pool_query(pools["A"], fake_A.detach(), opt.pool_size, gen)
+    out["D_A"] = (ls(net("D_A", B), 1) + ls(net("D_A", pooled_B), 0)) * 0.5
+    out["D_B"] = (ls(net("D_B", A), 1) + ls(net("D_B", pooled_A), 0)) * 0.5
+    out["from_pool"] = nA + nB
+    return out
+
+
+def cycle_gan_step(argv, batch, prefill=False, dtype=F64):
+    """One CycleGANModel step (``prefill``: the pools start full of random images) next to the oracle's;
+    returns the options, the model's losses and gradients, the oracle's and its float64 gradients."""
+    opt = options.parse(TINY + ["--model", "cycle_gan", "--batch_size", str(batch)] + argv)
+    model = CycleGANModel(opt, "cpu")
+    for net in model.nets.values():
+        net.to(dtype)
+    model.gen.manual_seed(2)
+    if prefill:
+        for pool in (model.pool_A, model.pool_B):
+            pool.images = [torch.rand(3, opt.crop_size, opt.crop_size, dtype=dtype) * 2 - 1
+                           for _ in range(opt.pool_size)]
+    pools = {k: [x.double() for x in pool.images] for k, pool in (("A", model.pool_A), ("B", model.pool_B))}
+    gen = torch.Generator().manual_seed(0)
+    gen.set_state(model.gen.get_state())
+    p = {name: {k: v.detach().double().clone().requires_grad_(True) for k, v in net.named_parameters()}
+         for name, net in model.nets.items()}
+    ds = SyntheticDataset(opt.seed, 8, opt.load_size, opt.crop_size)
+    data = torch.utils.data.default_collate([ds[(i, 17 + 5 * i)] for i in range(batch)])
+    losses = {n: getattr(model, "loss_" + n).detach() for n in model.optimize({k: data[k].to(dtype) for k in "AB"})}
+    grads = {name: {k: q.grad.clone() for k, q in net.named_parameters()} for name, net in model.nets.items()}
+    src, tgt = "AB" if opt.direction == "AtoB" else "BA"  # BtoA: the data's B is the source domain
+    out = cycle_gan_oracle(model, p, data[src].double(), data[tgt].double(), pools, gen)
+    gG = torch.autograd.grad(out["G"], [*p["G_A"].values(), *p["G_B"].values()])
+    gD = torch.autograd.grad(out["D_A"] + out["D_B"], [*p["D_A"].values(), *p["D_B"].values()])
+    want = {name: dict(zip(p[name], g))
+            for name, g in (("G_A", gG), ("G_B", gG[len(p["G_A"]):]), ("D_A", gD), ("D_B", gD[len(p["D_A"]):]))}
+    return opt, losses, grads, out, want
+
+
+@pytest.mark.parametrize("batch,argv,prefill", [
+    (1, [], False), (2, ["--pool_size", "2"], True), (2, ["--lambda_identity", "0", "--direction", "BtoA"], False),
+    (1, ["--pool_size", "0", "--lambda_A", "3", "--lambda_B", "7", "--lambda_identity", "0.3"], False)],
+    ids=["defaults", "full-pool", "no-identity-BtoA", "no-pool-weights"])
+def test_cycle_gan_step(batch, argv, prefill):
+    """Losses to 1e-11 and each net's gradient to 1e-9 of the float64 oracle; a full pool of 2 with a
+    batch of 2 returns some pooled images in this step (the oracle's replay of the draws says so)."""
+    opt, losses, grads, out, want = cycle_gan_step(argv, batch, prefill)
+    assert set(losses) == {"D_A", "G_A", "cycle_A", "D_B", "G_B", "cycle_B"} | (
+        {"idt_A", "idt_B"} if opt.lambda_identity > 0 else set())
+    for name, value in losses.items():
+        assert math.isclose(float(value), float(out[name].detach()), rel_tol=1e-11, abs_tol=1e-11), name
+    assert out["from_pool"] > 0 if prefill else out["from_pool"] == 0
+    assert_grads_match(grads, want, 1e-9)
+
+
+def test_cycle_gan_float32_step_matches_float64_oracle():
+    """The trainer's own precision: float32 gradients within float32 rounding of the float64 oracle."""
+    _, losses, grads, out, want = cycle_gan_step([], 1, dtype=torch.float32)
+    for name, value in losses.items():
+        assert math.isclose(float(value), float(out[name].detach()), rel_tol=1e-5, abs_tol=1e-5), name
+    assert_grads_match(grads, want, 3e-2)

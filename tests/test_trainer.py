@@ -52,7 +52,12 @@ def test_qs_layers_map_to_sampler_positions():
     assert qs_layer_positions(options.parse(base)) is None  # the sampler's default: the last two
     assert qs_layer_positions(options.parse(base + ["--qs_layers", "8,16"])) == (2, 4)
     assert qs_layer_positions(options.parse(["--dataroot", "x", "--model", "cut", "--qs_layers", "16"])) == ()
-    with pytest.raises(SystemExit, match="bf16"):
+    assert qs_layer_positions(options.parse(base + ["--qs_layers", "all"])) == (0, 1, 2, 3, 4)
+    assert qs_layer_positions(options.parse(base + ["--qs_layers", "all", "--nce_layers", "4,16"])) == (0, 1)
+    for bad in (["--qs_layers", "al"], ["--nce_layers", "0,x"]):
+        with pytest.raises(SystemExit):
+            options.parse(base + bad)
+    with pytest.raises(ValueError, match="bf16"):
         trainer.Trainer(options.parse(TINY + ["--bf16"]))
 
 
@@ -195,25 +200,29 @@ def test_cpu_run_never_touches_cuda(tmp_path, monkeypatch):
     assert trainer.main(tiny(tmp_path, "--model", "qs", "--max_steps", "3", "--continue_train")) == 0
 
 
-def test_bad_dataroot_and_cuda_request(tmp_path):
+def test_bad_dataroot_and_cuda_request(tmp_path, capsys):
+    """The library raises; qsattn-train turns it into exit code 2 and the message."""
     (tmp_path / "trainA").mkdir()
     Image.new("RGB", (8, 8)).save(tmp_path / "trainA" / "a.png")
     with pytest.raises(FileNotFoundError, match="trainB"):
-        trainer.main(tiny(tmp_path, "--dataset_mode", "unaligned", "--dataroot", str(tmp_path)))
+        trainer.Trainer(options.parse(tiny(tmp_path, "--dataset_mode", "unaligned", "--dataroot", str(tmp_path))))
+    assert trainer.main(tiny(tmp_path, "--dataset_mode", "unaligned", "--dataroot", str(tmp_path))) == 2
+    assert "trainB" in capsys.readouterr().err
     if not torch.cuda.is_available():
-        with pytest.raises(SystemExit, match="gpu_ids -1"):
-            trainer.pick_device("0")
-    assert trainer.pick_device("-1").type == "cpu"
+        assert trainer.main(tiny(tmp_path, "--gpu_ids", "0")) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+    assert trainer.training_device("-1").type == "cpu"
 
 
-def test_two_process_gloo_ddp(tmp_path):
+@pytest.mark.parametrize("model,loss", [("qs", "NCE"), ("cycle_gan", "cycle_A")])
+def test_two_process_gloo_ddp(tmp_path, model, loss):
     """torchrun --nproc_per_node 2 (as ``python -m torch.distributed.run``): both processes end with
     identical weights (averaged gradients, broadcast start) that moved from the start; rank 0 wrote
     the checkpoints and the log, whose losses are the mean of the two ranks' own."""
     out = tmp_path / "ranks"
     out.mkdir()
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", os.path.join(HERE, "ddp_worker.py"), str(out),
-           *tiny(tmp_path, "--model", "qs", "--qs_backend", "torch", "--max_steps", "2")]
+           *tiny(tmp_path, "--model", model, "--qs_backend", "torch", "--max_steps", "2")]
     env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=HERE + os.pathsep + os.environ.get("PYTHONPATH", ""))
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -224,11 +233,11 @@ def test_two_process_gloo_ddp(tmp_path):
     log = read_log(tmp_path / "run")
     assert [r["step"] for r in log] == [1, 2] and log[-1]["images"] == 4
     own = [json.loads((out / f"losses{r}.json").read_text()) for r in (0, 1)]
-    assert own[0][0]["NCE"] != own[1][0]["NCE"]  # the ranks saw different data
+    assert own[0][0][loss] != own[1][0][loss]  # the ranks saw different data
     for rec, l0, l1 in zip(log, *own):
         assert rec["losses"].keys() == l0.keys()
         assert all(rec["losses"][k] == pytest.approx((l0[k] + l1[k]) / 2, rel=1e-6) for k in l0), rec["step"]
-    assert os.path.exists(tmp_path / "run" / "latest_net_G.pth")
+    assert os.path.exists(tmp_path / "run" / ("latest_net_G_A.pth" if model == "cycle_gan" else "latest_net_G.pth"))
 
 
 def test_max_dataset_size_caps_the_synthetic_set():
@@ -239,7 +248,7 @@ def test_max_dataset_size_caps_the_synthetic_set():
 
 
 def test_synthetic_period_scale_reaches_training_and_evaluation():
-    from qsattn_fast.train.evaluate import TestSetEvaluator
+    from qsattn_fast.train.evaluation import TestSetEvaluator
     fine, coarse = (options.parse(TINY + ["--eval_metrics", "synthetic", "--eval_num_test", "3",
                                           "--synthetic_period_scale", s]) for s in ("1", "2.5"))
     assert trainer.make_dataset(coarse).period_scale == 2.5 and trainer.make_dataset(fine).period_scale == 1

@@ -1,4 +1,5 @@
-"""train/translate.py: qsattn-translate round trip on checkpoints of ours and of CUT's layout."""
+"""train/translate.py: qsattn-translate round trip on checkpoints of ours and of CUT's layout, and
+--direction with CycleGAN's pair of generators."""
 import os
 
 import numpy as np
@@ -73,3 +74,52 @@ def test_errors_name_the_input(tmp_path):
     torch.save({"weight": torch.zeros(2)}, tmp_path / "d.pth")
     with pytest.raises(ValueError, match="model.1.weight"):
         translate.main(["--checkpoint", str(tmp_path / "d.pth"), "--input", str(bad), "--output", str(tmp_path)])
+
+
+def test_one_device_helper_reads_gpu_ids_and_device_names(monkeypatch):
+    from qsattn_fast.train.device import pick_device
+    for spec in ("-1", " -1 ", "cpu", "-1,0"):
+        assert pick_device(spec) == torch.device("cpu")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    assert pick_device("auto") == torch.device("cpu")
+    for spec in ("0", "1,2", "cuda", "cuda:1"):
+        with pytest.raises(ValueError, match="CUDA is not available"):
+            pick_device(spec)
+    with pytest.raises(ValueError, match="expected -1, GPU ids"):
+        pick_device("gpu0")
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert pick_device("auto") == torch.device("cuda")
+    assert [pick_device("1,2", r) for r in (0, 1, 2)] == [torch.device("cuda", i) for i in (1, 2, 1)]
+    assert pick_device("cuda:1") == torch.device("cuda", 1)
+
+
+def test_direction_picks_cycle_gans_generator(tmp_path):
+    """A CycleGAN experiment folder: --direction AtoB (the default) translates with latest_net_G_A.pth,
+    BtoA with latest_net_G_B.pth (--epoch picks the file's prefix); a file is used as given, and a
+    direction that its name contradicts is refused, as is BtoA for CUT's one-way G."""
+    assert trainer.main(tiny(tmp_path, "--model", "cycle_gan", "--n_epochs_decay", "0", name="cyc")) == 0  # 1 epoch
+    assert trainer.main(tiny(tmp_path, "--max_steps", "1", name="cut")) == 0
+    cyc, cut = tmp_path / "cyc", tmp_path / "cut"
+    write(tmp_path / "x.png", (32, 32), 4)
+    x = to_tensor(Image.open(tmp_path / "x.png").convert("RGB"))[None]
+    for direction, name in ((None, "G_A"), ("AtoB", "G_A"), ("BtoA", "G_B")):
+        out = tmp_path / f"out_{direction}"
+        flags = ["--direction", direction] if direction else []
+        assert translate.main(["--checkpoint", str(cyc), "--input", str(tmp_path / "x.png"), "--output", str(out),
+                               *flags]) == 0
+        g = networks.define_G(ngf=8, netG="resnet_6blocks")
+        g.load_state_dict(torch.load(cyc / f"latest_net_{name}.pth", weights_only=True))
+        with torch.no_grad():
+            assert np.array_equal(np.asarray(Image.open(out / "x.png")), np.asarray(to_image(g.eval()(x)[0]))), name
+    resolve = translate.resolve_checkpoint
+    assert resolve(str(cyc), "BtoA", epoch=1) == str(cyc / "1_net_G_B.pth")
+    assert resolve(str(cyc / "latest_net_G_B.pth"), "BtoA") == str(cyc / "latest_net_G_B.pth")
+    assert resolve(str(cut), None) == resolve(str(cut), "AtoB") == str(cut / "latest_net_G.pth")
+    with pytest.raises(ValueError, match="G_A, not the --direction BtoA generator"):
+        resolve(str(cyc / "latest_net_G_A.pth"), "BtoA")
+    with pytest.raises(ValueError, match="generator for A to B"):
+        resolve(str(cut / "latest_net_G.pth"), "BtoA")
+    with pytest.raises(ValueError, match="A to B only"):
+        resolve(str(cut), "BtoA")
+    with pytest.raises(FileNotFoundError, match="7_net_G_A.pth nor 7_net_G.pth"):
+        resolve(str(cyc), None, epoch=7)

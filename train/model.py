@@ -71,12 +71,69 @@ def textbook_entropy(feat: torch.Tensor, mode="global", window=7, block=256) -> 
     return torch.cat(out, 1)
 
 
-class CUTModel:
-    """Networks netG, netD, netF with their Adam optimisers on ``device``; ``world`` > 1 averages
-    gradients over the default process group."""
+class GANModel:
+    """What the models share: the options, ``device``, bfloat16 autocast, a per-process
+    ``torch.Generator`` for the step's own random draws (in the resume state), learning rates, inputs
+    and gradient averaging over ``world`` processes. Subclasses build ``nets`` ({name: module}, the
+    checkpoint file names) and ``optimizers`` ({"G": ..., "D": ...}), then call :meth:`_broadcast`.
+    ``TRANSLATOR``: the net that maps the source domain to the target (evaluation, best_net_*)."""
+
+    TRANSLATOR = "G"
 
     def __init__(self, opt, device, world=1, rank=0):
-        self.opt, self.device, self.world = opt, torch.device(device), world
+        self.opt, self.device, self.world, self.rank = opt, torch.device(device), world, rank
+        self.gen = torch.Generator()
+        self.reseed(0)
+        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if opt.bf16 else contextlib.nullcontext()
+
+    def reseed(self, step: int) -> None:
+        """Seed ``gen`` from (seed, rank, step): a fresh process at step 0, or a rank > 0 on resume
+        (only rank 0's state is saved)."""
+        self.gen.manual_seed(self.opt.seed * 7919 + self.rank + 1_000_003 * step)
+
+    def _broadcast(self):
+        """Rank 0's parameters and buffers to every process."""
+        if self.world > 1:
+            for net in self.nets.values():
+                for t in list(net.parameters()) + list(net.buffers()):
+                    dist.broadcast(t.data, 0)
+
+    def set_lr(self, epoch: int) -> float:
+        lr = self.opt.lr * lr_factor(self.opt, epoch)
+        for o in self.optimizers.values():
+            for group in o.param_groups:
+                group["lr"] = lr
+        return lr
+
+    def set_input(self, batch):
+        a, b = ("A", "B") if self.opt.direction == "AtoB" else ("B", "A")
+        self.real_A = batch[a].to(self.device, non_blocking=True)
+        self.real_B = batch[b].to(self.device, non_blocking=True)
+
+    def _average_grads(self, *nets):
+        if self.world == 1:
+            return
+        grads = [p.grad for net in nets for p in net.parameters() if p.grad is not None]
+        flat = torch._utils._flatten_dense_tensors(grads)
+        dist.all_reduce(flat)
+        flat /= self.world
+        for g, f in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
+            g.copy_(f)
+
+    def resume_state(self) -> dict:
+        """The model's part of the resume state (rank 0's): its generator."""
+        return {"flip_rng": self.gen.get_state()}
+
+    def load_resume_state(self, state: dict) -> None:
+        self.gen.set_state(state["flip_rng"])
+
+
+class CUTModel(GANModel):
+    """Networks netG, netD, netF with their Adam optimisers on ``device``; ``world`` > 1 averages
+    gradients over the default process group. ``gen`` draws the flips of flip equivariance."""
+
+    def __init__(self, opt, device, world=1, rank=0):
+        super().__init__(opt, device, world, rank)
         self.netG = networks.define_G(opt.input_nc, opt.output_nc, opt.ngf, opt.netG, opt.normG, not opt.no_dropout,
                                       opt.init_type, opt.init_gain, opt.no_antialias, opt.no_antialias_up).to(device)
         self.netD = networks.define_D(opt.output_nc, opt.ndf, opt.netD, opt.n_layers_D, opt.normD, opt.init_type,
@@ -95,31 +152,13 @@ class CUTModel:
                            "D": torch.optim.Adam(self.netD.parameters(), **adam)}
         if opt.netF == "mlp_sample":
             self.optimizers["F"] = torch.optim.Adam(self.netF.parameters(), **adam)
-        # flips for flip equivariance come from this generator (saved in the resume state)
-        self.gen = torch.Generator().manual_seed(opt.seed * 7919 + rank)
-        self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if opt.bf16 else contextlib.nullcontext()
         self.last_patch_ids = None
         self.source_needs_grad = opt.model == "qs" and not opt.qs_detach_attention
-        if world > 1:
-            for net in self.nets.values():
-                for t in list(net.parameters()) + list(net.buffers()):
-                    dist.broadcast(t.data, 0)
+        self._broadcast()
 
     @property
     def nets(self):
         return {"G": self.netG, "F": self.netF, "D": self.netD}
-
-    def set_lr(self, epoch: int) -> float:
-        lr = self.opt.lr * lr_factor(self.opt, epoch)
-        for o in self.optimizers.values():
-            for group in o.param_groups:
-                group["lr"] = lr
-        return lr
-
-    def set_input(self, batch):
-        a, b = ("A", "B") if self.opt.direction == "AtoB" else ("B", "A")
-        self.real_A = batch[a].to(self.device, non_blocking=True)
-        self.real_B = batch[b].to(self.device, non_blocking=True)
 
     def forward(self):
         opt = self.opt
@@ -164,16 +203,6 @@ class CUTModel:
             self.loss_NCE_Y = self.nce_loss(self.real_B, self.idt_B)
             nce_both = (self.loss_NCE + self.loss_NCE_Y) * 0.5
         return self.loss_G_GAN + nce_both
-
-    def _average_grads(self, *nets):
-        if self.world == 1:
-            return
-        grads = [p.grad for net in nets for p in net.parameters() if p.grad is not None]
-        flat = torch._utils._flatten_dense_tensors(grads)
-        dist.all_reduce(flat)
-        flat /= self.world
-        for g, f in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
-            g.copy_(f)
 
     def optimize(self, batch) -> dict:
         """One D step and one G+F step on ``batch``; returns the losses (detached 0-d tensors)."""

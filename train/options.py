@@ -1,8 +1,10 @@
 """Command-line options of ``qsattn-train``: CUT's flag names and defaults, plus the QS-Attn flags.
 
 Model-dependent defaults follow CUT (``--model cut``: nce_idt on, lambda_NCE 1; ``fastcut``: nce_idt
-off, lambda_NCE 10, flip equivariance, 150 + 50 epochs) and QS-Attn (``--model qs``: as CUT, with
-QS-Attn on ``--qs_layers``). ``--CUT_mode FastCUT`` and ``--QS_mode`` are accepted as in those repos.
+off, lambda_NCE 10, flip equivariance, 150 + 50 epochs; ``cycle_gan``: CUT's cycle_gan_model, whose
+flags lambda_A 10, lambda_B 10, lambda_identity 0.5 and pool_size 50 only it reads, and which leaves
+the base defaults as they are: no_dropout on, lsgan, 200 + 200 epochs) and QS-Attn (``--model qs``: as
+CUT, with QS-Attn on ``--qs_layers``). ``--CUT_mode FastCUT`` and ``--QS_mode`` are accepted as in those repos.
 ``--demo`` switches to a small synthetic run (see :data:`DEMO_DEFAULTS`); explicit flags still win.
 """
 from __future__ import annotations
@@ -14,6 +16,7 @@ MODEL_DEFAULTS = {
     "cut": dict(nce_idt=True, lambda_NCE=1.0),
     "fastcut": dict(nce_idt=False, lambda_NCE=10.0, flip_equivariance=True, n_epochs=150, n_epochs_decay=50),
     "qs": dict(nce_idt=True, lambda_NCE=1.0),
+    "cycle_gan": dict(),
 }
 
 # The README's demo: synthetic shapes -> striped shapes, 48x48 crops, small networks, QS-Attn (global),
@@ -45,6 +48,15 @@ def str2bool(v) -> bool:
     raise argparse.ArgumentTypeError(f"expected a boolean, got {v!r}")
 
 
+def _layer_list(parser, flag, text) -> list[int]:
+    """A comma list of layer indices (a usage error otherwise)."""
+    try:
+        return [int(i) for i in str(text).split(",") if i.strip()]
+    except ValueError:
+        parser.error(f"{flag}: expected comma-separated layer indices{' or all' if flag == '--qs_layers' else ''}, "
+                     f"got {text!r}")
+
+
 def _bool(parser, name, help, default=None):
     """``--name`` alone means true; ``--name false`` (yes/no, 1/0, ...) is accepted too."""
     parser.add_argument(name, type=str2bool, nargs="?", const=True, default=default, help=help)
@@ -53,7 +65,7 @@ def _bool(parser, name, help, default=None):
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="qsattn-train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-        description="Train CUT, FastCUT or CUT with QS-Attn (query-selected attention) for unpaired "
+        description="Train CUT, FastCUT, CUT with QS-Attn (query-selected attention) or CycleGAN for unpaired "
                     "image-to-image translation. Flags and defaults are those of CUT's train.py.")
     g = p.add_argument_group("run")
     g.add_argument("--demo", action="store_true",
@@ -68,7 +80,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="torch intra-op threads (0: torch's default); 1 is fastest for small runs on a busy machine")
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, choices=sorted(MODEL_DEFAULTS),
-                   help="cut: CUT (the default); fastcut: FastCUT; qs: CUT with QS-Attn on --qs_layers")
+                   help="cut: CUT (the default); fastcut: FastCUT; qs: CUT with QS-Attn on --qs_layers; "
+                        "cycle_gan: CycleGAN (CUT's cycle_gan_model)")
     g.add_argument("--CUT_mode", default=None, choices=["CUT", "cut", "FastCUT", "fastcut"],
                    help="CUT's spelling of --model cut / fastcut")
     g.add_argument("--input_nc", type=int, default=3, help="channels of input images")
@@ -104,7 +117,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("QS-Attn (--model qs)")
     g.add_argument("--qs_mode", "--QS_mode", default="global", choices=["global", "local", "local_global"],
                    help="attention for query selection and routing")
-    g.add_argument("--qs_layers", default="", help="NCE layers with QS-Attn, e.g. 12,16 (default: the last two)")
+    g.add_argument("--qs_layers", default="",
+                   help="NCE layers with QS-Attn, e.g. 12,16, or all (default: the last two)")
     g.add_argument("--qs_backend", default="auto", choices=["auto", "reference", "torch", "triton", "native"],
                    help="QS-Attn backend (auto: the fastest available, never reference)")
     g.add_argument("--qs_precision", default=None, choices=["ieee", "tf32x3", "tf32", "bf16"],
@@ -115,6 +129,13 @@ def build_parser() -> argparse.ArgumentParser:
     _bool(g, "--qs_detach_attention", "build the attention from detached source features: the source encoder "
           "gets no gradient through the attention rows (off: the paper's and the released code's semantics; "
           "on: a cheaper step, see the README)", default=False)
+    g = p.add_argument_group("CycleGAN (--model cycle_gan)")
+    g.add_argument("--lambda_A", type=float, default=10.0, help="weight of the cycle loss |G_B(G_A(A)) - A|")
+    g.add_argument("--lambda_B", type=float, default=10.0, help="weight of the cycle loss |G_A(G_B(B)) - B|")
+    g.add_argument("--lambda_identity", type=float, default=0.5,
+                   help="identity loss lambda_identity * (lambda_B |G_A(B) - B| + lambda_A |G_B(A) - A|); 0: none")
+    g.add_argument("--pool_size", type=int, default=50,
+                   help="past generated images each discriminator is shown from (0: only the current ones)")
     g = p.add_argument_group("data")
     g.add_argument("--dataset_mode", default="unaligned", choices=["unaligned", "synthetic"],
                    help="unaligned: trainA/trainB folders; synthetic: built-in shapes -> striped shapes")
@@ -155,7 +176,8 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_argument_group("evaluation (qsattn-eval's metrics on the test split during training)")
     g.add_argument("--eval_freq", type=int, default=0,
                    help="evaluate the test split every this many epochs and after the last (0: never); "
-                        "logs eval_log.jsonl and keeps the best epoch's G as best_net_G.pth")
+                        "logs eval_log.jsonl and keeps the best epoch's G as best_net_G.pth "
+                        "(cycle_gan: G_A as best_net_G_A.pth)")
     g.add_argument("--eval_metrics", default="auto",
                    help="comma list of fid, kid, swd, synthetic; auto: swd (+ synthetic on the synthetic "
                         "set) + fid,kid when Inception weights are found")
@@ -182,8 +204,9 @@ def parse(argv=None) -> argparse.Namespace:
     defaults["model"] = model
     parser.set_defaults(**defaults)
     opt = parser.parse_args(argv)
-    opt.nce_layers_list = [int(i) for i in str(opt.nce_layers).split(",") if i.strip()]
-    opt.qs_layers_list = [int(i) for i in str(opt.qs_layers).split(",") if i.strip()]
+    opt.nce_layers_list = _layer_list(parser, "--nce_layers", opt.nce_layers)
+    opt.qs_layers_list = (list(opt.nce_layers_list) if str(opt.qs_layers).strip() == "all"
+                          else _layer_list(parser, "--qs_layers", opt.qs_layers))
     bad = [i for i in opt.qs_layers_list if i not in opt.nce_layers_list]
     if bad:
         parser.error(f"--qs_layers {bad} are not among --nce_layers {opt.nce_layers}")
@@ -195,6 +218,10 @@ def parse(argv=None) -> argparse.Namespace:
     for name in ("batch_size", "crop_size", "load_size", "num_patches", "ngf", "ndf", "netF_nc", "max_dataset_size"):
         if getattr(opt, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(opt, name)}")
+    if opt.pool_size < 0 or min(opt.lambda_A, opt.lambda_B, opt.lambda_identity) < 0:
+        parser.error("--pool_size, --lambda_A, --lambda_B and --lambda_identity must be >= 0")
+    if opt.model == "cycle_gan" and opt.lambda_identity > 0 and opt.input_nc != opt.output_nc:
+        parser.error("--lambda_identity > 0 needs --input_nc == --output_nc (G_A(B) is compared with B)")
     if not opt.synthetic_period_scale > 0:
         parser.error(f"--synthetic_period_scale must be > 0, got {opt.synthetic_period_scale}")
     return opt

@@ -1,7 +1,7 @@
 """Sliced Wasserstein distance (SWD) between two image sets, the protocol of Karras et al. (ProGAN,
 2018) that the QS-Attn paper reports (Rabin et al.'s sliced Wasserstein on Laplacian-pyramid patches).
 
-For square images of side S (all the same; :mod:`.evaluate` resizes them), levels at resolutions
+For square images of side S (all the same; :mod:`.evaluation` resizes them), levels at resolutions
 S, S/2, ... down to 16: a Laplacian pyramid (5x5 binomial filter [1 4 6 4 1]^2 / 256, mirror borders,
 as ``cv2.pyrDown/pyrUp``; the last level is the low-pass image). From every image and level, 128
 random 7x7 neighbourhoods (centres drawn uniformly at least 3 px inside) are 3x7x7 = 147-dimensional

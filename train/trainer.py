@@ -1,20 +1,25 @@
 """``qsattn-train``: the training loop (CUT's train.py) with exact resume, SIGINT saving and DDP.
 
-Outputs under ``<checkpoints_dir>/<name>/``: ``{latest|<epoch>}_net_{G,F,D}.pth`` (CUT's files),
-``{latest|<epoch>}_state.pth`` (resume state), ``loss_log.jsonl`` (one JSON record per logged step),
-``loss_plot.png``, ``samples/*.png`` (rows: real A | fake B | real B | identity B), ``opt.json``;
+Outputs under ``<checkpoints_dir>/<name>/``: ``{latest|<epoch>}_net_{G,F,D}.pth`` (CUT's files; with
+``--model cycle_gan`` ``_net_{G_A,G_B,D_A,D_B}.pth``), ``{latest|<epoch>}_state.pth`` (resume state),
+``loss_log.jsonl`` (one JSON record per logged step), ``loss_plot.png``, ``samples/*.png`` (one row per
+image: real A | fake B | real B | identity B; cycle_gan: real A | fake B | rec A | idt B | real B |
+fake A | rec B | idt A), ``opt.json``;
 for ``--model qs`` ``selection_log.jsonl`` (per epoch: how QS-Attn's selection relates to the released
 code's ties, see :meth:`.model.CUTModel.selection_stats`); with
 ``--eval_freq N``: ``eval_log.jsonl`` (the test split's metrics every N epochs and after the last, see
-:class:`.evaluate.TestSetEvaluator`), ``samples/test_epoch<N>.png`` (the first 8 test translations),
-``eval_best.json`` and ``best_net_G.pth`` (the epoch with the lowest primary metric: papers report the
-best epoch, the last one is in the log); the last evaluation's numbers are printed at the end.
+:class:`.evaluation.TestSetEvaluator`), ``samples/test_epoch<N>.png`` (the first 8 test translations),
+``eval_best.json`` and ``best_net_G.pth`` (cycle_gan: ``best_net_G_A.pth``; the epoch with the lowest
+primary metric: papers report the best epoch, the last one is in the log); the last evaluation's
+numbers are printed at the end.
 
 Resume exactness: data order and augmentation depend only on (seed, epoch, position) (see
-:mod:`.data`); the learning rate only on the epoch; flips come from the model's generator and the
-random patch ids of netF from torch's global generator, which after initialisation serves nothing
-else; both generators' states, the optimisers, epoch and iteration are in the resume state. So on CPU
-the steps after ``--continue_train`` repeat those of an uninterrupted run bit for bit.
+:mod:`.data`); the learning rate only on the epoch; flips (cut/fastcut/qs) and the image pools' draws
+(cycle_gan) come from the model's generator and the random patch ids of netF from torch's global
+generator, which after initialisation serves nothing else; both generators' states, the pools' images,
+the optimisers, epoch and iteration are in the resume state. So on CPU the steps after
+``--continue_train`` repeat those of an uninterrupted run bit for bit (one process: the state is rank
+0's; other ranks reseed their generators from the step and start with empty pools).
 
 Several processes: ``torchrun --nproc_per_node N qsattn-train ...`` (gloo with ``--gpu_ids -1``, NCCL
 on GPUs; process i uses GPU ``gpu_ids[local_rank]``). Each process takes its share of every epoch;
@@ -33,7 +38,10 @@ import torch.distributed as dist
 
 from . import checkpoint as ckpt
 from .data import EpochSampler, SyntheticDataset, UnalignedDataset
-from .evaluate import TestSetEvaluator, jsonable
+from .device import pick_device
+from .evaluation import TestSetEvaluator, jsonable
+from .inception import InceptionUnavailable
+from .cycle_gan import CycleGANModel
 from .model import CUTModel
 from .options import parse
 from .viz import plot_losses, save_grid
@@ -44,18 +52,13 @@ EVAL_BEST = "eval_best.json"
 SELECTION_LOG = "selection_log.jsonl"
 
 
-def pick_device(gpu_ids: str, local_rank: int = 0) -> torch.device:
-    """``-1`` -> CPU (CUDA is never touched); otherwise the GPU ``ids[local_rank % len(ids)]``, made
-    current, with cuDNN autotuning on (CUT's networks have fixed shapes per run)."""
-    ids = [int(i) for i in str(gpu_ids).split(",") if i.strip()]
-    if not ids or ids[0] < 0:
-        return torch.device("cpu")
-    if not torch.cuda.is_available():
-        raise SystemExit(f"qsattn-train: --gpu_ids {gpu_ids} asks for a GPU but CUDA is not available; "
-                         "pass --gpu_ids -1 for CPU")
-    dev = torch.device("cuda", ids[local_rank % len(ids)])
-    torch.cuda.set_device(dev)
-    torch.backends.cudnn.benchmark = True
+def training_device(gpu_ids: str, local_rank: int = 0) -> torch.device:
+    """:func:`.device.pick_device` of ``--gpu_ids``; a GPU is made current, with cuDNN autotuning on (CUT's
+    networks have fixed shapes per run)."""
+    dev = pick_device(gpu_ids, local_rank)
+    if dev.type == "cuda":
+        torch.cuda.set_device(dev)
+        torch.backends.cudnn.benchmark = True
     return dev
 
 
@@ -65,6 +68,11 @@ def make_dataset(opt):
                                 opt.crop_size, opt.no_flip, opt.serial_batches, opt.synthetic_period_scale)
     return UnalignedDataset(opt.dataroot, opt.phase, opt.max_dataset_size, opt.preprocess, opt.load_size,
                             opt.crop_size, opt.no_flip, opt.serial_batches)
+
+
+def build_model(opt, device, world=1, rank=0):
+    """The model of ``--model``: :class:`.cycle_gan.CycleGANModel` or :class:`.model.CUTModel`."""
+    return (CycleGANModel if opt.model == "cycle_gan" else CUTModel)(opt, device, world, rank)
 
 
 def _rng_state(device):
@@ -87,9 +95,9 @@ class Trainer:
             torch.set_num_threads(opt.cpu_threads)
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
-        self.device = pick_device(opt.gpu_ids, int(os.environ.get("LOCAL_RANK", "0")))
+        self.device = training_device(opt.gpu_ids, int(os.environ.get("LOCAL_RANK", "0")))
         if opt.bf16 and self.device.type != "cuda":
-            raise SystemExit("qsattn-train: --bf16 needs a GPU (--gpu_ids >= 0)")
+            raise ValueError("--bf16 needs a GPU (--gpu_ids >= 0)")
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.save_dir = os.path.join(opt.checkpoints_dir, opt.name)
@@ -98,7 +106,7 @@ class Trainer:
             os.makedirs(os.path.join(self.save_dir, "samples"), exist_ok=True)
         self.dataset = make_dataset(opt)
         torch.manual_seed(opt.seed)
-        self.model = CUTModel(opt, self.device, self.world, self.rank)
+        self.model = build_model(opt, self.device, self.world, self.rank)
         if self.rank > 0:  # patch ids differ across processes, as their data do
             torch.manual_seed(opt.seed * 1_000_003 + self.rank)
         self.epoch, self.epoch_iter, self.step = opt.epoch_count, 0, 0
@@ -130,9 +138,10 @@ class Trainer:
         self.epoch, self.epoch_iter, self.step = state["epoch"], state["epoch_iter"], state["step"]
         if self.rank == 0:
             _set_rng_state(state["rng"], self.device)
+            self.model.load_resume_state(state)
         else:
             torch.manual_seed(opt.seed * 1_000_003 + self.rank + self.step)
-        self.model.gen.set_state(state["flip_rng"])
+            self.model.reseed(self.step)
 
     def save(self, which):
         """Write ``<which>_net_*.pth`` and ``<which>_state.pth`` (rank 0)."""
@@ -141,8 +150,8 @@ class Trainer:
         ckpt.save_networks(self.save_dir, which, self.model.nets)
         state = {"optimizers": {k: o.state_dict() for k, o in self.model.optimizers.items()},
                  "epoch": self.epoch, "epoch_iter": self.epoch_iter, "step": self.step,
-                 "rng": _rng_state(self.device), "flip_rng": self.model.gen.get_state(),
-                 "lr": self.model.optimizers["G"].param_groups[0]["lr"]}
+                 "rng": _rng_state(self.device), "lr": self.model.optimizers["G"].param_groups[0]["lr"],
+                 **self.model.resume_state()}
         ckpt.atomic_save(state, ckpt.state_path(self.save_dir, which))
 
     # ---- logs ----------------------------------------------------------------------------------
@@ -259,11 +268,13 @@ class Trainer:
             f.write(json.dumps(rec) + "\n")
 
     def evaluate(self, epoch):
-        """Rank 0: the test split's metrics after ``epoch``, appended to eval_log.jsonl; a new best (lowest
-        primary metric) rewrites eval_best.json and best_net_G.pth. Other ranks wait."""
+        """Rank 0: the test split's metrics after ``epoch`` (translated by the model's TRANSLATOR: G, or
+        G_A), appended to eval_log.jsonl; a new best (lowest primary metric) rewrites eval_best.json and
+        best_net_<TRANSLATOR>.pth. Other ranks wait."""
         if self.rank == 0:
             t0 = time.time()
-            numbers = self.evaluator.run(self.model.netG, self.model.autocast)
+            name = self.model.TRANSLATOR
+            numbers = self.evaluator.run(self.model.nets[name], self.model.autocast)
             primary = self.evaluator.primary
             rec = {"epoch": epoch, "step": self.step, "primary": primary, "seconds": round(time.time() - t0, 2),
                    "metrics": jsonable(numbers)}
@@ -271,7 +282,7 @@ class Trainer:
                 f.write(json.dumps(rec) + "\n")
             if self.best is None or numbers[primary] < self.best["metrics"][primary]:
                 self.best = rec
-                ckpt.save_networks(self.save_dir, "best", {"G": self.model.netG})
+                ckpt.save_networks(self.save_dir, "best", {name: self.model.nets[name]})
                 with open(os.path.join(self.save_dir, EVAL_BEST), "w") as f:
                     json.dump(rec, f, indent=1)
             self.last_eval = rec, os.path.join(self.save_dir, "samples", f"test_epoch{epoch:03d}.png")
@@ -329,7 +340,11 @@ class Trainer:
 
 def main(argv=None) -> int:
     opt = parse(argv)
-    trainer = Trainer(opt)
+    try:
+        trainer = Trainer(opt)
+    except (ValueError, FileNotFoundError, InceptionUnavailable) as e:   # what the options ask cannot run
+        print(f"qsattn-train: {e}", file=sys.stderr)
+        return 2
     try:
         return trainer.run()
     finally:

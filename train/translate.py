@@ -1,9 +1,11 @@
 """``qsattn-translate``: translate images with a generator checkpoint (ours or CUT's latest_net_G.pth).
 
-The architecture (ngf, number of residual blocks, anti-aliasing, norm) is read off the checkpoint's
-keys and shapes; no options file or ``testB`` folder is needed. Each input image is translated at its
-own size (rounded to a multiple of 4 with a bicubic resize, or at ``--load_size`` x ``--load_size``),
-resized back, and written to ``--output`` under the input's file name.
+``--checkpoint`` is a generator file or an experiment folder; in a folder, ``--direction`` picks
+CycleGAN's ``<epoch>_net_G_A.pth`` (AtoB, the default) or ``_G_B.pth`` (BtoA), else CUT's
+``<epoch>_net_G.pth`` (AtoB only). The architecture (ngf, number of residual blocks, anti-aliasing,
+norm) is read off the checkpoint's keys and shapes; no options file or ``testB`` folder is needed.
+Each input image is translated at its own size (rounded to a multiple of 4 with a bicubic resize, or at
+``--load_size`` x ``--load_size``), resized back, and written to ``--output`` under the input's file name.
 """
 from __future__ import annotations
 
@@ -15,10 +17,10 @@ import sys
 import torch
 from PIL import Image
 
-from .checkpoint import load_state_dict_file
+from .checkpoint import load_state_dict_file, net_path
 from .data import IMG_EXTENSIONS, list_images, load_image, resize_for, to_image, to_tensor
+from .device import pick_device
 from .networks import ResnetGenerator, get_norm_layer
-from .trainer import pick_device
 
 
 def generator_from_state_dict(sd: dict) -> ResnetGenerator:
@@ -41,6 +43,34 @@ def generator_from_state_dict(sd: dict) -> ResnetGenerator:
                 return net.eval()
     raise ValueError("checkpoint: keys/shapes match no ResNet generator (ngf "
                      f"{ngf}, {n_blocks} blocks, any anti-aliasing)")
+
+
+GENERATORS = {"AtoB": "G_A", "BtoA": "G_B"}  # CycleGAN's generator of each direction
+
+
+def resolve_checkpoint(path: str, direction: str | None = None, epoch="latest") -> str:
+    """The generator file to use. A folder: ``<epoch>_net_<G_A|G_B>.pth`` by ``direction`` (None:
+    AtoB) when present, else ``<epoch>_net_G.pth`` for AtoB. A file: itself; a ``direction`` that its
+    CycleGAN name (``*_net_G_A.pth`` / ``*_net_G_B.pth``) contradicts, or BtoA for any other file,
+    is an error."""
+    if os.path.isdir(path):
+        cycle, cut = (net_path(path, epoch, name) for name in (GENERATORS[direction or "AtoB"], "G"))
+        if os.path.isfile(cycle):
+            return cycle
+        if not os.path.isfile(cut):
+            raise FileNotFoundError(f"checkpoint: {path} has neither {os.path.basename(cycle)} nor "
+                                    f"{os.path.basename(cut)}")
+        if direction == "BtoA":
+            raise ValueError(f"checkpoint: {path} holds CUT's {os.path.basename(cut)}, which translates A to B "
+                             "only; --direction BtoA needs CycleGAN's _net_G_B.pth")
+        return cut
+    if direction is not None:
+        m = re.search(r"_net_(G_A|G_B)\.pth$", path)
+        if (m.group(1) if m else "G_A") != GENERATORS[direction]:  # any other generator file maps A to B
+            what = f"CycleGAN's {m.group(1)}" if m else "a generator for A to B"
+            raise ValueError(f"checkpoint: {path} is {what}, not the --direction {direction} generator "
+                             f"({GENERATORS[direction]}); pass that file or the experiment folder")
+    return path
 
 
 def collect_inputs(inputs) -> list[str]:
@@ -92,7 +122,11 @@ def translate(net, paths, output_dir, device, batch_size=1, load_size=None) -> l
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="qsattn-translate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="Translate images with a CUT / QS-Attn generator checkpoint.")
-    p.add_argument("--checkpoint", required=True, help="generator weights: *_net_G.pth (ours or CUT's)")
+    p.add_argument("--checkpoint", required=True,
+                   help="generator weights (*_net_G.pth, *_net_G_A.pth, ...; ours or CUT's) or an experiment folder")
+    p.add_argument("--direction", default=None, choices=sorted(GENERATORS),
+                   help="CycleGAN: AtoB uses G_A, BtoA G_B (picked in a folder, checked for a file; default AtoB)")
+    p.add_argument("--epoch", default="latest", help="in a folder: which checkpoint, latest or an epoch number")
     p.add_argument("--input", required=True, nargs="+", help="image files and/or folders of images")
     p.add_argument("--output", required=True, help="output folder (one file per input, same name)")
     p.add_argument("--gpu_ids", default="-1", help="GPU id, or -1 for CPU")
@@ -102,8 +136,12 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     if args.batch_size < 1:
         p.error(f"--batch_size must be >= 1, got {args.batch_size}")
-    device = pick_device(args.gpu_ids)
-    net = generator_from_state_dict(load_state_dict_file(args.checkpoint)).to(device)
+    try:
+        device = pick_device(args.gpu_ids)
+    except ValueError as e:
+        p.error(str(e))
+    net = generator_from_state_dict(load_state_dict_file(resolve_checkpoint(args.checkpoint, args.direction,
+                                                                            args.epoch))).to(device)
     written = translate(net, collect_inputs(args.input), args.output, device, args.batch_size, args.load_size)
     print(f"qsattn-translate: wrote {len(written)} images to {args.output}")
     return 0
