@@ -37,11 +37,11 @@ import torch
 import torch.distributed as dist
 
 from . import checkpoint as ckpt
+from .cycle_gan import CycleGANModel
 from .data import EpochSampler, SyntheticDataset, UnalignedDataset
 from .device import pick_device
 from .evaluation import TestSetEvaluator, jsonable
 from .inception import InceptionUnavailable
-from .cycle_gan import CycleGANModel
 from .model import CUTModel
 from .options import parse
 from .viz import plot_losses, save_grid
