@@ -1,6 +1,6 @@
-"""The synthetic-task study: CUT, FastCUT and QS-Attn variants over seeds, at one step budget.
+"""The synthetic-task study: CUT, FastCUT, QS-Attn variants and CycleGAN over seeds, at one step budget.
 
-    python benchmarks/study_synthetic.py                  # 6 configurations x 4 seeds x 1 760 steps (about 50 min on 2 cores)
+    python benchmarks/study_synthetic.py                  # 7 configurations x 4 seeds x 1 760 steps (about an hour on 2 cores)
     python benchmarks/study_synthetic.py --configs cut qs_global --seeds 0 --epochs 2   # a quick look
 
 Every run is ``qsattn-train --demo`` (the demo's data, networks and learning rate; ``--epochs`` 16 by
@@ -37,7 +37,7 @@ from bench_train_step import interleaved_times
 from report import environment
 from qsattn_fast.train import options
 from qsattn_fast.train.data import synthetic_pair
-from qsattn_fast.train.model import CUTModel
+from qsattn_fast.train.trainer import build_model
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = {
@@ -47,6 +47,7 @@ CONFIGS = {
     "qs_local": ["--model", "qs", "--qs_mode", "local"],
     "qs_local_global": ["--model", "qs", "--qs_mode", "local_global"],
     "qs_global_detached": ["--model", "qs", "--qs_mode", "global", "--qs_detach_attention"],
+    "cycle_gan": ["--model", "cycle_gan"],
 }
 MEASURES = (("stripe_energy", "higher is better, target >= 0.5"), ("background_error", "lower is better"),
             ("swd", "lower is better"))
@@ -139,7 +140,7 @@ def timed_steps(configs, args) -> dict:
     for c in configs:
         opt = options.parse(run_argv(c, 0, args))
         torch.manual_seed(0)
-        model = CUTModel(opt, "cpu")
+        model = build_model(opt, "cpu")
         pairs = [synthetic_pair(0, i, opt.crop_size) for i in range(opt.batch_size)]
         data = {"A": torch.stack([p[0] for p in pairs]), "B": torch.stack([p[1] for p in pairs])}
         fns[c] = lambda model=model, data=data: model.optimize(data)
