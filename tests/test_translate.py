@@ -78,7 +78,7 @@ def test_errors_name_the_input(tmp_path):
 
 def test_one_device_helper_reads_gpu_ids_and_device_names(monkeypatch):
     from qsattn_fast.train.device import pick_device
-    for spec in ("-1", " -1 ", "cpu", "-1,0"):
+    for spec in ("-1", " -1 ", "cpu", "-1,0", ""):
         assert pick_device(spec) == torch.device("cpu")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
     assert pick_device("auto") == torch.device("cpu")
