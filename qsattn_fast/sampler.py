@@ -41,8 +41,11 @@ def _init_weights(module: nn.Module, init_type: str, gain: float) -> None:
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
-    """CUT's ``Normalize(2)``: x / (||x||_2 + 1e-7) along dim 1."""
-    return x / (x.pow(2).sum(1, keepdim=True).sqrt() + 1e-7)
+    """CUT's ``Normalize(2)``: x / (||x||_2 + 1e-7) along dim 1. The norm's gradient at a zero row is
+    taken as 0 (``vector_norm``), so such a row gets the true Jacobian I / 1e-7; CUT's ``pow(0.5)`` gives
+    NaN there (0 * inf), which then poisons the MLP's weights: a patch whose features are all zero
+    (a dead ReLU region) is enough."""
+    return x / (torch.linalg.vector_norm(x, dim=1, keepdim=True) + 1e-7)
 
 
 class QSPatchSampler(nn.Module):

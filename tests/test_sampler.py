@@ -160,3 +160,20 @@ def test_detach_attention_keeps_only_the_value_gradients(mode):
         (routed,) = q.route(src[i].detach(), ids[i], [value], mode=route_mode, backend="torch")
         head(s_d, i, routed.flatten(0, 1)).sum().backward()
         assert rel_err(via_src_d[i], value.grad) < 1e-5 and rel_err(via_src[i], value.grad) > 1e-3
+
+
+def test_l2_normalize_has_the_true_gradient_at_a_zero_row():
+    """A zero row (a patch of dead features) gets the Jacobian I / 1e-7, not CUT's NaN; other rows are
+    CUT's Normalize(2), values and gradients."""
+    x = torch.randn(4, 6, dtype=torch.float64)
+    x[2] = 0
+    x.requires_grad_()
+    w = torch.randn(4, 6, dtype=torch.float64)
+    (g,) = torch.autograd.grad((l2_normalize(x) * w).sum(), x)
+    assert torch.isfinite(g).all() and rel_err(g[2], w[2] / 1e-7) < 1e-12
+    cut = lambda v: v / (v.pow(2).sum(1, keepdim=True).pow(0.5) + 1e-7)   # noqa: E731 (CUT's Normalize)
+    rows = [0, 1, 3]
+    (g_cut,) = torch.autograd.grad((cut(x[rows]) * w[rows]).sum(), x)
+    assert rel_err(l2_normalize(x)[rows], cut(x[rows])) < 1e-15 and rel_err(g[rows], g_cut[rows]) < 1e-12
+    (g_nan,) = torch.autograd.grad((cut(x) * w).sum(), x)
+    assert torch.isnan(g_nan[2]).all()                                    # what CUT's form gives

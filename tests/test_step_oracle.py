@@ -93,7 +93,9 @@ def _mlp(x, p, i):
 
 
 def _l2(x):
-    return x / (torch.sqrt((x * x).sum(1, keepdim=True)) + 1e-7)
+    """x / (||x|| + 1e-7); the clamp (1e-150 on the norm, far below 1e-7) keeps the derivative of a zero
+    row finite: there the true Jacobian is I / 1e-7."""
+    return x / (torch.sqrt((x * x).sum(1, keepdim=True).clamp_min(1e-300)) + 1e-7)
 
 
 def _window_gather(x, idx, window):
