@@ -81,7 +81,6 @@ class CycleGANModel(GANModel):
         self.netG_B = networks.define_G(opt.output_nc, opt.input_nc, *g).to(device)
         self.netD_A = networks.define_D(opt.output_nc, *d).to(device)
         self.netD_B = networks.define_D(opt.input_nc, *d).to(device)
-        self.criterionGAN = networks.GANLoss(opt.gan_mode)
         adam = dict(lr=opt.lr, betas=(opt.beta1, opt.beta2))
         self.optimizers = {"G": torch.optim.Adam([*self.netG_A.parameters(), *self.netG_B.parameters()], **adam),
                            "D": torch.optim.Adam([*self.netD_A.parameters(), *self.netD_B.parameters()], **adam)}
@@ -97,9 +96,6 @@ class CycleGANModel(GANModel):
         self.rec_A = self.netG_B(self.fake_B)
         self.fake_A = self.netG_B(self.real_B)
         self.rec_B = self.netG_A(self.fake_A)
-
-    def gan(self, net_d, x, real: bool):
-        return self.criterionGAN(net_d(x), real).mean()
 
     def compute_G_loss(self):
         opt = self.opt

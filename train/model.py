@@ -73,7 +73,7 @@ def textbook_entropy(feat: torch.Tensor, mode="global", window=7, block=256) -> 
 
 class GANModel:
     """What the models share: the options, ``device``, bfloat16 autocast, a per-process
-    ``torch.Generator`` for the step's own random draws (in the resume state), learning rates, inputs
+    ``torch.Generator`` for the step's own random draws (in the resume state), the GAN loss (:meth:`gan`), learning rates, inputs
     and gradient averaging over ``world`` processes. Subclasses build ``nets`` ({name: module}, the
     checkpoint file names) and ``optimizers`` ({"G": ..., "D": ...}), then call :meth:`_broadcast`.
     ``TRANSLATOR``: the net that maps the source domain to the target (evaluation, best_net_*)."""
@@ -85,6 +85,11 @@ class GANModel:
         self.gen = torch.Generator()
         self.reseed(0)
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if opt.bf16 else contextlib.nullcontext()
+        self.criterionGAN = networks.GANLoss(opt.gan_mode)
+
+    def gan(self, net_d, x, real: bool):
+        """``--gan_mode``'s loss of discriminator ``net_d`` on ``x`` against the label ``real``."""
+        return self.criterionGAN(net_d(x), real).mean()
 
     def reseed(self, step: int) -> None:
         """Seed ``gen`` from (seed, rank, step): a fresh process at step 0, or a rank > 0 on resume
@@ -146,7 +151,6 @@ class CUTModel(GANModel):
         with torch.no_grad():  # CUT's data-dependent init: netF's heads from the encoder's feature shapes
             probe = torch.zeros(1, opt.input_nc, opt.crop_size, opt.crop_size, device=device)
             self.netF.create_mlp(self.netG(probe, opt.nce_layers_list, encode_only=True))
-        self.criterionGAN = networks.GANLoss(opt.gan_mode)
         adam = dict(lr=opt.lr, betas=(opt.beta1, opt.beta2))
         self.optimizers = {"G": torch.optim.Adam(self.netG.parameters(), **adam),
                            "D": torch.optim.Adam(self.netD.parameters(), **adam)}
@@ -188,14 +192,14 @@ class CUTModel(GANModel):
         return total / len(feat_q)
 
     def compute_D_loss(self):
-        self.loss_D_fake = self.criterionGAN(self.netD(self.fake_B.detach()), False).mean()
-        self.loss_D_real = self.criterionGAN(self.netD(self.real_B), True).mean()
+        self.loss_D_fake = self.gan(self.netD, self.fake_B.detach(), False)
+        self.loss_D_real = self.gan(self.netD, self.real_B, True)
         return (self.loss_D_fake + self.loss_D_real) * 0.5
 
     def compute_G_loss(self):
         opt = self.opt
         zero = torch.zeros((), device=self.device)
-        self.loss_G_GAN = self.criterionGAN(self.netD(self.fake_B), True).mean() * opt.lambda_GAN \
+        self.loss_G_GAN = self.gan(self.netD, self.fake_B, True) * opt.lambda_GAN \
             if opt.lambda_GAN > 0 else zero
         self.loss_NCE = self.nce_loss(self.real_A, self.fake_B) if opt.lambda_NCE > 0 else zero
         nce_both = self.loss_NCE
