@@ -73,8 +73,8 @@ def textbook_entropy(feat: torch.Tensor, mode="global", window=7, block=256) -> 
 
 class GANModel:
     """What the models share: the options, ``device``, bfloat16 autocast, a per-process
-    ``torch.Generator`` for the step's own random draws (in the resume state), the GAN loss (:meth:`gan`), learning rates, inputs
-    and gradient averaging over ``world`` processes. Subclasses build ``nets`` ({name: module}, the
+    ``torch.Generator`` for the step's own random draws (in the resume state), the GAN loss
+    (:meth:`gan`), learning rates, inputs and gradient averaging over ``world`` processes. Subclasses build ``nets`` ({name: module}, the
     checkpoint file names) and ``optimizers`` ({"G": ..., "D": ...}), then call :meth:`_broadcast`.
     ``TRANSLATOR``: the net that maps the source domain to the target (evaluation, best_net_*)."""
 
