@@ -4,8 +4,11 @@
 
 #include <algorithm>
 
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__)
-#define QSATTN_CLONES __attribute__((target_clones("default", "arch=haswell", "arch=skylake-avx512")))
+// The clones name ISA levels, not CPU models: GCC dispatches "arch=haswell" on the CPU model
+// (__builtin_cpu_is), so AMD's AVX2 machines ran the SSE2 default; "arch=x86-64-v3" (AVX2 + FMA) and
+// "arch=x86-64-v4" (AVX-512) are checked by feature bits (GCC >= 12).
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12
+#define QSATTN_CLONES __attribute__((target_clones("default", "arch=x86-64-v3", "arch=x86-64-v4")))
 #else
 #define QSATTN_CLONES
 #endif
@@ -17,7 +20,8 @@ namespace qsattn {
 template <typename T>
 static inline __attribute__((always_inline)) void add_exp_terms(T d, T& r, T& t, T& c) {
   const bool top = d == T(0);
-  const T e = top ? T(0) : fast_exp(d, T(kEntropyExpMin));
+  const T x = fast_exp(d, T(kEntropyExpMin));  // computed on both arms: a select, which AVX2 vectorises
+  const T e = top ? T(0) : x;
   r += e;
   t += e * d;
   c += top ? T(1) : T(0);
@@ -75,6 +79,46 @@ QSATTN_CLONES void col_exp_sums(const float* s, int64_t nr, int64_t nc, const fl
 
 void col_exp_sums(const double* s, int64_t nr, int64_t nc, const double* m, double* rr, double* tt, double* cc) {
   col_exp_sums_impl(s, nr, nc, m, rr, tt, cc);
+}
+
+template <typename T, int C>
+static inline __attribute__((always_inline)) void small_logits_c(const T* a, const T* b, int64_t ld, int64_t nr,
+                                                                 int64_t nc, T* s) {
+  for (int64_t i = 0; i < nr; ++i) {
+    T* row = s + i * nc;
+    T ai[C];
+    for (int c = 0; c < C; ++c) ai[c] = a[c * ld + i];
+#pragma omp simd
+    for (int64_t j = 0; j < nc; ++j) {
+      T acc = ai[0] * b[j];
+      for (int c = 1; c < C; ++c) acc += ai[c] * b[c * ld + j];
+      row[j] = acc;
+    }
+  }
+}
+
+template <typename T>
+static inline __attribute__((always_inline)) void small_logits_impl(const T* a, const T* b, int64_t ld, int64_t C,
+                                                                    int64_t nr, int64_t nc, T* s) {
+  switch (C) {
+    case 1: return small_logits_c<T, 1>(a, b, ld, nr, nc, s);
+    case 2: return small_logits_c<T, 2>(a, b, ld, nr, nc, s);
+    case 3: return small_logits_c<T, 3>(a, b, ld, nr, nc, s);
+    case 4: return small_logits_c<T, 4>(a, b, ld, nr, nc, s);
+    case 5: return small_logits_c<T, 5>(a, b, ld, nr, nc, s);
+    case 6: return small_logits_c<T, 6>(a, b, ld, nr, nc, s);
+    case 7: return small_logits_c<T, 7>(a, b, ld, nr, nc, s);
+    default: return small_logits_c<T, 8>(a, b, ld, nr, nc, s);
+  }
+}
+
+QSATTN_CLONES void small_logits(const float* a, const float* b, int64_t ld, int64_t C, int64_t nr, int64_t nc,
+                                float* s) {
+  small_logits_impl(a, b, ld, C, nr, nc, s);
+}
+
+void small_logits(const double* a, const double* b, int64_t ld, int64_t C, int64_t nr, int64_t nc, double* s) {
+  small_logits_impl(a, b, ld, C, nr, nc, s);
 }
 
 template <typename T>

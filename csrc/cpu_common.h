@@ -70,6 +70,12 @@ void col_max(const double* s, int64_t nr, int64_t nc, double* m);
 void col_exp_sums(const float* s, int64_t nr, int64_t nc, const float* m, float* rr, float* tt, float* cc);
 void col_exp_sums(const double* s, int64_t nr, int64_t nc, const double* m, double* rr, double* tt, double* cc);
 
+// The nr x nc logit tile s = a b^T (row-major) of C-channel features stored channel-major: a(i, c) =
+// a[c * ld + i], b(j, c) = b[c * ld + j]. Channels are summed in order with FMAs vectorised along the
+// columns: for the few channels of an image-level map, where sgemm's K = C is too short for its peak.
+void small_logits(const float* a, const float* b, int64_t ld, int64_t C, int64_t nr, int64_t nc, float* s);
+void small_logits(const double* a, const double* b, int64_t ld, int64_t C, int64_t nr, int64_t nc, double* s);
+
 // s_j <- e^{s_j - m} in place (attention rows of the routing kernels); returns sum_j s_j.
 float exp_shift(float* s, int64_t n, float m);
 double exp_shift(double* s, int64_t n, double m);

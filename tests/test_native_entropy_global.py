@@ -2,7 +2,8 @@
 to 1e-12 relative, peaked rows, thread-count independence. The kernel forms only the TS x TS tiles
 I <= J of the symmetric logits and serves the rows of J from the columns of S_IJ: the shapes cover one
 ragged tile (N < TS), N not a multiple of TS, N exactly 2 and 3 tiles, several images, and N > 32
-tiles (superblocks of 2 x 2 tiles)."""
+tiles (superblocks of 2 x 2 tiles). Up to SMALL_C channels the tiles come from small_logits, beyond from
+sgemm: both paths are covered over several tiles."""
 import pytest
 import torch
 
@@ -13,13 +14,16 @@ from conftest import features, rel_err
 
 pytestmark = pytest.mark.skipif(native.LOAD_ERROR is not None, reason=str(native.LOAD_ERROR))
 
-TS = 384   # the kernel's tile edge (csrc/entropy_global_cpu.cpp)
+TS = 384      # the kernel's tile edge (csrc/entropy_global_cpu.cpp)
+SMALL_C = 8   # its largest channel count for small_logits instead of sgemm
 
 SHAPES = [(1, 8, 7, 9), (2, 5, 6, 11), (3, 3, 5, 5),
           (1, 3, 23, 29),   # N = 667: 2 tiles, the second ragged
           (2, 4, 24, 32),   # N = 768: exactly 2 tiles, 2 images
           (1, 5, 32, 36),   # N = 1152: exactly 3 tiles
-          (3, 2, 27, 41)]   # N = 1107: 3 tiles, 3 images
+          (3, 2, 27, 41),   # N = 1107: 3 tiles, 3 images
+          (2, 12, 23, 29),  # N = 667, C > SMALL_C: sgemm tiles
+          (1, 9, 32, 36)]   # N = 1152, C = SMALL_C + 1
 
 
 @pytest.mark.parametrize("B,C,H,W", SHAPES)
@@ -31,6 +35,14 @@ def test_against_reference(B, C, H, W, dtype, tol, scale):
     ref = q.attention_entropy(x.double(), "global", backend="reference")
     assert got.dtype == dtype and got.shape == (B, H * W)
     assert rel_err(got, ref) < tol
+
+
+@pytest.mark.parametrize("C", range(1, SMALL_C + 2))
+def test_every_channel_count_of_small_logits(C):
+    """small_logits has one unrolled body per channel count up to SMALL_C (N = 437: 2 tiles)."""
+    x = features(1, C, 19, 23, torch.float64)
+    assert rel_err(q.attention_entropy(x, "global", backend="native"),
+                   q.attention_entropy(x, "global", backend="reference")) < 1e-12
 
 
 def test_peaked_rows_keep_fp32_accuracy():
@@ -85,10 +97,11 @@ def test_transposed_view_equals_contiguous_rows():
     assert torch.equal(torch.ops.qsattn.entropy_global(f), torch.ops.qsattn.entropy_global(f.contiguous()))
 
 
-def test_result_does_not_depend_on_thread_count():
+@pytest.mark.parametrize("C", [5, SMALL_C + 4])
+def test_result_does_not_depend_on_thread_count(C):
     """Each row's partial states are merged in a fixed order, whatever thread formed them (N = 1100:
-    3 tiles, 6 tasks per image)."""
-    f = features(2, 5, 25, 44).flatten(2).transpose(1, 2)
+    3 tiles, 6 tasks per image), with tiles from small_logits and from sgemm."""
+    f = features(2, C, 25, 44).flatten(2).transpose(1, 2)
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
