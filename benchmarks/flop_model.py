@@ -11,6 +11,12 @@ of C_v channels in all:
   (the logits recomputed, dV = P^T dO, dP = dO V^T, dQ = dS K, dK = dS^T Q);
 * qsattn: entropy in the selection mode (local for local_global) plus route in the routing mode
   (global for local_global).
+
+``qsattn_floor`` is the work a step cannot avoid, for the time floor of the reports: the matrix products
+that must be formed (the global entropy's logits S = F F^T are symmetric, so only half of them: N (N + 1)
+dot products of C, i.e. about N^2 C FLOPs) and the exponentials (every logit of the entropy once per row
+it belongs to, N m; each routed row's m logits once forward and once more in the backward's recompute).
+A step takes at least the larger of the products at the matmul rate and the exponentials at the exp rate.
 """
 from __future__ import annotations
 
@@ -40,3 +46,15 @@ def qsattn_flops(mode: str, C: int, N: int, k: int, cv: int, B: int = 1, window:
     route_mode = "local" if mode == "local" else "global"
     return (entropy_flops(select_mode, C, N, B, window)
             + route_flops(route_mode, C, N, k, cv, B, window, backward))
+
+
+def qsattn_floor(mode: str, C: int, N: int, k: int, cv: int, B: int = 1, window: int = 7,
+                 backward: bool = False) -> tuple[int, int]:
+    """(FLOPs of the products that must be formed, exponentials) of the whole step in ``mode``."""
+    select_mode = "global" if mode == "global" else "local"
+    route_mode = "local" if mode == "local" else "global"
+    m_sel, m_route = _attended(select_mode, N, window), _attended(route_mode, N, window)
+    products = (B * N * (N + 1) * C if select_mode == "global" else entropy_flops("local", C, N, B, window))
+    products += route_flops(route_mode, C, N, k, cv, B, window, backward)
+    exps = B * N * m_sel + B * k * m_route * (2 if backward else 1)
+    return products, exps

@@ -1,12 +1,12 @@
 """Measure every available backend across shapes: forward and forward+backward time, extra peak memory,
-achieved GFLOP/s, and the time over the floor set by the step's matrix-product FLOPs at the dense fp32
-matmul rate measured in the same run. Writes JSON (device, versions, commit, raw numbers) and prints a
-table.
+achieved GFLOP/s, and the time over the step's floor: the larger of the matrix products it must form at
+the dense fp32 matmul rate and its exponentials at the rate of ``torch.exp``, both measured in the same
+run (``flop_model.qsattn_floor``). Writes JSON (device, versions, commit, raw numbers) and prints a table.
 
 The floor ratio is reported two ways, because this machine's speed drifts by up to 1.7x within minutes:
-"paired", the median over the timed steps of (step time / floor at the matmul rate measured right after
-that step, in the same process), and in brackets against the best matmul rate of the whole run (best of
-9 products before and after all runs), the conservative reading.
+"paired", the median over the timed steps of (step time / floor at the rates measured right after that
+step, in the same process), and in brackets against the best rates of the whole run (best of 9 before and
+after all runs), the conservative reading.
 
     python benchmarks/report.py                     # the default CPU list (minutes)
     python benchmarks/report.py --quick             # two small shapes, a smoke run
@@ -30,7 +30,7 @@ import subprocess
 import sys
 import time
 
-from flop_model import qsattn_flops
+from flop_model import qsattn_floor, qsattn_flops
 
 DEFAULT_SHAPES = [f"global:64:{s * s}:1" for s in (32, 48, 64, 96, 128)] + ["global:256:4096:1",
                                                                              "local:256:4096:1"]
@@ -73,14 +73,16 @@ def worker(cfg: dict) -> dict:
     x, t = make(cfg["C"], cfg["H"], cfg["W"])
     with PeakMemory(dev) as mem:
         step(x, t, cfg["k"])
-    times, rates = [], []
+    times, rates, exp_rates = [], [], []
     deadline = time.perf_counter() + cfg["budget_s"]
     while len(times) < cfg["repeats"] and (len(times) < 2 or time.perf_counter() < deadline):
         t0 = time.perf_counter()
         step(x, t, cfg["k"])
         times.append(time.perf_counter() - t0)
-        rates.append(matmul_gflops(cfg["device"], repeats=1))   # the dense rate right after this step
-    return dict(peak_extra_bytes=mem.extra_bytes, times_s=times, matmul_gflops_paired=rates)
+        rates.append(matmul_gflops(cfg["device"], repeats=1))   # the rates right after this step
+        exp_rates.append(exp_gexps(cfg["device"], repeats=1))
+    return dict(peak_extra_bytes=mem.extra_bytes, times_s=times, matmul_gflops_paired=rates,
+                exp_gexps_paired=exp_rates)
 
 
 def matmul_gflops(device: str, repeats: int = 9) -> float:
@@ -99,6 +101,25 @@ def matmul_gflops(device: str, repeats: int = 9) -> float:
             torch.cuda.synchronize()
         times.append(time.perf_counter() - t0)
     return 2 * n ** 3 / min(times[1:]) / 1e9
+
+
+def exp_gexps(device: str, repeats: int = 9) -> float:
+    """The fp32 exponential rate of ``torch.exp`` on this device, measured now (G exp/s, best of
+    ``repeats`` over 2^24 elements on CPU, 2^28 on CUDA, written in place of a second buffer)."""
+    import torch
+    n = 2 ** 28 if device == "cuda" else 2 ** 24
+    x = torch.randn(n, device=device)
+    y = torch.empty_like(x)
+    times = []
+    for _ in range(repeats + 1):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        torch.exp(x, out=y)
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return n / min(times[1:]) / 1e9
 
 
 # ---------------------------------------------------------------- driver
@@ -122,6 +143,11 @@ def environment(device: str) -> dict:
                 python=platform.python_version(), torch=torch.__version__, numpy=numpy.__version__,
                 qsattn_fast=qsattn_fast.__version__, commit=commit, dirty=dirty,
                 date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
+
+
+def floor_s(res: dict, gflops: float, gexps: float) -> float:
+    """The step's floor in seconds at these rates: the larger of its products and its exponentials."""
+    return max(res["floor_products_flop"] / (gflops * 1e9), res["floor_exps"] / (gexps * 1e9))
 
 
 def run_one(cfg: dict) -> dict:
@@ -157,7 +183,7 @@ def main(argv=None) -> int:
     names = args.backends or [n for n, be in q.backends().items()
                               if not be.why_not(Request("qsattn", device, torch.float32, "global"))]
     env = environment(device)
-    rate_before = matmul_gflops(device)
+    rate_before, exp_before = matmul_gflops(device), exp_gexps(device)
     rows = []
     total = len(shapes) * len(names) * 2
     for shape in shapes:
@@ -169,14 +195,17 @@ def main(argv=None) -> int:
                       f"{name} {'fwd+bwd' if backward else 'fwd'}", file=sys.stderr, flush=True)
                 res = run_one(cfg)
                 if "times_s" in res:
-                    work = qsattn_flops(shape["mode"], shape["C"], shape["N"], cfg["k"], 2 * shape["C"],
-                                        shape["B"], backward=backward)   # values [x, t]
+                    dims = (shape["mode"], shape["C"], shape["N"], cfg["k"], 2 * shape["C"], shape["B"])  # [x, t]
+                    work = qsattn_flops(*dims, backward=backward)
+                    res["floor_products_flop"], res["floor_exps"] = qsattn_floor(*dims, backward=backward)
                     res["median_s"] = statistics.median(res["times_s"])
                     res["gflops"] = work / res["median_s"] / 1e9
                     res["floor_ratio_paired"] = statistics.median(
-                        t * r * 1e9 / work for t, r in zip(res["times_s"], res["matmul_gflops_paired"]))
+                        t / floor_s(res, r, e)
+                        for t, r, e in zip(res["times_s"], res["matmul_gflops_paired"], res["exp_gexps_paired"]))
                 rows.append(dict(cfg, **res))
     env["matmul_fp32_gflops"] = max(rate_before, matmul_gflops(device))   # measured before and after
+    env["exp_fp32_gexps"] = max(exp_before, exp_gexps(device))
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                    f"report-{device}-{env['date'][:10]}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)
@@ -190,12 +219,13 @@ def main(argv=None) -> int:
 def table(rows: list[dict], env: dict) -> str:
     """Markdown table: one line per (shape, backend) with fwd and fwd+bwd time, peak and speed-up."""
     ref = {(r["mode"], r["C"], r["N"], r["B"], r["backward"]): r for r in rows if r["backend"] == "reference"}
+    mm, ex = env["matmul_fp32_gflops"], env["exp_fp32_gexps"]
     lines = [f"{env['device_name']} ({env['torch_threads']} threads), torch {env['torch']}, "
-             f"fp32 matmul {env['matmul_fp32_gflops']:.0f} GFLOP/s, commit {env['commit'][:10]}",
+             f"fp32 matmul {mm:.0f} GFLOP/s, torch.exp {ex:.2f} G/s, commit {env['commit'][:10]}",
              "",
              "| mode | C | N | B | backend | fwd ms | fwd+bwd ms | extra peak MB (fwd+bwd) | GFLOP/s | "
-             "time / matmul floor: paired (best) | vs reference (time, memory) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|"]
+             "floor ms: products, exps | time / floor: paired (best) | vs reference (time, memory) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     by_key = {}
     for r in rows:
         by_key.setdefault((r["mode"], r["C"], r["N"], r["B"], r["backend"]), {})[r["backward"]] = r
@@ -212,7 +242,8 @@ def table(rows: list[dict], env: dict) -> str:
                 vs += f", memory {both['peak_extra_bytes'] / base['peak_extra_bytes']:.3f}x"
         lines.append(f"| {mode} | {C} | {N} | {B} | {name} | {fwd['median_s'] * 1e3:.1f} | {both['median_s'] * 1e3:.1f} "
                      f"| {both['peak_extra_bytes'] / 2**20:.1f} | {both['gflops']:.1f} "
-                     f"| {both['floor_ratio_paired']:.2f} ({env['matmul_fp32_gflops'] / both['gflops']:.2f}) | {vs} |")
+                     f"| {both['floor_products_flop'] / mm / 1e6:.2f}, {both['floor_exps'] / ex / 1e6:.2f} "
+                     f"| {both['floor_ratio_paired']:.2f} ({both['median_s'] / floor_s(both, mm, ex):.2f}) | {vs} |")
     return "\n".join(lines)
 
 

@@ -1,11 +1,13 @@
 """benchmarks/flop_model.py against torch's FLOP counter on independent compositions: the reference
 entropies, the torch backend's local routing (plain PyTorch) and a dense global routing written here;
-backward adds the logits that the kernels recompute (2 B k m C) to what autograd multiplies."""
+backward adds the logits that the kernels recompute (2 B k m C) to what autograd multiplies. The floor
+model's exponentials against the softmax elements of the same compositions."""
 import importlib.util
 import os
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 import qsattn_fast as q
@@ -50,3 +52,40 @@ def test_flop_model_counts_the_products_of_the_math(B, C, H, W, k, window):
         fm.entropy_flops("local", C, N, B, window) + fm.route_flops("global", C, N, k, cv, B, window))
     with pytest.raises(ValueError, match="mode"):
         fm.entropy_flops("local_global", C, N)
+
+
+class SoftmaxElements(TorchDispatchMode):
+    """Counts the elements entering softmax: the exponentials of a composition."""
+
+    def __init__(self):
+        super().__init__()
+        self.n = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func in (torch.ops.aten._softmax.default, torch.ops.aten._log_softmax.default):
+            self.n += args[0].numel()
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("mode", ["global", "local", "local_global"])
+def test_floor_counts_the_exponentials_and_half_the_global_logits(mode):
+    B, C, H, W, k, window = 2, 3, 5, 7, 6, 3
+    N, cv = H * W, C + 2
+    x = torch.randn(B, C, H, W, dtype=torch.float64)
+    idx = torch.stack([torch.randperm(N)[:k] for _ in range(B)])
+    select_mode, route_mode = ("global", "global") if mode == "global" else ("local", "local" if mode == "local"
+                                                                              else "global")
+    with SoftmaxElements() as sm:
+        q.attention_entropy(x, select_mode, window, backend="reference")
+        if route_mode == "local":
+            q.route(x, idx, [x], "local", window, backend="torch")
+        else:
+            dense_global_route(x, idx, [x])
+    products, exps = fm.qsattn_floor(mode, C, N, k, cv, B, window)
+    products_bwd, exps_bwd = fm.qsattn_floor(mode, C, N, k, cv, B, window, backward=True)
+    m = N if route_mode == "global" else window * window
+    assert exps == sm.n and exps_bwd == exps + B * k * m        # the backward recomputes the routed rows
+    entropy = fm.entropy_flops(select_mode, C, N, B, window)
+    formed = (entropy + 2 * B * N * C) // 2 if select_mode == "global" else entropy   # S_ij, i <= j only
+    assert products == formed + fm.route_flops(route_mode, C, N, k, cv, B, window)
+    assert products_bwd == formed + fm.route_flops(route_mode, C, N, k, cv, B, window, backward=True)
