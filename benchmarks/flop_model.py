@@ -48,13 +48,18 @@ def qsattn_flops(mode: str, C: int, N: int, k: int, cv: int, B: int = 1, window:
             + route_flops(route_mode, C, N, k, cv, B, window, backward))
 
 
+def entropy_floor(mode: str, C: int, N: int, B: int = 1, window: int = 7) -> tuple[int, int]:
+    """(FLOPs of the products that must be formed, exponentials) of the row entropies in ``mode``."""
+    products = B * N * (N + 1) * C if mode == "global" else entropy_flops("local", C, N, B, window)
+    return products, B * N * _attended(mode, N, window)
+
+
 def qsattn_floor(mode: str, C: int, N: int, k: int, cv: int, B: int = 1, window: int = 7,
                  backward: bool = False) -> tuple[int, int]:
     """(FLOPs of the products that must be formed, exponentials) of the whole step in ``mode``."""
     select_mode = "global" if mode == "global" else "local"
     route_mode = "local" if mode == "local" else "global"
-    m_sel, m_route = _attended(select_mode, N, window), _attended(route_mode, N, window)
-    products = (B * N * (N + 1) * C if select_mode == "global" else entropy_flops("local", C, N, B, window))
+    products, exps = entropy_floor(select_mode, C, N, B, window)
     products += route_flops(route_mode, C, N, k, cv, B, window, backward)
-    exps = B * N * m_sel + B * k * m_route * (2 if backward else 1)
+    exps += B * k * _attended(route_mode, N, window) * (2 if backward else 1)
     return products, exps

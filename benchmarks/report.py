@@ -11,12 +11,15 @@ after all runs), the conservative reading.
     python benchmarks/report.py                     # the default CPU list (minutes)
     python benchmarks/report.py --quick             # two small shapes, a smoke run
     python benchmarks/report.py --shapes global:64:4096:1 local:256:4096:1 --backends torch reference
+    python benchmarks/report.py --op entropy --shapes global:3:68644:1 global:128:65536:1 --backends native
 
 Each (shape, backend, pass) runs in a fresh subprocess; its extra peak memory is that of the first step
 once the inputs exist (``qsattn_fast._memory.PeakMemory``: on CPU the rise of the reset resident-set
 high-water mark, on CUDA of ``max_memory_allocated``). The work measured is one QS-Attn step
 as CUT+QS-Attn runs it: ``query_selected_attention(x, [x, t], k)`` (select on the source, route source
 and target), and for forward+backward a weighted sum of both routed outputs backpropagated to x and t.
+With ``--op entropy`` it is the selection's entropies of x alone (forward only): the floor is then the
+entropy's own, and "G exp/s" its exponentials over its time.
 """
 from __future__ import annotations
 
@@ -30,7 +33,7 @@ import subprocess
 import sys
 import time
 
-from flop_model import qsattn_floor, qsattn_flops
+from flop_model import entropy_floor, entropy_flops, qsattn_floor, qsattn_flops
 
 DEFAULT_SHAPES = [f"global:64:{s * s}:1" for s in (32, 48, 64, 96, 128)] + ["global:256:4096:1",
                                                                              "local:256:4096:1"]
@@ -61,6 +64,9 @@ def worker(cfg: dict) -> dict:
         return x, t
 
     def step(x, t, k):
+        if cfg.get("op") == "entropy":
+            q.attention_entropy(x, cfg["mode"], backend=cfg["backend"], check_finite=False)
+            return
         _, (a, b) = q.query_selected_attention(x, [x, t], k=k, mode=cfg["mode"], backend=cfg["backend"],
                                                check_finite=False)
         if cfg["backward"]:
@@ -164,6 +170,8 @@ def main(argv=None) -> int:
     ap.add_argument("--quick", action="store_true", help="two small shapes, for a smoke run")
     ap.add_argument("--backends", nargs="+", help="default: every registered backend available here")
     ap.add_argument("--device", default=None, help="cpu or cuda (default: cuda if available)")
+    ap.add_argument("--op", default="qsattn", choices=["qsattn", "entropy"],
+                    help="the whole QS-Attn step (default) or the selection's entropies alone")
     ap.add_argument("--k", type=int, default=256)
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--budget", type=float, default=20.0, help="seconds per measurement after 2 repeats")
@@ -181,23 +189,26 @@ def main(argv=None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     shapes = args.shapes or [parse_shape(s) for s in (QUICK_SHAPES if args.quick else DEFAULT_SHAPES)]
     names = args.backends or [n for n, be in q.backends().items()
-                              if not be.why_not(Request("qsattn", device, torch.float32, "global"))]
+                              if not be.why_not(Request(args.op, device, torch.float32, "global"))]
     env = environment(device)
     rate_before, exp_before = matmul_gflops(device), exp_gexps(device)
     rows = []
-    total = len(shapes) * len(names) * 2
+    passes = (False,) if args.op == "entropy" else (False, True)
+    total = len(shapes) * len(names) * len(passes)
     for shape in shapes:
         for name in names:
-            for backward in (False, True):
-                cfg = dict(shape, backend=name, device=device, backward=backward, k=min(args.k, shape["N"]),
-                           repeats=args.repeats, budget_s=args.budget)
+            for backward in passes:
+                cfg = dict(shape, op=args.op, backend=name, device=device, backward=backward,
+                           k=min(args.k, shape["N"]), repeats=args.repeats, budget_s=args.budget)
                 print(f"[{len(rows) + 1}/{total}] {shape['mode']} C={shape['C']} N={shape['N']} B={shape['B']} "
                       f"{name} {'fwd+bwd' if backward else 'fwd'}", file=sys.stderr, flush=True)
                 res = run_one(cfg)
                 if "times_s" in res:
                     dims = (shape["mode"], shape["C"], shape["N"], cfg["k"], 2 * shape["C"], shape["B"])  # [x, t]
-                    work = qsattn_flops(*dims, backward=backward)
-                    res["floor_products_flop"], res["floor_exps"] = qsattn_floor(*dims, backward=backward)
+                    work, floor = qsattn_flops(*dims, backward=backward), qsattn_floor(*dims, backward=backward)
+                    if args.op == "entropy":
+                        work, floor = entropy_flops(*dims[:3], dims[5]), entropy_floor(*dims[:3], dims[5])
+                    res["floor_products_flop"], res["floor_exps"] = floor
                     res["median_s"] = statistics.median(res["times_s"])
                     res["gflops"] = work / res["median_s"] / 1e9
                     res["floor_ratio_paired"] = statistics.median(
@@ -217,33 +228,36 @@ def main(argv=None) -> int:
 
 
 def table(rows: list[dict], env: dict) -> str:
-    """Markdown table: one line per (shape, backend) with fwd and fwd+bwd time, peak and speed-up."""
+    """Markdown table: one line per (shape, backend) with fwd and fwd+bwd time, peak, rates, floor and
+    speed-up; the columns after the times describe fwd+bwd (fwd alone with ``--op entropy``)."""
     ref = {(r["mode"], r["C"], r["N"], r["B"], r["backward"]): r for r in rows if r["backend"] == "reference"}
     mm, ex = env["matmul_fp32_gflops"], env["exp_fp32_gexps"]
     lines = [f"{env['device_name']} ({env['torch_threads']} threads), torch {env['torch']}, "
              f"fp32 matmul {mm:.0f} GFLOP/s, torch.exp {ex:.2f} G/s, commit {env['commit'][:10]}",
              "",
-             "| mode | C | N | B | backend | fwd ms | fwd+bwd ms | extra peak MB (fwd+bwd) | GFLOP/s | "
+             "| mode | C | N | B | backend | fwd ms | fwd+bwd ms | extra peak MB | GFLOP/s | G exp/s | "
              "floor ms: products, exps | time / floor: paired (best) | vs reference (time, memory) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     by_key = {}
     for r in rows:
         by_key.setdefault((r["mode"], r["C"], r["N"], r["B"], r["backend"]), {})[r["backward"]] = r
     for (mode, C, N, B, name), pair in by_key.items():
-        fwd, both = pair.get(False, {}), pair.get(True, {})
-        if "error" in both or "error" in fwd:
-            lines.append(f"| {mode} | {C} | {N} | {B} | {name} | error: {both.get('error') or fwd.get('error')} |")
+        fwd, main = pair.get(False, {}), pair.get(True, pair.get(False, {}))
+        if "error" in main or "error" in fwd:
+            lines.append(f"| {mode} | {C} | {N} | {B} | {name} | error: {main.get('error') or fwd.get('error')} |")
             continue
-        base = ref.get((mode, C, N, B, True))
+        base = ref.get((mode, C, N, B, main["backward"]))
         vs = ""
         if base and name != "reference" and "median_s" in base:
-            vs = f"speed-up {base['median_s'] / both['median_s']:.1f}x"
+            vs = f"speed-up {base['median_s'] / main['median_s']:.1f}x"
             if base["peak_extra_bytes"] >= 2**20:                 # below 1 MiB the RSS reading is noise
-                vs += f", memory {both['peak_extra_bytes'] / base['peak_extra_bytes']:.3f}x"
-        lines.append(f"| {mode} | {C} | {N} | {B} | {name} | {fwd['median_s'] * 1e3:.1f} | {both['median_s'] * 1e3:.1f} "
-                     f"| {both['peak_extra_bytes'] / 2**20:.1f} | {both['gflops']:.1f} "
-                     f"| {both['floor_products_flop'] / mm / 1e6:.2f}, {both['floor_exps'] / ex / 1e6:.2f} "
-                     f"| {both['floor_ratio_paired']:.2f} ({both['median_s'] / floor_s(both, mm, ex):.2f}) | {vs} |")
+                vs += f", memory {main['peak_extra_bytes'] / base['peak_extra_bytes']:.3f}x"
+        both = f"{main['median_s'] * 1e3:.1f}" if main["backward"] else "-"
+        lines.append(f"| {mode} | {C} | {N} | {B} | {name} | {fwd['median_s'] * 1e3:.1f} | {both} "
+                     f"| {main['peak_extra_bytes'] / 2**20:.1f} | {main['gflops']:.1f} "
+                     f"| {main['floor_exps'] / main['median_s'] / 1e9:.2f} "
+                     f"| {main['floor_products_flop'] / mm / 1e6:.2f}, {main['floor_exps'] / ex / 1e6:.2f} "
+                     f"| {main['floor_ratio_paired']:.2f} ({main['median_s'] / floor_s(main, mm, ex):.2f}) | {vs} |")
     return "\n".join(lines)
 
 
