@@ -35,14 +35,14 @@ TRITON_PRECISIONS = (None, "ieee", "tf32", "bf16")           # None: the default
 KERNELS = {
     "native": {"entropy_global": ("qsattn::entropy_global",),
                "entropy_local": ("qsattn::entropy_local",),
-               "select": ("qsattn::select_topk",),
+               "select": ("qsattn::select",),
                "route_global": ("qsattn::route_global", "qsattn::route_global_backward"),
                "route_local": ("qsattn::route_local", "qsattn::route_local_backward")},
-    "triton": {"entropy_global": ("qsattn_fast::triton_entropy_global",),
-               "entropy_local": ("qsattn_fast::triton_entropy_local",),
-               "select": ("qsattn_fast::triton_select",),
-               "route_global": ("qsattn_fast::triton_route_global", "qsattn_fast::triton_route_global_backward"),
-               "route_local": ("qsattn_fast::triton_route_local", "qsattn_fast::triton_route_local_backward")},
+    "triton": {"entropy_global": ("qsattn::triton_entropy_global",),
+               "entropy_local": ("qsattn::triton_entropy_local",),
+               "select": ("qsattn::triton_select",),
+               "route_global": ("qsattn::triton_route_global", "qsattn::triton_route_global_backward"),
+               "route_local": ("qsattn::triton_route_local", "qsattn::triton_route_local_backward")},
 }
 #: query_selected_attention per mode: (entropy, routing) ops, as Backend.qsattn composes them.
 STEPS = {"qsattn_global": ("entropy_global", "route_global"), "qsattn_local": ("entropy_local", "route_local"),
@@ -92,13 +92,13 @@ CASES = _cases()
 
 
 def registered_ops(root: str = ROOT) -> list[str]:
-    """Every operator the sources register: ``qsattn::*`` (csrc/ops.cpp) and ``qsattn_fast::triton_*``
+    """Every operator the sources register: ``qsattn::*`` (csrc/ops.cpp) and ``qsattn::triton_*``
     (kernels/*.py), so that coverage is checked against the code, not against a copy of its list."""
     with open(os.path.join(root, "csrc", "ops.cpp")) as fh:
         ops = [f"qsattn::{name}" for name in re.findall(r'm\.def\("(\w+)\(', fh.read())]
     for path in sorted(glob.glob(os.path.join(root, "kernels", "*.py"))):
         with open(path) as fh:
-            ops += re.findall(r'custom_op\("(qsattn_fast::\w+)"', fh.read())
+            ops += re.findall(r'custom_op\("(qsattn::\w+)"', fh.read())
     return ops
 
 

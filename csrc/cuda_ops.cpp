@@ -60,7 +60,7 @@ at::Tensor entropy_local_cuda(const at::Tensor& f_, int64_t H, int64_t W, int64_
   return out;
 }
 
-at::Tensor select_topk_cuda(const at::Tensor& e_, int64_t k) {
+at::Tensor select_cuda(const at::Tensor& e_, int64_t k) {
   check_float_input(e_, "entropy", 2);
   check_cuda_float(e_, "entropy");
   TORCH_CHECK(k >= 1 && k <= e_.size(1), "k: must lie in [1, N = ", e_.size(1), "], got ", k);
@@ -68,8 +68,8 @@ at::Tensor select_topk_cuda(const at::Tensor& e_, int64_t k) {
   const at::Tensor e = e_.contiguous();
   const int B = i32(e.size(0), "B"), kk = i32(k, "k");
   at::Tensor out = at::empty({e.size(0), k}, e.options().dtype(at::kLong));
-  at::Tensor ws = at::empty({static_cast<int64_t>(cuda::select_topk_workspace(B, kk))}, e.options().dtype(at::kByte));
-  launched(cuda::select_topk(e.data_ptr<float>(), B, i32(e.size(1), "N"), kk, out.data_ptr<int64_t>(),
+  at::Tensor ws = at::empty({static_cast<int64_t>(cuda::select_workspace(B, kk))}, e.options().dtype(at::kByte));
+  launched(cuda::select(e.data_ptr<float>(), B, i32(e.size(1), "N"), kk, out.data_ptr<int64_t>(),
                              ws.data_ptr(), current_stream()));
   return out;
 }
@@ -177,7 +177,7 @@ std::tuple<at::Tensor, at::Tensor> route_local_backward_cuda(const at::Tensor& f
 TORCH_LIBRARY_IMPL(qsattn, CUDA, m) {
   m.impl("entropy_global", &entropy_global_cuda);
   m.impl("entropy_local", &entropy_local_cuda);
-  m.impl("select_topk", &select_topk_cuda);
+  m.impl("select", &select_cuda);
   m.impl("route_global", &route_global_cuda);
   m.impl("route_global_backward", &route_global_backward_cuda);
   m.impl("route_local", &route_local_cuda);

@@ -11,7 +11,7 @@ TORCH_LIBRARY(qsattn, m) {
   // (B, N) entropy of the softmax over each zero-padded window x window neighbourhood.
   m.def("entropy_local(Tensor f, int H, int W, int window) -> Tensor");
   // (B, k) int64: argsort(entropy, stable=True)[:, :k].
-  m.def("select_topk(Tensor entropy, int k) -> Tensor");
+  m.def("select(Tensor entropy, int k) -> Tensor");
   // out_i = softmax(f[idx] f^T) v_i (B, k, C_i) for every value map v_i (B, N, C_i), routed by the
   // same attention rows, and the row log-sum-exps (B, k).
   m.def("route_global(Tensor f, Tensor idx, Tensor[] v) -> (Tensor[], Tensor)");

@@ -17,9 +17,9 @@ int entropy_global(const float* f, int B, int N, int C, float* out, void* stream
 // out (B, N): entropy over each zero-padded window x window neighbourhood (window <= 15).
 int entropy_local(const float* f, int B, int H, int W, int C, int window, float* out, void* stream);
 
-// out (B, k) int64: argsort(e, stable=True)[:, :k]; needs select_topk_workspace(B, k) bytes.
-std::size_t select_topk_workspace(int B, int k);
-int select_topk(const float* e, int B, int N, int k, int64_t* out, void* workspace, void* stream);
+// out (B, k) int64: argsort(e, stable=True)[:, :k]; needs select_workspace(B, k) bytes.
+std::size_t select_workspace(int B, int k);
+int select(const float* e, int B, int N, int k, int64_t* out, void* workspace, void* stream);
 
 // out (B, k, Cv) = softmax(f[idx] f^T) v and lse (B, k); needs route_global_workspace(N) bytes.
 std::size_t route_global_workspace(int N, int k);

@@ -56,7 +56,7 @@ def _entropy_global_kernel(x_ptr, out_ptr, N, C, sxb, sxc, sxn,
     tl.store(out_ptr + b.to(tl.int64) * N + rm, h, mask=rm < N)
 
 
-@torch.library.custom_op("qsattn_fast::triton_entropy_global", mutates_args=())
+@torch.library.custom_op("qsattn::triton_entropy_global", mutates_args=())
 def entropy_global(feat: torch.Tensor, precision: str | None = None) -> torch.Tensor:
     """feat (B, C, H, W) -> (B, H*W): entropy of every row of softmax(F F^T); float32 (float64 for
     float64). ``precision`` (fp32 inputs): None (tf32x3), "ieee", "tf32x3", "tf32", "bf16"."""

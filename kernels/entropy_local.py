@@ -42,7 +42,7 @@ def _entropy_local_kernel(x_ptr, out_ptr, C, H, W, sxb, sxc, sxn,
     tl.store(out_ptr + b.to(tl.int64) * N + pos, log1p(rest) - t / (1.0 + rest), mask=live)
 
 
-@torch.library.custom_op("qsattn_fast::triton_entropy_local", mutates_args=())
+@torch.library.custom_op("qsattn::triton_entropy_local", mutates_args=())
 def entropy_local(feat: torch.Tensor, window: int) -> torch.Tensor:
     """feat (B, C, H, W), odd window -> (B, H*W) local entropies, float32 (float64 for float64)."""
     B, C, H, W = feat.shape

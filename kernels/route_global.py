@@ -165,7 +165,7 @@ def _tiles(kernel, N, C, K, CV):
     return {name: block(extents[name], 16, cap(name)) for name in t}, 4 if INTERPRET else 8
 
 
-@torch.library.custom_op("qsattn_fast::triton_route_global", mutates_args=())
+@torch.library.custom_op("qsattn::triton_route_global", mutates_args=())
 def route_global(feat: torch.Tensor, idx: torch.Tensor, v: torch.Tensor,
                  precision: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """feat (B, C, H, W), idx (B, k) int64, v (B, C_v, H, W) -> out = softmax(F[idx] F^T) V (B, k, C_v)
@@ -192,7 +192,7 @@ def _(feat, idx, v, precision=None):
             feat.new_empty(B, K, dtype=acc_dtype(feat.dtype)))
 
 
-@torch.library.custom_op("qsattn_fast::triton_route_global_backward", mutates_args=())
+@torch.library.custom_op("qsattn::triton_route_global_backward", mutates_args=())
 def route_global_backward(feat: torch.Tensor, idx: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
                           lse: torch.Tensor, grad_out: torch.Tensor,
                           precision: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:

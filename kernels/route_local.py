@@ -78,7 +78,7 @@ def _launch(feat, idx, v, window):
     return (triton.cdiv(K, bp), B), x, vv, args, dict(WINDOW=window, W2P=w2p, BP=bp)
 
 
-@torch.library.custom_op("qsattn_fast::triton_route_local", mutates_args=())
+@torch.library.custom_op("qsattn::triton_route_local", mutates_args=())
 def route_local(feat: torch.Tensor, idx: torch.Tensor, v: torch.Tensor,
                 window: int) -> tuple[torch.Tensor, torch.Tensor]:
     """feat (B, C, H, W), idx (B, k), v (B, C_v, H, W) -> out (B, k, C_v) in v's dtype and the local
@@ -98,7 +98,7 @@ def _(feat, idx, v, window):
     return v.new_empty(B, K, v.shape[1]), feat.new_empty(B, K, w2p, dtype=acc_dtype(feat.dtype))
 
 
-@torch.library.custom_op("qsattn_fast::triton_route_local_backward", mutates_args=())
+@torch.library.custom_op("qsattn::triton_route_local_backward", mutates_args=())
 def route_local_backward(feat: torch.Tensor, idx: torch.Tensor, v: torch.Tensor, attn: torch.Tensor,
                          grad_out: torch.Tensor, window: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Gradients of ``route_local`` w.r.t. feat and v from the saved weights ``attn``."""

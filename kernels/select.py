@@ -62,7 +62,7 @@ def _select_kernel(e_ptr, vals_ptr, idx_ptr, N, k, BLOCK: tl.constexpr):
         eq_seen += tl.sum(eq.to(tl.int32), 0)
 
 
-@torch.library.custom_op("qsattn_fast::triton_select", mutates_args=())
+@torch.library.custom_op("qsattn::triton_select", mutates_args=())
 def select(entropy: torch.Tensor, k: int) -> torch.Tensor:
     """entropy (B, N) float16/bfloat16/float32 -> (B, k) int64, equal to argsort(stable=True)[:, :k]."""
     e = entropy.float().contiguous()

@@ -47,7 +47,7 @@ def _register_python_side() -> None:
     def _(f, H, W, window):
         return f.new_empty(f.shape[:2])
 
-    @torch.library.register_fake(lib + "select_topk")
+    @torch.library.register_fake(lib + "select")
     def _(entropy, k):
         return entropy.new_empty(entropy.shape[0], k, dtype=torch.int64)
 
@@ -127,7 +127,7 @@ class NativeBackend(Backend):
         return torch.ops.qsattn.entropy_local(f.contiguous(), feat.shape[2], feat.shape[3], window)
 
     def select(self, entropy, k):
-        return torch.ops.qsattn.select_topk(entropy.to(compute_dtype(entropy.dtype)), k)
+        return torch.ops.qsattn.select(entropy.to(compute_dtype(entropy.dtype)), k)
 
     def route(self, feat, idx, values, mode, window, precision, variant):
         cd = compute_dtype(feat.dtype)

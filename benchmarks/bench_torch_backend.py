@@ -1,7 +1,7 @@
 """pytest-benchmark: the streaming ``torch`` backend against ``reference`` on CPU, per op and for the
 whole QS-Attn step (forward+backward), at a few small global and local sizes.
 
-    python -m pytest benchmarks/bench_streaming.py --benchmark-group-by=param:shape,func
+    python -m pytest benchmarks/bench_torch_backend.py --benchmark-group-by=param:shape,func
 """
 import pytest
 import torch

@@ -1,4 +1,4 @@
-// CUDA kernel of qsattn::select_topk: one block of 1024 threads per image. The floats become
+// CUDA kernel of qsattn::select: one block of 1024 threads per image. The floats become
 // order-preserving 32-bit keys (every NaN the largest key, as argsort puts NaN last); a radix select of
 // four 8-bit digits finds the k-th smallest key K; a block scan in index order then keeps the keys < K
 // and the lowest-index keys == K (the stable tie-break), k survivors, which are finally placed by their
@@ -114,11 +114,11 @@ __global__ void __launch_bounds__(THREADS) select_kernel(const float* __restrict
 
 }  // namespace
 
-std::size_t select_topk_workspace(int B, int k) {
+std::size_t select_workspace(int B, int k) {
   return static_cast<std::size_t>(B) * k * (sizeof(uint32_t) + sizeof(int));
 }
 
-int select_topk(const float* e, int B, int N, int k, int64_t* out, void* workspace, void* stream) {
+int select(const float* e, int B, int N, int k, int64_t* out, void* workspace, void* stream) {
   if (k < 1 || k > N) return static_cast<int>(cudaErrorInvalidValue);
   if (B == 0) return 0;
   uint32_t* skey = static_cast<uint32_t*>(workspace);

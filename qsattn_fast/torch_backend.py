@@ -7,7 +7,7 @@ attention rows from it. Local mode works on the window x window neighbourhoods d
 shifted product per offset; routing: gathers the neighbourhoods of the selected positions only). Half
 inputs are computed in float32.
 
-The global ops and the local entropy are registered with ``torch.library`` (``qsattn_fast::torch_*``)
+The global ops and the local entropy are registered with ``torch.library`` (``qsattn::torch_*``)
 so that ``torch.compile`` treats them as opaque calls instead of unrolling the block loops; the local
 routing is plain differentiable PyTorch.
 """
@@ -39,7 +39,7 @@ def _entropy_of_logits(s: Tensor, dim: int = -1) -> Tensor:
     return torch.log1p(rest).sub_(t.div_(rest.add_(1.0)))
 
 
-@torch.library.custom_op("qsattn_fast::torch_entropy_global", mutates_args=())
+@torch.library.custom_op("qsattn::torch_entropy_global", mutates_args=())
 def entropy_global(f: Tensor) -> Tensor:
     """f (B, N, C) -> (B, N): entropy of each row of softmax(f f^T), float32 (float64 for float64)."""
     cd = compute_dtype(f.dtype)
@@ -58,7 +58,7 @@ def _(f):
     return f.new_empty(f.shape[:2], dtype=compute_dtype(f.dtype))
 
 
-@torch.library.custom_op("qsattn_fast::torch_entropy_local", mutates_args=())
+@torch.library.custom_op("qsattn::torch_entropy_local", mutates_args=())
 def entropy_local(feat: Tensor, window: int) -> Tensor:
     """feat (B, C, H, W) -> (B, H*W): entropy of the softmax over each zero-padded window x window
     neighbourhood, float32 (float64 for float64). Memory O(window^2 * N)."""
@@ -78,7 +78,7 @@ def _(feat, window):
     return feat.new_empty(B, H * W, dtype=compute_dtype(feat.dtype))
 
 
-@torch.library.custom_op("qsattn_fast::torch_route_global", mutates_args=())
+@torch.library.custom_op("qsattn::torch_route_global", mutates_args=())
 def route_global(f: Tensor, idx: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
     """f (B, N, C), idx (B, k), v (B, N, C_v) -> out = softmax(f[idx] f^T) v (B, k, C_v) in v's dtype,
     and lse (B, k), the log-sum-exp of each attention row (float32; float64 for float64)."""
@@ -107,7 +107,7 @@ def _(f, idx, v):
     return v.new_empty(B, k, v.shape[2]), f.new_empty(B, k, dtype=compute_dtype(f.dtype))
 
 
-@torch.library.custom_op("qsattn_fast::torch_route_global_backward", mutates_args=())
+@torch.library.custom_op("qsattn::torch_route_global_backward", mutates_args=())
 def route_global_backward(f: Tensor, idx: Tensor, v: Tensor, out: Tensor, lse: Tensor,
                           grad_out: Tensor) -> tuple[Tensor, Tensor]:
     """Gradients of ``route_global`` w.r.t. f and v, recomputing P = exp(f[idx] f^T - lse) by blocks:

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 import qsattn_fast as q
-from qsattn_fast import streaming
+from qsattn_fast import torch_backend
 
 from conftest import assert_valid_selection, features, rel_err
 
@@ -18,7 +18,7 @@ SHAPES = [(1, 8, 7, 9), (2, 5, 6, 11), (3, 3, 5, 5)]      # N = 63, 66, 25: odd,
 def block(monkeypatch):
     """A block of 97 attention entries (a few rows, a ragged last block); the default block runs in
     tests/test_conformance.py."""
-    monkeypatch.setattr(streaming, "BLOCK_ELEMS", 97)
+    monkeypatch.setattr(torch_backend, "BLOCK_ELEMS", 97)
 
 
 @pytest.mark.parametrize("mode", ["global", "local"])
@@ -107,12 +107,12 @@ def test_opcheck_registered_ops():
     f = torch.randn(2, 13, 5, dtype=torch.float64, requires_grad=True)
     v = torch.randn(2, 13, 3, dtype=torch.float64, requires_grad=True)
     idx = torch.stack([torch.randperm(13)[:4], torch.randperm(13)[:4]])
-    out, lse = streaming.route_global(f, idx, v)
+    out, lse = torch_backend.route_global(f, idx, v)
     samples = [
-        (streaming.route_global, (f, idx, v)),
-        (streaming.route_global_backward, (f.detach(), idx, v.detach(), out.detach(), lse.detach(), torch.randn_like(out))),
-        (streaming.entropy_global, (f.detach(),)),
-        (streaming.entropy_local, (torch.randn(2, 3, 4, 5), 3)),
+        (torch_backend.route_global, (f, idx, v)),
+        (torch_backend.route_global_backward, (f.detach(), idx, v.detach(), out.detach(), lse.detach(), torch.randn_like(out))),
+        (torch_backend.entropy_global, (f.detach(),)),
+        (torch_backend.entropy_local, (torch.randn(2, 3, 4, 5), 3)),
     ]
     for op, args in samples:
         torch.library.opcheck(op, args)

@@ -1,4 +1,4 @@
-// CPU kernel of qsattn::select_topk: per image the k smallest entropies ascending, ties broken by the
+// CPU kernel of qsattn::select: per image the k smallest entropies ascending, ties broken by the
 // lower index, NaN last (exactly argsort(stable=True)[:, :k]). nth_element on indices ordered by
 // (value, index) moves the k smallest to the front in O(N); only those k are then sorted.
 #include <torch/library.h>
@@ -34,17 +34,17 @@ void select_kernel(const at::Tensor& e, int64_t k, at::Tensor& out) {
   }
 }
 
-at::Tensor select_topk_cpu(const at::Tensor& e_, int64_t k) {
+at::Tensor select_cpu(const at::Tensor& e_, int64_t k) {
   check_float_input(e_, "entropy", 2);
   TORCH_CHECK(k >= 1 && k <= e_.size(1), "k: must lie in [1, N = ", e_.size(1), "], got ", k);
   const at::Tensor e = e_.contiguous();
   at::Tensor out = at::empty({e.size(0), k}, e.options().dtype(at::kLong));
-  AT_DISPATCH_FLOATING_TYPES(e.scalar_type(), "select_topk_cpu", [&] { select_kernel<scalar_t>(e, k, out); });
+  AT_DISPATCH_FLOATING_TYPES(e.scalar_type(), "select_cpu", [&] { select_kernel<scalar_t>(e, k, out); });
   return out;
 }
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(qsattn, CPU, m) { m.impl("select_topk", &select_topk_cpu); }
+TORCH_LIBRARY_IMPL(qsattn, CPU, m) { m.impl("select", &select_cpu); }
 
 }  // namespace qsattn
