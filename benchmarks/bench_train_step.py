@@ -88,7 +88,8 @@ def run_ops(calls, backward=False, autocast=contextlib.nullcontext()):
     gradient of every routed output (ones) w.r.t. the inputs that need one."""
     with autocast:
         outs = [o for f, values, kw in calls for o in q.query_selected_attention(f, values, **kw)[1]]
-    if backward:
+    if backward:   # outputs without a graph (e.g. layer 0's routed source, the image itself) add nothing
+        outs = [o for o in outs if o.requires_grad]
         inputs = list({id(t): t for f, values, _ in calls for t in (f, *values) if t.requires_grad}.values())
         torch.autograd.grad(outs, inputs, [torch.ones_like(o) for o in outs])
 

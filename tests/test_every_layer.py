@@ -48,9 +48,23 @@ def test_all_five_layers_through_the_sampler(backend, mode, B, crop):
         grads = torch.autograd.grad(sum((p * p).sum() for p in pooled), feats)
         out[be] = (pooled, ids, grads)
     (p_ref, i_ref, g_ref), (p, i, g) = out["reference"], out[backend]
-    assert all(torch.equal(a, b) for a, b in zip(i, i_ref))
+    # Layer 0 is the reflection-padded image: a border pixel and its mirror are equal rows with equal
+    # entropies, which two backends may order differently by an ulp. So selections are compared by the
+    # rows they pick, and layer 0's gradient where the generator receives it, folded back through the pad.
+    assert all(torch.equal(picked(f, a), picked(f, b)) for f, a, b in zip(feats, i, i_ref))
     assert all(rel_err(a, b) < 1e-9 for a, b in zip(p, p_ref))
-    assert all(rel_err(a, b) < 1e-8 for a, b in zip(g, g_ref))
+    assert all(rel_err(a, b) < 1e-8 for a, b in zip([unpad(g[0]), *g[1:]], [unpad(g_ref[0]), *g_ref[1:]]))
+
+
+def picked(f, idx):
+    """The rows (B, k, C) of map f (B, C, H, W) at positions idx (B, k)."""
+    return f.flatten(2).transpose(1, 2).gather(1, idx[..., None].expand(-1, -1, f.shape[1]))
+
+
+def unpad(g, pad=3):
+    """A gradient w.r.t. the reflection-padded image, as the image receives it (mirrored pixels summed)."""
+    x = torch.zeros(*g.shape[:2], g.shape[2] - 2 * pad, g.shape[3] - 2 * pad, dtype=g.dtype, requires_grad=True)
+    return torch.autograd.grad(torch.nn.functional.pad(x, (pad,) * 4, mode="reflect"), x, g)[0]
 
 
 _PEAK = """

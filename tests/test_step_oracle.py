@@ -12,6 +12,7 @@ for validity against the oracle's own entropies, and the oracle's gradients once
 finite differences. On torch 2.13.0 CPU the B=1 steps of cut, fastcut and qs on the torch and
 reference backends failed this before the norm layers were made layout-safe (README, "Known PyTorch
 issues")."""
+import functools
 import math
 
 import pytest
@@ -352,7 +353,10 @@ def test_float32_step_matches_float64_oracle(argv):
 
 def test_oracle_against_finite_differences():
     """The oracle's float64 gradients equal central differences of its own losses on a few parameters
-    of G (at several depths), F and D, in a QS step with an identity term."""
+    of G (at several depths), F and D, in a QS step with an identity term, or one of the one-sided
+    differences: where a ReLU input lies within the step's reach of 0 (CI drew one at 7e-9 in netF, so
+    that G's weights had right and left derivatives -51.84 and -51.96), the central difference averages
+    two slopes, and autograd's is the one on its side of the kink."""
     model, before, d_after, draws, _, _, data = run_step(["--model", "qs", "--qs_backend", "torch"], 1)
     oracle, out, want, p, pD_after = oracle_step(model, before, d_after, draws, data)
     A, B = data["A"].double(), data["B"].double()
@@ -365,14 +369,15 @@ def test_oracle_against_finite_differences():
         j = int(torch.randint(0, flat.numel(), (1,), generator=gen))
         which = "loss_D" if net == "D" else "G"
         vals = []
-        for sign in (1, -1):
+        for delta in (eps, 0.0, -eps):
             q = {n: {k: v.detach().clone() for k, v in ps.items()} for n, ps in p.items()}
-            q[net][name].view(-1)[j] += sign * eps
+            q[net][name].view(-1)[j] += delta
             with torch.no_grad():
                 vals.append(float(oracle.losses(q["G"], q["F"], q["D"], pD_after, A, B, out["keys"])[which]))
-        fd = (vals[0] - vals[1]) / (2 * eps)
+        central, right, left = (vals[0] - vals[2]) / (2 * eps), (vals[0] - vals[1]) / eps, (vals[1] - vals[2]) / eps
         g = float(want[net][name].flatten()[j])
-        assert math.isclose(fd, g, rel_tol=1e-4, abs_tol=1e-5), (net, name, j, fd, g)
+        close = functools.partial(math.isclose, g, rel_tol=1e-4, abs_tol=1e-5)
+        assert close(central) or close(left) or close(right), (net, name, j, central, left, right, g)
 
 
 # ---- CycleGAN -------------------------------------------------------------------------------------
