@@ -108,7 +108,8 @@ static inline __attribute__((always_inline)) void small_logits_impl(const T* a, 
     case 5: return small_logits_c<T, 5>(a, b, ld, nr, nc, s);
     case 6: return small_logits_c<T, 6>(a, b, ld, nr, nc, s);
     case 7: return small_logits_c<T, 7>(a, b, ld, nr, nc, s);
-    default: return small_logits_c<T, 8>(a, b, ld, nr, nc, s);
+    case 8: return small_logits_c<T, 8>(a, b, ld, nr, nc, s);
+    default: TORCH_CHECK(false, "small_logits: C=", C, " channels, at most 8");
   }
 }
 

@@ -71,8 +71,8 @@ void col_exp_sums(const float* s, int64_t nr, int64_t nc, const float* m, float*
 void col_exp_sums(const double* s, int64_t nr, int64_t nc, const double* m, double* rr, double* tt, double* cc);
 
 // The nr x nc logit tile s = a b^T (row-major) of C-channel features stored channel-major: a(i, c) =
-// a[c * ld + i], b(j, c) = b[c * ld + j]. Channels are summed in order with FMAs vectorised along the
-// columns: for the few channels of an image-level map, where sgemm's K = C is too short for its peak.
+// a[c * ld + i], b(j, c) = b[c * ld + j], 1 <= C <= 8. Channels are summed in order with FMAs vectorised
+// along the columns: for the few channels of an image-level map, where sgemm's K = C is too short for its peak.
 void small_logits(const float* a, const float* b, int64_t ld, int64_t C, int64_t nr, int64_t nc, float* s);
 void small_logits(const double* a, const double* b, int64_t ld, int64_t C, int64_t nr, int64_t nc, double* s);
 
