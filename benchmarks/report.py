@@ -91,22 +91,28 @@ def worker(cfg: dict) -> dict:
                 exp_gexps_paired=exp_rates)
 
 
+def best_seconds(fn, device: str, repeats: int) -> float:
+    """The shortest of ``repeats`` timed calls of ``fn`` after one warm-up (device-synchronised)."""
+    import torch
+    times = []
+    for _ in range(repeats + 1):
+        if device == "cuda":
+            torch.cuda.synchronize()
+        t0 = time.perf_counter()
+        fn()
+        if device == "cuda":
+            torch.cuda.synchronize()
+        times.append(time.perf_counter() - t0)
+    return min(times[1:])
+
+
 def matmul_gflops(device: str, repeats: int = 9) -> float:
     """The dense fp32 matrix-product rate of this device, measured now (GFLOP/s, best of ``repeats``
     products of n x n matrices, n = 2048 on CPU, 8192 on CUDA, after one warm-up)."""
     import torch
     n = 8192 if device == "cuda" else 2048
     a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    times = []
-    for _ in range(repeats + 1):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        a @ b
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return 2 * n ** 3 / min(times[1:]) / 1e9
+    return 2 * n ** 3 / best_seconds(lambda: a @ b, device, repeats) / 1e9
 
 
 def exp_gexps(device: str, repeats: int = 9) -> float:
@@ -116,16 +122,7 @@ def exp_gexps(device: str, repeats: int = 9) -> float:
     n = 2 ** 28 if device == "cuda" else 2 ** 24
     x = torch.randn(n, device=device)
     y = torch.empty_like(x)
-    times = []
-    for _ in range(repeats + 1):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        torch.exp(x, out=y)
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return n / min(times[1:]) / 1e9
+    return n / best_seconds(lambda: torch.exp(x, out=y), device, repeats) / 1e9
 
 
 # ---------------------------------------------------------------- driver
