@@ -19,6 +19,7 @@ def block(monkeypatch):
     """A block of 97 attention entries (a few rows, a ragged last block); the default block runs in
     tests/test_conformance.py."""
     monkeypatch.setattr(torch_backend, "BLOCK_ELEMS", 97)
+    monkeypatch.setattr(torch_backend, "MIN_ROWS", 1)
 
 
 @pytest.mark.parametrize("mode", ["global", "local"])
