@@ -82,24 +82,26 @@ def _(feat, window):
 
 
 @torch.library.custom_op("qsattn::torch_route_global", mutates_args=())
-def route_global(f: Tensor, idx: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
-    """f (B, N, C), idx (B, k), v (B, N, C_v) -> out = softmax(f[idx] f^T) v (B, k, C_v) in v's dtype,
-    and lse (B, k), the log-sum-exp of each attention row (float32; float64 for float64)."""
+def route_global(f: Tensor, idx: Tensor, v: list[Tensor]) -> tuple[list[Tensor], Tensor]:
+    """f (B, N, C), idx (B, k), values v_i (B, N, C_i) -> out_i = softmax(f[idx] f^T) v_i (B, k, C_i) in
+    v_i's dtype, every value routed by the same attention rows, and lse (B, k), the log-sum-exp of each
+    attention row (float32; float64 for float64). The signature of qsattn::route_global (csrc/ops.cpp)."""
     cd = compute_dtype(f.dtype)
     B, N, _ = f.shape
     k = idx.shape[1]
-    out = torch.empty(B, k, v.shape[2], dtype=v.dtype, device=f.device)
+    out = [torch.empty(B, k, x.shape[2], dtype=x.dtype, device=f.device) for x in v]
     lse = torch.empty(B, k, dtype=cd, device=f.device)
     bq = _block_rows(N)
     for b in range(B):
-        fb, vb = f[b].to(cd), v[b].to(cd)
+        fb, vb = f[b].to(cd), [x[b].to(cd) for x in v]
         q = fb[idx[b]]
         for i in range(0, k, bq):
             s = q[i:i + bq] @ fb.T
             m = s.amax(-1, keepdim=True)
             p = s.sub_(m).exp_()
             z = p.sum(-1, keepdim=True)
-            out[b, i:i + bq] = (p @ vb).div_(z)
+            for o, x in zip(out, vb):
+                o[b, i:i + bq] = (p @ x).div_(z)
             lse[b, i:i + bq] = (m + z.log()).squeeze(-1)
     return out, lse
 
@@ -107,47 +109,54 @@ def route_global(f: Tensor, idx: Tensor, v: Tensor) -> tuple[Tensor, Tensor]:
 @route_global.register_fake
 def _(f, idx, v):
     B, k = idx.shape
-    return v.new_empty(B, k, v.shape[2]), f.new_empty(B, k, dtype=compute_dtype(f.dtype))
+    return [x.new_empty(B, k, x.shape[2]) for x in v], f.new_empty(B, k, dtype=compute_dtype(f.dtype))
 
 
 @torch.library.custom_op("qsattn::torch_route_global_backward", mutates_args=())
-def route_global_backward(f: Tensor, idx: Tensor, v: Tensor, out: Tensor, lse: Tensor,
-                          grad_out: Tensor) -> tuple[Tensor, Tensor]:
-    """Gradients of ``route_global`` w.r.t. f and v, recomputing P = exp(f[idx] f^T - lse) by blocks:
-    dV = P^T dO, dS = P * (dO V^T - rowsum(dO * O)), dF = dS^T Q + index_add(idx, dS K)."""
+def route_global_backward(f: Tensor, idx: Tensor, v: list[Tensor], out: list[Tensor], lse: Tensor,
+                          grad_out: list[Tensor]) -> tuple[Tensor, list[Tensor]]:
+    """Gradients of ``route_global`` w.r.t. f and every v_i, recomputing P = exp(f[idx] f^T - lse) by
+    blocks: dV_i = P^T dO_i, dS = P * (sum_i dO_i V_i^T - rowsum_i(dO_i * O_i)), dF = dS^T Q + index_add(idx, dS K)."""
     cd = compute_dtype(f.dtype)
     B, N, C = f.shape
     k = idx.shape[1]
     df = torch.zeros(B, N, C, dtype=cd, device=f.device)
-    dv = torch.zeros(B, N, v.shape[2], dtype=cd, device=f.device)
+    dv = [torch.zeros(B, N, x.shape[2], dtype=cd, device=f.device) for x in v]
     bq = _block_rows(N)
     for b in range(B):
-        fb, vb = f[b].to(cd), v[b].to(cd)
+        fb, vb = f[b].to(cd), [x[b].to(cd) for x in v]
         q = fb[idx[b]]
-        g = grad_out[b].to(cd)
-        d = (g * out[b].to(cd)).sum(-1, keepdim=True)
+        g = [x[b].to(cd) for x in grad_out]
+        d = sum((gi * o[b].to(cd)).sum(-1, keepdim=True) for gi, o in zip(g, out))
         for i in range(0, k, bq):
             j = min(i + bq, k)
             p = (q[i:j] @ fb.T).sub_(lse[b, i:j, None]).exp_()
-            dv[b].addmm_(p.T, g[i:j])
-            ds = p.mul_((g[i:j] @ vb.T).sub_(d[i:j]))
+            dp = -d[i:j]
+            for dvi, gi, x in zip(dv, g, vb):
+                dvi[b].addmm_(p.T, gi[i:j])
+                dp = dp + gi[i:j] @ x.T
+            ds = p.mul_(dp)
             df[b].addmm_(ds.T, q[i:j])
             df[b].index_add_(0, idx[b, i:j], ds @ fb)
-    return df.to(f.dtype), dv.to(v.dtype)
+    return df.to(f.dtype), [dvi.to(x.dtype) for dvi, x in zip(dv, v)]
 
 
 @route_global_backward.register_fake
 def _(f, idx, v, out, lse, grad_out):
-    return torch.empty_like(f), torch.empty_like(v)
+    return torch.empty_like(f), [torch.empty_like(x) for x in v]
 
 
 def _route_setup(ctx, inputs, output):
-    f, idx, v = inputs
-    ctx.save_for_backward(f, idx, v, *output)
+    (f, idx, v), (out, lse) = inputs, output
+    ctx.n = len(v)
+    ctx.save_for_backward(f, idx, lse, *v, *out)
 
 
 def _route_backward(ctx, grad_out, grad_lse):
-    df, dv = route_global_backward(*ctx.saved_tensors, grad_out)
+    f, idx, lse, *rest = ctx.saved_tensors
+    v, out = rest[:ctx.n], rest[ctx.n:]
+    g = [torch.zeros_like(o) if d is None else d for d, o in zip(grad_out, out)]
+    df, dv = route_global_backward(f, idx, v, out, lse, g)
     return df, None, dv
 
 
@@ -193,9 +202,8 @@ class TorchBackend(Backend):
     def route(self, feat, idx, values, mode, window, precision, variant):
         if mode == "local":
             return route_local(feat, idx, values, window)
-        vcat = torch.cat([rows(v) for v in values], dim=2)
-        out, _ = route_global(rows(feat), idx, vcat)
-        return tuple(out.split([v.shape[1] for v in values], dim=2))
+        out, _ = route_global(rows(feat), idx, [rows(v) for v in values])
+        return tuple(out)
 
 
 register_backend(TorchBackend())

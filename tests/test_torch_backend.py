@@ -106,12 +106,14 @@ def test_one_hot_rows_gradient_noise_is_bounded():
 
 def test_opcheck_registered_ops():
     f = torch.randn(2, 13, 5, dtype=torch.float64, requires_grad=True)
-    v = torch.randn(2, 13, 3, dtype=torch.float64, requires_grad=True)
+    v = [torch.randn(2, 13, c, dtype=torch.float64, requires_grad=True) for c in (3, 2)]
     idx = torch.stack([torch.randperm(13)[:4], torch.randperm(13)[:4]])
     out, lse = torch_backend.route_global(f, idx, v)
     samples = [
         (torch_backend.route_global, (f, idx, v)),
-        (torch_backend.route_global_backward, (f.detach(), idx, v.detach(), out.detach(), lse.detach(), torch.randn_like(out))),
+        (torch_backend.route_global, (f, idx, [f])),
+        (torch_backend.route_global_backward, (f.detach(), idx, [x.detach() for x in v], [o.detach() for o in out],
+                                               lse.detach(), [torch.randn_like(o) for o in out])),
         (torch_backend.entropy_global, (f.detach(),)),
         (torch_backend.entropy_local, (torch.randn(2, 3, 4, 5), 3)),
     ]
