@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from ._common import compute_dtype, rows
+from ._common import compute_dtype, register_route_global_autograd, rows
 from .registry import Backend, Request, register_backend
 
 _BUILD = "'python setup.py build_ext --inplace' or 'pip install --no-build-isolation -e .'"
@@ -77,20 +77,8 @@ def _register_python_side() -> None:
         df, dv = torch.ops.qsattn.route_local_backward(*ctx.saved_tensors, grad_out.contiguous(), *ctx.grid)
         return (df, None, dv) + (None,) * len(ctx.grid)
 
-    def setup_global(ctx, inputs, output):
-        (f, idx, v), (out, lse) = inputs, output
-        ctx.n = len(v)
-        ctx.save_for_backward(f, idx, lse, *v, *out)
-
-    def backward_global(ctx, grad_out, grad_lse):
-        f, idx, lse, *rest = ctx.saved_tensors
-        v, out = rest[:ctx.n], rest[ctx.n:]
-        g = [torch.zeros_like(o) if d is None else d.contiguous() for d, o in zip(grad_out, out)]
-        df, dv = torch.ops.qsattn.route_global_backward(f, idx, v, out, lse, g)
-        return df, None, dv
-
     torch.library.register_autograd(lib + "route_local", backward_local, setup_context=setup_local)
-    torch.library.register_autograd(lib + "route_global", backward_global, setup_context=setup_global)
+    register_route_global_autograd(lib + "route_global", torch.ops.qsattn.route_global_backward)
 
 
 if LOAD_ERROR is None:

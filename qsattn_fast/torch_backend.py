@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import compute_dtype, rows, stable_select
+from ._common import compute_dtype, register_route_global_autograd, rows, stable_select
 from .registry import Backend, register_backend
 
 #: Attention entries (rows x keys) held at once per block; 2**18 fp32 values = 1 MiB, cache-sized.
@@ -146,21 +146,7 @@ def _(f, idx, v, out, lse, grad_out):
     return torch.empty_like(f), [torch.empty_like(x) for x in v]
 
 
-def _route_setup(ctx, inputs, output):
-    (f, idx, v), (out, lse) = inputs, output
-    ctx.n = len(v)
-    ctx.save_for_backward(f, idx, lse, *v, *out)
-
-
-def _route_backward(ctx, grad_out, grad_lse):
-    f, idx, lse, *rest = ctx.saved_tensors
-    v, out = rest[:ctx.n], rest[ctx.n:]
-    g = [torch.zeros_like(o) if d is None else d for d, o in zip(grad_out, out)]
-    df, dv = route_global_backward(f, idx, v, out, lse, g)
-    return df, None, dv
-
-
-route_global.register_autograd(_route_backward, setup_context=_route_setup)
+register_route_global_autograd(route_global, route_global_backward)
 
 
 def neighbourhoods(x: Tensor, idx: Tensor, window: int) -> Tensor:
