@@ -1,9 +1,9 @@
 """The ``torch`` backend: streaming QS-Attn in plain PyTorch (docs/design.md §2-§4), the portable fallback.
 
 Global mode holds one block of rows x all N keys at a time, ``BLOCK_ELEMS`` attention entries per block
-and at least ``MIN_ROWS`` rows: entropies are computed block of rows by block of rows with the cancellation-free
-``H = log1p(R) - T/(1 + R)``; routing saves only the per-row log-sum-exp and its backward recomputes the
-attention rows from it. Local mode works on the window x window neighbourhoods directly (entropy: one
+and at least ``MIN_ROWS`` rows: entropies are computed block of rows by block of rows with the
+cancellation-free ``H = log1p(R) - T/(1 + R)``; routing saves only the per-row log-sum-exp and its
+backward recomputes the attention rows from it. Local mode works on the window x window neighbourhoods directly (entropy: one
 shifted product per offset; routing: gathers the neighbourhoods of the selected positions only). Half
 inputs are computed in float32.
 
