@@ -8,7 +8,7 @@ over every kernel, take the GPU report and the training-step times; each stage w
 
 Stages (default ``all``, in this order):
   build     pip install --no-build-isolation --no-deps --no-index -e . with QSATTN_FORCE_CUDA=1,
-            TORCH_CUDA_ARCH_LIST=9.0, MAX_JOBS=<cpus>; then checks that every operator of csrc/ops.cpp has a
+            TORCH_CUDA_ARCH_LIST=9.0, MAX_JOBS=<cpus>; then checks that every operator qsattn::<op>.native has a
             CUDA kernel in qsattn_fast._C, and prints python -m qsattn_fast.info.
   test      python -m pytest -q tests (CUDA visible), junit XML; counts and failing tests into the summary.
   sanitize  benchmarks/gpu_sanitize_driver.py once plainly (it fails fast and warms Triton's cache), then under
@@ -132,7 +132,7 @@ def plan(stage: str, out: str, timeouts: dict) -> list[Command]:
     t = timeouts.get(stage)
     if stage == "build":
         env = {"QSATTN_FORCE_CUDA": "1", "TORCH_CUDA_ARCH_LIST": "9.0", "MAX_JOBS": str(os.cpu_count() or 1)}
-        native = [op.partition("::")[2] for op in driver.registered_ops() if op.startswith("qsattn::")]
+        native = [op.partition("::")[2].partition(".")[0] for op in driver.registered_ops() if op.endswith(".native")]
         return [Command("pip", [PY, "-m", "pip", "install", "--no-build-isolation", "--no-deps", "--no-index",
                                 "-e", "."], t, "build_pip.log", env),
                 Command("cuda_ops", [PY, "-c", CHECK_OPS, os.path.join(out, "build_cuda_ops.json"), *native],

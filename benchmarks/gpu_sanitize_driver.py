@@ -31,19 +31,13 @@ SIZES = (((1, 3, 5, 7), 35), ((2, 37, 23, 29), 77))          # ((B, C, H, W), k)
 DTYPES = ("float32", "bfloat16")
 TRITON_PRECISIONS = (None, "ieee", "tf32", "bf16")           # None: the default, tf32x3
 
-#: The registered operators each backend's basic ops reach (routing: forward and backward).
-KERNELS = {
-    "native": {"entropy_global": ("qsattn::entropy_global",),
-               "entropy_local": ("qsattn::entropy_local",),
-               "select": ("qsattn::select",),
-               "route_global": ("qsattn::route_global", "qsattn::route_global_backward"),
-               "route_local": ("qsattn::route_local", "qsattn::route_local_backward")},
-    "triton": {"entropy_global": ("qsattn::triton_entropy_global",),
-               "entropy_local": ("qsattn::triton_entropy_local",),
-               "select": ("qsattn::triton_select",),
-               "route_global": ("qsattn::triton_route_global", "qsattn::triton_route_global_backward"),
-               "route_local": ("qsattn::triton_route_local", "qsattn::triton_route_local_backward")},
-}
+#: The contract's ops (qsattn_fast/ops.py) each basic op reaches (routing: forward and backward); every
+#: backend implements them as the overload qsattn::<op>.<backend>.
+BASIC = {"entropy_global": ("entropy_global",), "entropy_local": ("entropy_local",), "select": ("select",),
+         "route_global": ("route_global", "route_global_backward"),
+         "route_local": ("route_local", "route_local_backward")}
+KERNELS = {backend: {op: tuple(f"qsattn::{name}.{backend}" for name in names) for op, names in BASIC.items()}
+           for backend in ("native", "triton")}
 #: query_selected_attention per mode: (entropy, routing) ops, as Backend.qsattn composes them.
 STEPS = {"qsattn_global": ("entropy_global", "route_global"), "qsattn_local": ("entropy_local", "route_local"),
          "qsattn_local_global": ("entropy_local", "route_global")}
@@ -92,14 +86,16 @@ CASES = _cases()
 
 
 def registered_ops(root: str = ROOT) -> list[str]:
-    """Every operator the sources register: ``qsattn::*`` (csrc/ops.cpp) and ``qsattn::triton_*``
-    (kernels/*.py), so that coverage is checked against the code, not against a copy of its list."""
-    with open(os.path.join(root, "csrc", "ops.cpp")) as fh:
-        ops = [f"qsattn::{name}" for name in re.findall(r'm\.def\("(\w+)\(', fh.read())]
-    for path in sorted(glob.glob(os.path.join(root, "kernels", "*.py"))):
-        with open(path) as fh:
-            ops += re.findall(r'custom_op\("(qsattn::\w+)"', fh.read())
-    return ops
+    """Every operator implementation the sources register, ``qsattn::<op>.native`` (``m.impl`` in
+    csrc/*.cpp) and ``qsattn::<op>.triton`` (``@implement`` in kernels/*.py), so that coverage is checked
+    against the code, not against a copy of its list."""
+    found = set()
+    for pattern, regex in (("csrc/*.cpp", r'm\.impl\("(\w+)\.native"'), ("kernels/*.py", r'@implement\("(\w+)", "triton"')):
+        backend = "native" if pattern.startswith("csrc") else "triton"
+        for path in sorted(glob.glob(os.path.join(root, pattern))):
+            with open(path) as fh:
+                found.update(f"qsattn::{name}.{backend}" for name in re.findall(regex, fh.read()))
+    return sorted(found)
 
 
 def run_case(case: Case, device: str) -> set[str]:
@@ -115,8 +111,8 @@ def run_case(case: Case, device: str) -> set[str]:
             self.seen: set[str] = set()
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func.namespace in ("qsattn", "qsattn_fast"):
-                self.seen.add(func.name().partition(".")[0])
+            if func.namespace == "qsattn":
+                self.seen.add(func.name())                 # qsattn::<op>.<backend>
             return func(*args, **(kwargs or {}))
 
     gen = torch.Generator().manual_seed(0)            # CPU draws: the same data on every device

@@ -1,4 +1,4 @@
-// CPU kernel of qsattn::entropy_global: H_i = -sum_j A_ij log A_ij with A = softmax(F F^T), never
+// CPU kernel of qsattn::entropy_global.native: H_i = -sum_j A_ij log A_ij with A = softmax(F F^T), never
 // holding more than a TS x TS tile of logits per thread, and computing each logit once although every
 // one is used twice: S = F F^T is symmetric, so the tile S_IJ = F_I F_J^T (I < J) serves the rows of
 // I row by row and the rows of J column by column (S_JI = S_IJ^T). Only the tiles I <= J are formed
@@ -88,8 +88,9 @@ void entropy_global_kernel(const at::Tensor& f, at::Tensor& out) {
   }
 }
 
-at::Tensor entropy_global_cpu(const at::Tensor& f_) {
+at::Tensor entropy_global_cpu(const at::Tensor& f_, std::optional<std::string_view> precision) {
   check_float_input(f_, "f", 3);
+  check_precision(precision);
   const at::Tensor f = blas_rows(f_);
   at::Tensor out = at::empty({f.size(0), f.size(1)}, f.options());
   if (out.numel() == 0) return out;
@@ -99,6 +100,6 @@ at::Tensor entropy_global_cpu(const at::Tensor& f_) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(qsattn, CPU, m) { m.impl("entropy_global", &entropy_global_cpu); }
+TORCH_LIBRARY_IMPL(qsattn, CPU, m) { m.impl("entropy_global.native", &entropy_global_cpu); }
 
 }  // namespace qsattn

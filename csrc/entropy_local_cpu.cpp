@@ -1,4 +1,4 @@
-// CPU kernel of qsattn::entropy_local: for every position, the entropy of the softmax over the
+// CPU kernel of qsattn::entropy_local.native: for every position, the entropy of the softmax over the
 // window^2 logits f_p . f_q of its zero-padded neighbourhood (outside keys: logit 0). Memory-bound;
 // OpenMP over positions, one small logit buffer per thread.
 #include <torch/library.h>
@@ -45,6 +45,6 @@ at::Tensor entropy_local_cpu(const at::Tensor& f_, int64_t H, int64_t W, int64_t
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(qsattn, CPU, m) { m.impl("entropy_local", &entropy_local_cpu); }
+TORCH_LIBRARY_IMPL(qsattn, CPU, m) { m.impl("entropy_local.native", &entropy_local_cpu); }
 
 }  // namespace qsattn

@@ -1,8 +1,12 @@
-// Argument checks shared by the CPU kernels and the CUDA glue; each raises a c10::Error whose message
-// starts with the name of the offending argument.
+// Argument checks shared by the CPU kernels and the CUDA glue, each raising a c10::Error whose message
+// starts with the name of the offending argument; and the gradients' layout (in_layout).
 #pragma once
 
 #include <ATen/ATen.h>
+
+#include <optional>
+#include <string_view>
+#include <vector>
 
 namespace qsattn {
 
@@ -47,6 +51,12 @@ inline void check_route_inputs(const at::Tensor& f, const at::Tensor& idx, const
   check_index(idx, f.size(0), f.size(1));
 }
 
+// Every value map v_i of a routing op's list (at least one).
+inline void check_values(const at::Tensor& f, const at::Tensor& idx, at::TensorList v) {
+  TORCH_CHECK(!v.empty(), "v: expected at least one value tensor");
+  for (const auto& x : v) check_route_inputs(f, idx, x);
+}
+
 // The forward's outputs and the incoming gradient of a routing backward.
 inline void check_saved_inputs(const at::Tensor& f, const at::Tensor& idx, const at::Tensor& v, const at::Tensor& out,
                                const at::Tensor& lse, const at::Tensor& g) {
@@ -57,6 +67,32 @@ inline void check_saved_inputs(const at::Tensor& f, const at::Tensor& idx, const
   check_same_dtype(out, "out", f);
   check_same_dtype(lse, "lse", f);
   check_same_dtype(g, "grad_out", f);
+}
+
+// The saved lists of a routing backward: one out_i and one grad_out_i per value map v_i.
+inline void check_saved_values(const at::Tensor& f, const at::Tensor& idx, at::TensorList v, at::TensorList out,
+                               const at::Tensor& lse, at::TensorList g) {
+  TORCH_CHECK(out.size() == v.size() && g.size() == v.size(), "out, grad_out: expected one tensor per value map (",
+              v.size(), "), got ", out.size(), " and ", g.size());
+  for (size_t i = 0; i < v.size(); ++i) check_saved_inputs(f, idx, v[i], out[i], lse, g[i]);
+}
+
+// `str? precision` of the global ops: the native kernels compute in plain IEEE arithmetic only.
+inline void check_precision(std::optional<std::string_view> precision) {
+  TORCH_CHECK(!precision || *precision == "ieee", "precision: the native kernels support only None or \"ieee\", got \"",
+              *precision, "\"");
+}
+
+// A gradient t in the layout of its input `like` (the contract, qsattn_fast/ops.py), so that autograd hands it
+// on without a transposing copy; a copy only where the strides differ.
+inline at::Tensor in_layout(const at::Tensor& t, const at::Tensor& like) {
+  return t.strides() == like.strides() ? t : at::empty_like(like).copy_(t);
+}
+
+// Each gradient dv_i in the layout of its v_i.
+inline std::vector<at::Tensor> in_layouts(std::vector<at::Tensor> dv, at::TensorList v) {
+  for (size_t i = 0; i < dv.size(); ++i) dv[i] = in_layout(dv[i], v[i]);
+  return dv;
 }
 
 }  // namespace qsattn

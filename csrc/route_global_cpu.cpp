@@ -1,4 +1,4 @@
-// CPU kernels of qsattn::route_global and its backward (docs/design.md §3: the math of
+// CPU kernels of qsattn::route_global.native and its backward (docs/design.md §3: the math of
 // qsattn_fast/torch_backend.py, except the pivots below), arranged like the entropy kernel: OpenMP threads
 // take independent tasks whose products are single-threaded MKL calls on cache-sized tiles.
 // Forward: a task is a block of BQ selected rows x all N keys; it writes its own rows of out and lse.
@@ -176,14 +176,11 @@ std::vector<at::Tensor> contiguous_all(at::TensorList v) {
   return out;
 }
 
-void check_values(const at::Tensor& f, const at::Tensor& idx, at::TensorList v) {
-  TORCH_CHECK(!v.empty(), "v: expected at least one value tensor");
-  for (const auto& x : v) check_route_inputs(f, idx, x);
-}
-
 std::tuple<std::vector<at::Tensor>, at::Tensor> route_global_cpu(const at::Tensor& f_, const at::Tensor& idx_,
-                                                                 at::TensorList v_) {
+                                                                 at::TensorList v_,
+                                                                 std::optional<std::string_view> precision) {
   check_values(f_, idx_, v_);
+  check_precision(precision);
   const at::Tensor f = blas_rows(f_), idx = idx_.contiguous();
   const std::vector<at::Tensor> v = blas_rows_all(v_);
   std::vector<at::Tensor> out;
@@ -198,11 +195,10 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> route_global_cpu(const at::Tenso
 
 std::tuple<at::Tensor, std::vector<at::Tensor>> route_global_backward_cpu(
     const at::Tensor& f_, const at::Tensor& idx_, at::TensorList v_, at::TensorList out_, const at::Tensor& lse_,
-    at::TensorList g_) {
+    at::TensorList g_, std::optional<std::string_view> precision) {
   check_values(f_, idx_, v_);
-  TORCH_CHECK(out_.size() == v_.size() && g_.size() == v_.size(),
-              "out, grad_out: expected one tensor per value tensor (", v_.size(), ")");
-  for (size_t i = 0; i < v_.size(); ++i) check_saved_inputs(f_, idx_, v_[i], out_[i], lse_, g_[i]);
+  check_saved_values(f_, idx_, v_, out_, lse_, g_);
+  check_precision(precision);
   const at::Tensor f = blas_rows(f_), idx = idx_.contiguous();
   const std::vector<at::Tensor> v = blas_rows_all(v_), out = contiguous_all(out_), g = contiguous_all(g_);
   // Gradients in the layout of the inputs (for rows(feat) views: NCHW), so that autograd hands them on
@@ -219,8 +215,8 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> route_global_backward_cpu(
 }  // namespace
 
 TORCH_LIBRARY_IMPL(qsattn, CPU, m) {
-  m.impl("route_global", &route_global_cpu);
-  m.impl("route_global_backward", &route_global_backward_cpu);
+  m.impl("route_global.native", &route_global_cpu);
+  m.impl("route_global_backward.native", &route_global_backward_cpu);
 }
 
 }  // namespace qsattn

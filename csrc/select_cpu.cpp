@@ -1,4 +1,4 @@
-// CPU kernel of qsattn::select: per image the k smallest entropies ascending, ties broken by the
+// CPU kernel of qsattn::select.native: per image the k smallest entropies ascending, ties broken by the
 // lower index, NaN last (exactly argsort(stable=True)[:, :k]). nth_element on indices ordered by
 // (value, index) moves the k smallest to the front in O(N); only those k are then sorted.
 #include <torch/library.h>
@@ -45,6 +45,6 @@ at::Tensor select_cpu(const at::Tensor& e_, int64_t k) {
 
 }  // namespace
 
-TORCH_LIBRARY_IMPL(qsattn, CPU, m) { m.impl("select", &select_cpu); }
+TORCH_LIBRARY_IMPL(qsattn, CPU, m) { m.impl("select.native", &select_cpu); }
 
 }  // namespace qsattn

@@ -3,8 +3,9 @@
 Importing this module imports Triton and fixes, once, whether the kernels are compiled for the GPU or
 run by the Triton interpreter (``TRITON_INTERPRET=1`` when the kernels are first imported; docs/design.md §9).
 
-Layout: every kernel reads NCHW maps directly through strides (batch, channel, position), position
-n = h*W + w; rows of F are therefore columns of the (C, N) slab of one image.
+Layout: the ops take rows f (B, N, C) of the contract (qsattn_fast/ops.py); every kernel reads their
+transpose (B, C, N) through strides (batch, channel, position), position n = h*W + w, so the rows(.)
+views of NCHW maps are read in place. Gradient maps are written (B, C, N) and returned as rows views.
 """
 from __future__ import annotations
 
@@ -12,8 +13,12 @@ import torch
 import triton
 import triton.language as tl
 
+from qsattn_fast.ops import acc_dtype, as_grad, implement  # noqa: F401  (the kernels register as the triton implementations)
+
 #: True when the kernels were decorated under TRITON_INTERPRET=1 (they then run on CPU tensors).
 INTERPRET = bool(triton.knobs.runtime.interpret)
+#: The dispatch keys of the Triton implementations: CUDA, and CPU under the interpreter.
+TRITON_DEVICES = ("CUDA", "CPU") if INTERPRET else ("CUDA",)
 
 #: tl.dot ``input_precision`` per public precision name (fp32 inputs). "bf16" rounds the operands to
 #: bfloat16 and accumulates in fp32. The default (None) is the fp32-faithful "tf32x3" on GPUs.
@@ -25,11 +30,6 @@ def dot_precision(dtype: torch.dtype, precision: str | None) -> str:
     if dtype != torch.float32:
         return "native"
     return _DOT_PRECISION[precision]
-
-
-def acc_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation / statistics dtype: float64 for float64 inputs, float32 otherwise."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
 
 
 def block(n: int, lo: int, hi: int) -> int:

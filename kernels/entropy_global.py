@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, acc_dtype, block, dot_precision, fill_sms, log1p, mm
+from ._common import INTERPRET, TRITON_DEVICES, acc_dtype, block, dot_precision, fill_sms, implement, log1p, mm
 
 
 @triton.jit
@@ -56,27 +56,20 @@ def _entropy_global_kernel(x_ptr, out_ptr, N, C, sxb, sxc, sxn,
     tl.store(out_ptr + b.to(tl.int64) * N + rm, h, mask=rm < N)
 
 
-@torch.library.custom_op("qsattn::triton_entropy_global", mutates_args=())
-def entropy_global(feat: torch.Tensor, precision: str | None = None) -> torch.Tensor:
-    """feat (B, C, H, W) -> (B, H*W): entropy of every row of softmax(F F^T); float32 (float64 for
-    float64). ``precision`` (fp32 inputs): None (tf32x3), "ieee", "tf32x3", "tf32", "bf16"."""
-    B, C, H, W = feat.shape
-    N = H * W
-    x = feat.reshape(B, C, N)
-    out = torch.empty(B, N, dtype=acc_dtype(feat.dtype), device=feat.device)
+@implement("entropy_global", "triton", TRITON_DEVICES)
+def entropy_global(f: torch.Tensor, precision: str | None) -> torch.Tensor:
+    """f (B, N, C) -> (B, N): entropy of every row of softmax(F F^T); float32 (float64 for float64).
+    ``precision`` (fp32 inputs): None (tf32x3), "ieee", "tf32x3", "tf32", "bf16"."""
+    B, N, C = f.shape
+    x = f.transpose(1, 2)                    # (B, C, N), read through strides
+    out = torch.empty(B, N, dtype=acc_dtype(f.dtype), device=f.device)
     # GPU: 64 x 64 tiles, 32 channels, 8 warps: no register spills at fp32/tf32x3 on sm_90
     # (tests/aot_compile.py), query blocks halved until the grid fills the GPU; the interpreter takes
     # blocks of up to 128 (fewer interpreted steps).
     bm = bn = block(N, 16, 128 if INTERPRET else 64)
-    bm = fill_sms(bm, lambda m: B * triton.cdiv(N, m), feat.device)
+    bm = fill_sms(bm, lambda m: B * triton.cdiv(N, m), f.device)
     bc = block(C, 16, 128 if INTERPRET else 32)
     _entropy_global_kernel[(triton.cdiv(N, bm), B)](x, out, N, C, x.stride(0), x.stride(1), x.stride(2),
-                                                   BM=bm, BN=bn, BC=bc, DOT_PREC=dot_precision(feat.dtype, precision),
+                                                   BM=bm, BN=bn, BC=bc, DOT_PREC=dot_precision(f.dtype, precision),
                                                    INTERP=INTERPRET, num_warps=4 if INTERPRET else 8)
     return out
-
-
-@entropy_global.register_fake
-def _(feat, precision=None):
-    B, _, H, W = feat.shape
-    return feat.new_empty(B, H * W, dtype=acc_dtype(feat.dtype))

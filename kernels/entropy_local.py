@@ -13,7 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, acc_dtype, block, log1p, neighbours
+from ._common import INTERPRET, TRITON_DEVICES, acc_dtype, block, implement, log1p, neighbours
 
 
 @triton.jit
@@ -42,21 +42,14 @@ def _entropy_local_kernel(x_ptr, out_ptr, C, H, W, sxb, sxc, sxn,
     tl.store(out_ptr + b.to(tl.int64) * N + pos, log1p(rest) - t / (1.0 + rest), mask=live)
 
 
-@torch.library.custom_op("qsattn::triton_entropy_local", mutates_args=())
-def entropy_local(feat: torch.Tensor, window: int) -> torch.Tensor:
-    """feat (B, C, H, W), odd window -> (B, H*W) local entropies, float32 (float64 for float64)."""
-    B, C, H, W = feat.shape
-    N = H * W
-    x = feat.reshape(B, C, N)
-    out = torch.empty(B, N, dtype=acc_dtype(feat.dtype), device=feat.device)
+@implement("entropy_local", "triton", TRITON_DEVICES)
+def entropy_local(f: torch.Tensor, H: int, W: int, window: int) -> torch.Tensor:
+    """f (B, N, C) rows of an H x W map, odd window -> (B, N) local entropies, float32 (float64 for float64)."""
+    B, N, C = f.shape
+    x = f.transpose(1, 2)
+    out = torch.empty(B, N, dtype=acc_dtype(f.dtype), device=f.device)
     w2p = triton.next_power_of_2(window * window)
     bp = block(N, 16, max(16, (8192 if INTERPRET else 2048) // w2p))
     _entropy_local_kernel[(triton.cdiv(N, bp), B)](x, out, C, H, W, x.stride(0), x.stride(1), x.stride(2),
                                                    WINDOW=window, W2P=w2p, BP=bp)
     return out
-
-
-@entropy_local.register_fake
-def _(feat, window):
-    B, _, H, W = feat.shape
-    return feat.new_empty(B, H * W, dtype=acc_dtype(feat.dtype))

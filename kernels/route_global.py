@@ -1,13 +1,18 @@
-"""Global routing: out = softmax(Q K^T) V with Q = F[idx] (k selected rows), K = F (all N rows of the
-image), V one or more value maps concatenated along channels (source and target share the attention).
+"""Global routing: out_i = softmax(Q K^T) V_i with Q = F[idx] (k selected rows), K = F (all N rows of the
+image), for each value map V_i of the list (source and target share the attention).
 
-Forward: one program per (block of BM selected rows, block of BV value channels, image) streams the
-keys with the online softmax and saves the per-row log-sum-exp (B, k). Backward (flash-attention
+Forward: one launch per value map, one program per (block of BM selected rows, block of BV value
+channels, image); it streams the keys with the online softmax, the first launch saves the per-row
+log-sum-exp (B, k). Splitting the maps costs nothing: every value channel block recomputes S anyway.
+Backward (flash-attention
 style, P = exp(Q K^T - lse) recomputed, docs/design.md §3): with D = rowsum(dO * O) and dS = P * (dO V^T - D),
 one kernel per (key block, output-channel block) accumulates dK = dS^T Q (channels < C, also adding
 its share dS K of dQ by atomic adds, so the sum order over key blocks is not deterministic on GPUs) or
-dV = P^T dO (channels >= C) over the k selected rows; dF = dK + index_add(idx, dQ). Nothing of size
-k x N is stored. The value and output channel blocks trade parallelism for recomputation of S (and dP).
+dV_i = P^T dO_i (the blocks past C, map 0's channels then map 1's) over the k selected rows;
+dF = dK + index_add(idx, dQ). dP = sum_i dO_i V_i^T needs every map in one kernel: it reads two maps in
+place, and a longer list is routed with maps 1.. concatenated into the second slot (the API routes one
+or two). Nothing of size k x N is stored. The value and output channel blocks trade parallelism for
+recomputation of S (and dP).
 """
 from __future__ import annotations
 
@@ -15,7 +20,8 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, acc_dtype, block, dot_precision, fill_sms, mm, selected_rows
+from ._common import (INTERPRET, TRITON_DEVICES, acc_dtype, as_grad, block, dot_precision, fill_sms, implement, mm,
+                      selected_rows)
 
 
 def _precisions(dtype, precision):
@@ -71,9 +77,10 @@ def _grad_scores(dob, vb, rm_live, rn, N, CV, sgc, svc, svn, acc_t,
 def _route_fwd_kernel(x_ptr, idx_ptr, v_ptr, out_ptr, lse_ptr, N, C, CV, K,
                       sxb, sxc, sxn, svb, svc, svn,
                       BM: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, BV: tl.constexpr,
-                      DOT_PREC: tl.constexpr, PREC2: tl.constexpr, INTERP: tl.constexpr):
+                      DOT_PREC: tl.constexpr, PREC2: tl.constexpr, INTERP: tl.constexpr, WRITE_LSE: tl.constexpr):
     """Per (block of BM selected rows, block of BV value channels): online softmax over key blocks,
-    out = softmax(Q K^T) V for those channels; the first channel block also stores lse = m + log l."""
+    out = softmax(Q K^T) V for those channels; with WRITE_LSE the first channel block also stores
+    lse = m + log l."""
     pid_m = tl.program_id(0)
     pid_v = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -100,27 +107,40 @@ def _route_fwd_kernel(x_ptr, idx_ptr, v_ptr, out_ptr, lse_ptr, N, C, CV, K,
     out = acc / l[:, None]
     tl.store(out_ptr + (b * K + rm[:, None]) * CV + rv[None, :], out.to(out_ptr.dtype.element_ty),
              mask=live[:, None] & (rv[None, :] < CV))
-    if pid_v == 0:
-        tl.store(lse_ptr + b * K + rm, m + tl.log(l), mask=live)
+    if WRITE_LSE:
+        if pid_v == 0:
+            tl.store(lse_ptr + b * K + rm, m + tl.log(l), mask=live)
 
 
 @triton.jit
-def _route_bwd_kernel(x_ptr, idx_ptr, v_ptr, lse_ptr, d_ptr, go_ptr, dk_ptr, dv_ptr, dq_ptr, N, C, CV, K,
-                      sxb, sxc, sxn, svb, svc, svn,
+def _route_bwd_kernel(x_ptr, idx_ptr, v0_ptr, v1_ptr, lse_ptr, d_ptr, go0_ptr, go1_ptr, dk_ptr, dv0_ptr, dv1_ptr,
+                      dq_ptr, N, C, CV0, CV1, K, sxb, sxc, sxn, sv0b, sv0c, sv0n, sv1b, sv1c, sv1n,
                       BM: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, BO: tl.constexpr,
                       DOT_PREC: tl.constexpr, PREC2: tl.constexpr, INTERP: tl.constexpr):
-    """Per (key block rn, output channel block ro): for ro < C, dK[ro, rn] = sum over the k rows of
-    dS^T Q[:, ro], and dQ[:, ro] += dS K[rn, ro] by atomic adds (every key block adds its share);
-    for the blocks past C, dV[ro - C, rn] = P^T dO."""
+    """Per (key block rn, output channel block): for the first cdiv(C, BO) blocks, dK[ro, rn] = sum over
+    the k rows of dS^T Q[:, ro], dS = P * (dO_0 V_0^T + dO_1 V_1^T - D), and dQ[:, ro] += dS K[rn, ro] by
+    atomic adds (every key block adds its share); for the next blocks, dV_0[ro, rn] = P^T dO_0, then
+    dV_1 (CV1 = 0: no second map)."""
     pid_n = tl.program_id(0)
     pid_o = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
     base = x_ptr + b * sxb
-    vb = v_ptr + b * svb
+    vb0 = v0_ptr + b * sv0b
+    vb1 = v1_ptr + b * sv1b
     acc_t = lse_ptr.dtype.element_ty
     n_dk = tl.cdiv(C, BO)
+    n_dv0 = tl.cdiv(CV0, BO)
     is_dk = pid_o < n_dk
-    ro = tl.where(is_dk, pid_o, pid_o - n_dk) * BO + tl.arange(0, BO)
+    second = pid_o >= n_dk + n_dv0                          # a dV block of map 1
+    if second:
+        gop = go1_ptr
+        dvp = dv1_ptr
+    else:
+        gop = go0_ptr
+        dvp = dv0_ptr
+    cv = tl.where(second, CV1, CV0)
+    j = tl.where(is_dk, pid_o, tl.where(second, pid_o - n_dk - n_dv0, pid_o - n_dk))
+    ro = j * BO + tl.arange(0, BO)
     rn = pid_n * BN + tl.arange(0, BN)
     acc = tl.zeros((BN, BO), acc_t)
     kc = tl.load(base + ro[None, :] * sxc + rn[:, None] * sxn, mask=(rn[:, None] < N) & (ro[None, :] < C),
@@ -129,9 +149,11 @@ def _route_bwd_kernel(x_ptr, idx_ptr, v_ptr, lse_ptr, d_ptr, go_ptr, dk_ptr, dv_
         rm, live, qi = selected_rows(idx_ptr, b, i, K, BM)
         lse = tl.load(lse_ptr + b * K + rm, mask=live, other=float("inf"))
         p = _probs(base, qi, live, lse, rn, N, C, sxc, sxn, acc_t, BM, BN, BC, DOT_PREC, INTERP)
-        dob = go_ptr + (b * K + i * BM) * CV
         if is_dk:
-            dp = _grad_scores(dob, vb, live, rn, N, CV, 1, svc, svn, acc_t, BM, BN, BC, PREC2, INTERP)
+            dp = _grad_scores(go0_ptr + (b * K + i * BM) * CV0, vb0, live, rn, N, CV0, 1, sv0c, sv0n, acc_t,
+                              BM, BN, BC, PREC2, INTERP)
+            dp += _grad_scores(go1_ptr + (b * K + i * BM) * CV1, vb1, live, rn, N, CV1, 1, sv1c, sv1n, acc_t,
+                               BM, BN, BC, PREC2, INTERP)
             dd = tl.load(d_ptr + b * K + rm, mask=live, other=0.0)
             ds = p * (dp - dd[:, None])
             q = tl.load(base + ro[None, :] * sxc + qi[:, None] * sxn, mask=live[:, None] & (ro[None, :] < C),
@@ -141,14 +163,13 @@ def _route_bwd_kernel(x_ptr, idx_ptr, v_ptr, lse_ptr, d_ptr, go_ptr, dk_ptr, dv_
             tl.atomic_add(dq_ptr + (b * K + rm[:, None]) * C + ro[None, :], dq,
                           mask=live[:, None] & (ro[None, :] < C))
         else:
-            do = tl.load(dob + tl.arange(0, BM)[:, None] * CV + ro[None, :], mask=live[:, None] & (ro[None, :] < CV),
+            do = tl.load(gop + (b * K + rm[:, None]) * cv + ro[None, :], mask=live[:, None] & (ro[None, :] < cv),
                          other=0.0).to(acc_t)
             acc = mm(tl.trans(p), do, acc, PREC2, INTERP)
     if is_dk:
         tl.store(dk_ptr + (b * C + ro[None, :]) * N + rn[:, None], acc, mask=(ro[None, :] < C) & (rn[:, None] < N))
     else:
-        tl.store(dv_ptr + (b * CV + ro[None, :]) * N + rn[:, None], acc,
-                 mask=(ro[None, :] < CV) & (rn[:, None] < N))
+        tl.store(dvp + (b * cv + ro[None, :]) * N + rn[:, None], acc, mask=(ro[None, :] < cv) & (rn[:, None] < N))
 
 
 #: GPU tiles per kernel: the largest found without register spills at fp32/tf32x3 on sm_90 with 8 warps
@@ -165,73 +186,63 @@ def _tiles(kernel, N, C, K, CV):
     return {name: block(extents[name], 16, cap(name)) for name in t}, 4 if INTERPRET else 8
 
 
-@torch.library.custom_op("qsattn::triton_route_global", mutates_args=())
-def route_global(feat: torch.Tensor, idx: torch.Tensor, v: torch.Tensor,
-                 precision: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """feat (B, C, H, W), idx (B, k) int64, v (B, C_v, H, W) -> out = softmax(F[idx] F^T) V (B, k, C_v)
-    and lse (B, k), both float32 (float64 for float64): the backward's D = rowsum(dO * O) cancels in
-    dO V^T - D, so O is kept unrounded (k x C_v values; the caller casts to the values' dtype)."""
-    B, C, H, W = feat.shape
-    N, K, CV = H * W, idx.shape[1], v.shape[1]
-    x, vv, idx = feat.reshape(B, C, N), v.reshape(B, CV, N), idx.contiguous()
-    out = torch.empty(B, K, CV, dtype=acc_dtype(feat.dtype), device=feat.device)
-    lse = torch.empty(B, K, dtype=acc_dtype(feat.dtype), device=feat.device)
-    blk, warps = _tiles("fwd", N, C, K, CV)
-    blk["BM"] = fill_sms(blk["BM"], lambda m: B * triton.cdiv(K, m) * triton.cdiv(CV, blk["BV"]), feat.device)
-    p1, p2 = _precisions(feat.dtype, precision)
-    grid = (triton.cdiv(K, blk["BM"]), triton.cdiv(CV, blk["BV"]), B)
-    _route_fwd_kernel[grid](x, idx, vv, out, lse, N, C, CV, K, *x.stride(), *vv.stride(),
-                            DOT_PREC=p1, PREC2=p2, INTERP=INTERPRET, num_warps=warps, **blk)
-    return out, lse
+@implement("route_global", "triton", TRITON_DEVICES)
+def route_global(f: torch.Tensor, idx: torch.Tensor, v: list[torch.Tensor],
+                 precision: str | None) -> tuple[list[torch.Tensor], torch.Tensor]:
+    """f (B, N, C), idx (B, k) int64, v_i (B, N, C_i) -> out_i = softmax(F[idx] F^T) V_i (B, k, C_i) and
+    lse (B, k), float32 (float64 for float64): the backward's D = rowsum(dO * O) cancels in dO V^T - D,
+    so O is kept unrounded (k x C_i values; the backend casts to the values' dtype)."""
+    B, N, C = f.shape
+    K = idx.shape[1]
+    x, idx = f.transpose(1, 2), idx.contiguous()
+    at = acc_dtype(f.dtype)
+    lse = torch.empty(B, K, dtype=at, device=f.device)
+    p1, p2 = _precisions(f.dtype, precision)
+    outs = []
+    for i, vi in enumerate(v):
+        CV = vi.shape[2]
+        vv = vi.transpose(1, 2)
+        out = torch.empty(B, K, CV, dtype=at, device=f.device)
+        blk, warps = _tiles("fwd", N, C, K, CV)
+        blk["BM"] = fill_sms(blk["BM"], lambda m: B * triton.cdiv(K, m) * triton.cdiv(CV, blk["BV"]), f.device)
+        grid = (triton.cdiv(K, blk["BM"]), triton.cdiv(CV, blk["BV"]), B)
+        _route_fwd_kernel[grid](x, idx, vv, out, lse, N, C, CV, K, *x.stride(), *vv.stride(),
+                                DOT_PREC=p1, PREC2=p2, INTERP=INTERPRET, WRITE_LSE=i == 0, num_warps=warps, **blk)
+        outs.append(out)
+    return outs, lse
 
 
-@route_global.register_fake
-def _(feat, idx, v, precision=None):
-    B, K = idx.shape
-    return (feat.new_empty(B, K, v.shape[1], dtype=acc_dtype(feat.dtype)),
-            feat.new_empty(B, K, dtype=acc_dtype(feat.dtype)))
-
-
-@torch.library.custom_op("qsattn::triton_route_global_backward", mutates_args=())
-def route_global_backward(feat: torch.Tensor, idx: torch.Tensor, v: torch.Tensor, out: torch.Tensor,
-                          lse: torch.Tensor, grad_out: torch.Tensor,
-                          precision: str | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-    """Gradients of ``route_global`` w.r.t. feat (through Q = F[idx] and K = F) and v, P recomputed
-    from lse: dV = P^T dO, dS = P * (dO V^T - rowsum(dO * O)), dF = dS^T Q + index_add(idx, dS K)."""
-    B, C, H, W = feat.shape
-    N, K, CV = H * W, idx.shape[1], v.shape[1]
-    x, vv, idx = feat.reshape(B, C, N), v.reshape(B, CV, N), idx.contiguous()
-    at = acc_dtype(feat.dtype)
-    go = grad_out.contiguous()
-    d = (go.to(at) * out.to(at)).sum(-1)
-    dk = torch.empty(B, C, N, dtype=at, device=feat.device)
-    dv = torch.empty(B, CV, N, dtype=at, device=feat.device)
-    dq = torch.zeros(B, K, C, dtype=at, device=feat.device)
-    p1, p2 = _precisions(feat.dtype, precision)
-    args = (N, C, CV, K, *x.stride(), *vv.stride())
-    blk, warps = _tiles("bwd", N, C, K, CV)
+@implement("route_global_backward", "triton", TRITON_DEVICES)
+def route_global_backward(f: torch.Tensor, idx: torch.Tensor, v: list[torch.Tensor], out: list[torch.Tensor],
+                          lse: torch.Tensor, grad_out: list[torch.Tensor],
+                          precision: str | None) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    """Gradients of ``route_global`` w.r.t. f (through Q = F[idx] and K = F) and every v_i, P recomputed
+    from lse: dV_i = P^T dO_i, dS = P * (sum_i dO_i V_i^T - D), D = sum_i rowsum(dO_i * O_i),
+    dF = dS^T Q + index_add(idx, dS K)."""
+    B, N, C = f.shape
+    K = idx.shape[1]
+    x, idx = f.transpose(1, 2), idx.contiguous()
+    at = acc_dtype(f.dtype)
+    go = [g.contiguous() for g in grad_out]
+    d = sum((g.to(at) * o.to(at)).sum(-1) for g, o in zip(go, out))
+    pair = list(v) if len(v) <= 2 else [v[0], torch.cat(v[1:], 2)]
+    gpair = go if len(v) <= 2 else [go[0], torch.cat(go[1:], 2)]
+    vv = [t.transpose(1, 2) for t in pair]
+    dv = [torch.empty(B, t.shape[2], N, dtype=at, device=f.device) for t in pair]
+    cvs = [t.shape[2] for t in pair]
+    if len(pair) == 1:                                      # no second map: CV1 = 0, never read
+        vv, dv, gpair, cvs = vv * 2, dv * 2, gpair * 2, cvs + [0]
+    dk = torch.empty(B, C, N, dtype=at, device=f.device)
+    dq = torch.zeros(B, K, C, dtype=at, device=f.device)
+    p1, p2 = _precisions(f.dtype, precision)
+    blk, warps = _tiles("bwd", N, C, K, max(cvs))
     bo = blk["BO"]
-    grid = (triton.cdiv(N, blk["BN"]), triton.cdiv(C, bo) + triton.cdiv(CV, bo), B)
-    _route_bwd_kernel[grid](x, idx, vv, lse, d, go, dk, dv, dq, *args, DOT_PREC=p1, PREC2=p2, INTERP=INTERPRET,
-                            num_warps=warps, **blk)
+    grid = (triton.cdiv(N, blk["BN"]), sum(triton.cdiv(c, bo) for c in [C] + cvs), B)
+    _route_bwd_kernel[grid](x, idx, vv[0], vv[1], lse, d, gpair[0], gpair[1], dk, dv[0], dv[1], dq,
+                            N, C, cvs[0], cvs[1], K, *x.stride(), *vv[0].stride(), *vv[1].stride(),
+                            DOT_PREC=p1, PREC2=p2, INTERP=INTERPRET, num_warps=warps, **blk)
     dk.scatter_add_(2, idx[:, None, :].expand(B, C, K), dq.transpose(1, 2))
-    return dk.view(feat.shape).to(feat.dtype), dv.view(v.shape).to(v.dtype)
-
-
-@route_global_backward.register_fake
-def _(feat, idx, v, out, lse, grad_out, precision=None):
-    return feat.new_empty(feat.shape), v.new_empty(v.shape)
-
-
-def _setup(ctx, inputs, output):
-    feat, idx, v, precision = inputs
-    ctx.precision = precision
-    ctx.save_for_backward(feat, idx, v, *output)
-
-
-def _backward(ctx, grad_out, grad_lse):
-    dfeat, dv = route_global_backward(*ctx.saved_tensors, grad_out, ctx.precision)
-    return dfeat, None, dv, None
-
-
-route_global.register_autograd(_backward, setup_context=_setup)
+    dvs = [t.transpose(1, 2) for t in dv[:len(pair)]]
+    if len(v) > 2:
+        dvs = [dvs[0], *dvs[1].split([t.shape[2] for t in v[1:]], dim=2)]
+    return as_grad(dk.transpose(1, 2), f), [as_grad(g, t) for g, t in zip(dvs, v)]

@@ -13,7 +13,9 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import INTERPRET, block
+from qsattn_fast._common import stable_select
+
+from ._common import INTERPRET, TRITON_DEVICES, block, implement
 
 
 @triton.jit
@@ -62,9 +64,12 @@ def _select_kernel(e_ptr, vals_ptr, idx_ptr, N, k, BLOCK: tl.constexpr):
         eq_seen += tl.sum(eq.to(tl.int32), 0)
 
 
-@torch.library.custom_op("qsattn::triton_select", mutates_args=())
+@implement("select", "triton", TRITON_DEVICES)
 def select(entropy: torch.Tensor, k: int) -> torch.Tensor:
-    """entropy (B, N) float16/bfloat16/float32 -> (B, k) int64, equal to argsort(stable=True)[:, :k]."""
+    """entropy (B, N) -> (B, k) int64, equal to argsort(stable=True)[:, :k]. The radix passes key float32
+    bits: float64 entropies are sorted by torch instead."""
+    if entropy.dtype == torch.float64:
+        return stable_select(entropy, k)
     e = entropy.float().contiguous()
     B, N = e.shape
     vals = torch.empty(B, k, dtype=torch.float32, device=e.device)
@@ -74,8 +79,3 @@ def select(entropy: torch.Tensor, k: int) -> torch.Tensor:
                          num_warps=4 if INTERPRET else 8)
     order = torch.sort(vals, dim=1, stable=True).indices
     return idx.gather(1, order)
-
-
-@select.register_fake
-def _(entropy, k):
-    return entropy.new_empty(entropy.shape[0], k, dtype=torch.int64)

@@ -13,6 +13,9 @@ from dataclasses import dataclass
 
 import torch
 
+from . import ops
+from ._common import rows
+
 #: Order in which ``backend="auto"`` tries the backends. ``reference`` is deliberately absent.
 AUTO_PRIORITY = ("triton", "native", "torch")
 
@@ -88,15 +91,35 @@ class Backend:
         (e.g. Triton on CPU tensors, which runs only under the slow interpreter)."""
         return []
 
-    # Ops. Shapes: feat (B, C, H, W); entropy (B, N); idx (B, k) int64; values tuple of (B, C_v, H, W).
+    #: Input dtypes the backend's op implementations take; others (half) are computed in float32.
+    kernel_dtypes: tuple[torch.dtype, ...] = (torch.float32, torch.float64)
+
+    def kernel(self, name: str) -> torch._ops.OpOverload:
+        """This backend's implementation of op ``name`` (qsattn_fast/ops.py): ``torch.ops.qsattn.<name>.<backend>``."""
+        return ops.op(name, self.name)
+
+    def _cast(self, x: torch.Tensor) -> torch.Tensor:
+        return x if x.dtype in self.kernel_dtypes else x.float()
+
+    # Ops, one call of the backend's implementation each. Shapes: feat (B, C, H, W); entropy (B, N);
+    # idx (B, k) int64; values tuple of (B, C_v, H, W); the ops see rows(.) (B, N, C) views.
     def entropy(self, feat, mode, window, precision, variant):
-        raise NotImplementedError
+        f = rows(self._cast(feat))
+        if mode == "global":
+            return self.kernel("entropy_global")(f, precision)
+        return self.kernel("entropy_local")(f, feat.shape[2], feat.shape[3], window)
 
     def select(self, entropy, k):
-        raise NotImplementedError
+        return self.kernel("select")(self._cast(entropy), k)
 
     def route(self, feat, idx, values, mode, window, precision, variant):
-        raise NotImplementedError
+        """Routed values in the values' dtypes (the ops return the accumulation dtype)."""
+        f, v = rows(self._cast(feat)), [rows(self._cast(x)) for x in values]
+        if mode == "local":
+            outs, _ = self.kernel("route_local")(f, idx, v, feat.shape[2], feat.shape[3], window)
+        else:
+            outs, _ = self.kernel("route_global")(f, idx, v, precision)
+        return tuple(o.to(x.dtype) for o, x in zip(outs, values))
 
     def qsattn(self, feat, values, k, mode, window, precision, variant):
         """Entropy -> selection -> routing; a backend may override this to share work between steps."""

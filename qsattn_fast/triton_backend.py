@@ -1,7 +1,8 @@
-"""The ``triton`` backend: fused Triton kernels (``qsattn_fast.kernels``, one op per file).
+"""The ``triton`` backend: fused Triton kernels (``qsattn_fast.kernels``, one op per file), the
+implementations ``torch.ops.qsattn.<op>.triton`` of the contract (qsattn_fast/ops.py).
 
-Importing this module neither imports Triton nor touches CUDA: the kernels are imported on the first
-op call. Devices: CUDA; CPU tensors only under the Triton interpreter (``TRITON_INTERPRET=1`` set before
+Importing this module neither imports Triton nor touches CUDA: the kernels are imported (and registered)
+on the first op call. Devices: CUDA; CPU tensors only under the Triton interpreter (``TRITON_INTERPRET=1`` set before
 the kernels are first imported, as the tests do), which ``backend="auto"`` never picks because it is slow.
 For fp32 inputs ``precision`` picks the tensor-core path of the global products: None = "tf32x3"
 (fp32-faithful), "ieee", "tf32", "bf16"; half inputs multiply natively with fp32 accumulation; the
@@ -15,7 +16,6 @@ import sys
 
 import torch
 
-from ._common import stable_select
 from .registry import Backend, register_backend
 
 _KERNELS = "qsattn_fast.kernels"
@@ -29,16 +29,13 @@ def interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "0").strip().lower() in ("1", "true", "yes", "on", "y")
 
 
-def _kernel(op: str):
-    return importlib.import_module(f"{_KERNELS}.{op}")
-
-
 class TritonBackend(Backend):
     name = "triton"
     summary = "fused Triton kernels (CUDA; CPU tensors only under TRITON_INTERPRET=1)"
     devices = ("cuda", "cpu")
     dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
     precisions = ("ieee", "tf32x3", "tf32", "bf16")
+    kernel_dtypes = dtypes                       # half operands go to the tensor cores as they are
     _missing: str | None = None
     _checked = False
 
@@ -65,24 +62,13 @@ class TritonBackend(Backend):
             return ["float64 kernels are validated under the interpreter only; pass backend='triton' to force"]
         return []
 
-    def entropy(self, feat, mode, window, precision, variant):
-        if mode == "global":
-            return _kernel("entropy_global").entropy_global(feat, precision)
-        return _kernel("entropy_local").entropy_local(feat, window)
+    _loaded = False
 
-    def select(self, entropy, k):
-        if entropy.dtype == torch.float64:          # the radix kernel keys float32 bits
-            return stable_select(entropy, k)
-        return _kernel("select").select(entropy, k)
-
-    def route(self, feat, idx, values, mode, window, precision, variant):
-        v = values[0] if len(values) == 1 else torch.cat(values, dim=1)
-        if mode == "global":
-            out, _ = _kernel("route_global").route_global(feat, idx, v, precision)
-            out = out.to(v.dtype)
-        else:
-            out, _ = _kernel("route_local").route_local(feat, idx, v, window)
-        return tuple(out.split([x.shape[1] for x in values], dim=2))
+    def kernel(self, name):
+        if not TritonBackend._loaded:          # a flag, not the import, is what torch.compile traces later
+            importlib.import_module(_KERNELS)    # decorates the kernels and registers the implementations
+            TritonBackend._loaded = True
+        return super().kernel(name)
 
 
 register_backend(TritonBackend())

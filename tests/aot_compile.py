@@ -27,16 +27,20 @@ def specs():
             common = dict(DOT_PREC=prec, PREC2=second, INTERP=False)
             tiles = route_global._GPU_TILES
             yield (f"route_fwd/{dt}/{prec}", route_global._route_fwd_kernel,
-                   dict(x_ptr=dt, idx_ptr="i64", v_ptr=dt, out_ptr=acc, lse_ptr=acc), dict(common, **tiles["fwd"]))
-            bwd = dict(x_ptr=dt, idx_ptr="i64", v_ptr=dt, lse_ptr=acc, d_ptr=acc, go_ptr=dt)
+                   dict(x_ptr=dt, idx_ptr="i64", v_ptr=dt, out_ptr=acc, lse_ptr=acc),
+                   dict(common, WRITE_LSE=True, **tiles["fwd"]))
+            bwd = dict(x_ptr=dt, idx_ptr="i64", v0_ptr=dt, v1_ptr=dt, lse_ptr=acc, d_ptr=acc, go0_ptr=acc, go1_ptr=acc)
             yield (f"route_bwd/{dt}/{prec}", route_global._route_bwd_kernel,
-                   dict(bwd, dk_ptr=acc, dv_ptr=acc, dq_ptr=acc), dict(common, **tiles["bwd"]))
+                   dict(bwd, dk_ptr=acc, dv0_ptr=acc, dv1_ptr=acc, dq_ptr=acc), dict(common, **tiles["bwd"]))
         local = dict(WINDOW=7, W2P=64, BP=32)
         yield (f"entropy_local/{dt}", entropy_local._entropy_local_kernel, dict(x_ptr=dt, out_ptr=acc), local)
         yield (f"route_local_fwd/{dt}", route_local._route_local_fwd_kernel,
-               dict(x_ptr=dt, idx_ptr="i64", v_ptr=dt, out_ptr=dt, a_ptr=acc), local)
-        yield (f"route_local_bwd/{dt}", route_local._route_local_bwd_kernel,
-               dict(x_ptr=dt, idx_ptr="i64", v_ptr=dt, a_ptr=acc, go_ptr=dt, dx_ptr=acc, dv_ptr=acc), dict(local, BP=16))
+               dict(x_ptr=dt, idx_ptr="i64", v_ptr=dt, out_ptr=acc, lse_ptr=acc), dict(local, WRITE_LSE=True))
+        yield (f"route_local_bwd_values/{dt}", route_local._route_local_bwd_values_kernel,
+               dict(x_ptr=dt, idx_ptr="i64", v_ptr=dt, lse_ptr=acc, go_ptr=acc, da_ptr=acc, dv_ptr=acc),
+               dict(local, BP=16, FIRST=False))
+        yield (f"route_local_bwd_feat/{dt}", route_local._route_local_bwd_feat_kernel,
+               dict(x_ptr=dt, idx_ptr="i64", lse_ptr=acc, da_ptr=acc, dx_ptr=acc), dict(local, BP=16))
     yield ("select/fp32", select._select_kernel, dict(e_ptr="fp32", vals_ptr="fp32", idx_ptr="i64"), dict(BLOCK=512))
 
 

@@ -19,5 +19,5 @@ def test_all_kernels_compile_for_sm90():
     proc = subprocess.run([sys.executable, script, "90"], capture_output=True, text=True, env=env, timeout=900)
     lines = [ln for ln in proc.stdout.splitlines() if ln.startswith(("ok", "FAIL"))]
     assert proc.returncode == 0 and not any(ln.startswith("FAIL") for ln in lines), proc.stdout[-4000:] + proc.stderr[-2000:]
-    assert len(lines) == 34                          # (4 fp32 precisions + 3 dtypes) x 3 global + 4 x 3 local + select
+    assert len(lines) == 38                          # (4 fp32 precisions + 3 dtypes) x 3 global + 4 dtypes x 4 local + select
     assert all("tensor cores: True" in ln for ln in lines if "route_fwd/fp32/tf32x3" in ln or "entropy_global/fp16" in ln)

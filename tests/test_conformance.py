@@ -8,6 +8,8 @@ import pytest
 import torch
 
 import qsattn_fast as q
+from qsattn_fast import ops
+from qsattn_fast._common import rows
 from qsattn_fast.registry import request
 
 from conftest import assert_valid_selection, features, rel_err
@@ -31,6 +33,50 @@ def runs(backend, op, x, mode=None, window=7):
 
 def on(x):
     return x.to(DEVICE)
+
+
+@pytest.mark.parametrize("backend", ops.IMPLEMENTATIONS)
+def test_every_backend_implements_every_op_of_the_contract(backend):
+    """qsattn::<op>.<backend> exists for every op with the contract's schema and has a kernel for the
+    device the backend runs on here."""
+    x = on(features(1, 3, 2, 2))
+    runs(backend, "qsattn", x, "global")
+    key = x.device.type.upper()
+    for name, schema in ops.SCHEMAS.items():
+        overload = ops.op(name, backend)
+        assert str(overload._schema) == f"qsattn::{name}.{backend}{schema}"
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"qsattn::{name}.{backend}", key), (name, key)
+
+
+def op_samples(dtype=torch.float64):
+    """(op name, arguments) of every op on rows(.) views of NCHW maps, as the backends call them; the
+    backward ops get the forward's own outputs. N = 35 (5 x 7), k = 6, two value maps."""
+    x, t = features(2, 3, 5, 7, dtype), features(2, 2, 5, 7, dtype)
+    f, v = rows(on(x)), [rows(on(x)), rows(on(t))]
+    idx = on(torch.stack([torch.randperm(35)[:6], torch.randperm(35)[:6]]))
+    ent = on(torch.rand(2, 35, dtype=dtype))
+    samples = [("entropy_global", (f, None)), ("entropy_local", (f, 5, 7, 3)), ("select", (ent, 6)),
+               ("route_global", (f, idx, v[:1], None))]
+    for mode, tail in (("global", (None,)), ("local", (5, 7, 3))):
+        samples.append((f"route_{mode}", (f, idx, v, *tail)))
+        samples.append((f"route_{mode}_backward", (f, idx, v, [on(torch.randn(2, 6, c, dtype=dtype)) for c in (3, 2)],
+                                                   on(torch.randn(2, 6, dtype=dtype)),
+                                                   [on(torch.randn(2, 6, c, dtype=dtype)) for c in (3, 2)], *tail)))
+    return samples
+
+
+@pytest.mark.parametrize("backend", ops.IMPLEMENTATIONS)
+@pytest.mark.parametrize("name,args", op_samples(), ids=[name for name, _ in op_samples()])
+def test_opcheck(backend, name, args):
+    """torch.library.opcheck of each implementation: schema, fake kernel (shapes, dtypes, strides),
+    autograd registration, and AOT dispatch (the routing ops' shared autograd glue)."""
+    runs(backend, "qsattn", on(features(2, 3, 5, 7, torch.float64)), "global")
+    if name.endswith("_backward"):         # the saved out/lse of a real forward, so the recomputation is consistent
+        out, lse = ops.op(name[:-len("_backward")], backend)(*args[:3], *args[6:])
+        args = (*args[:3], [o.detach() for o in out], lse.detach(), *args[5:])
+    if name.startswith("route") and not name.endswith("_backward"):
+        args = (args[0].detach().requires_grad_(), args[1], [a.detach().requires_grad_() for a in args[2]], *args[3:])
+    torch.library.opcheck(ops.op(name, backend), args)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -103,6 +149,44 @@ def test_route_gradcheck(backend, mode):
     fast = backend == "triton" and DEVICE == "cpu"    # the interpreter: a random projection, not every column
     assert torch.autograd.gradcheck(lambda a, b: q.route(a, idx, [a, b], mode, 3, backend=backend), (x, t),
                                     fast_mode=fast)
+
+
+@pytest.mark.parametrize("backend", ops.IMPLEMENTATIONS)
+@pytest.mark.parametrize("mode", ["global", "local"])
+def test_routing_returns_each_rows_log_sum_exp(backend, mode):
+    """lse, what every routing saves for its backward, is the log-sum-exp of each selected attention row
+    (local: over the zero-padded 3 x 3 window, out-of-map keys with logit 0)."""
+    x = features(2, 6, 5, 7, torch.float64)
+    runs(backend, "route", on(x), mode, 3)
+    idx = torch.stack([torch.randperm(35)[:8] for _ in range(2)])
+    tail = (None,) if mode == "global" else (5, 7, 3)
+    _, lse = ops.op(f"route_{mode}", backend)(rows(on(x)), on(idx), [rows(on(x))], *tail)
+    q = rows(x).gather(1, idx[..., None].expand(-1, -1, 6))
+    if mode == "global":
+        s = q @ x.flatten(2)
+    else:
+        keys = torch.nn.functional.unfold(x, 3, padding=1).view(2, 6, 9, 35)
+        s = torch.einsum("bcpk,bkc->bkp", keys.gather(3, idx[:, None, None].expand(-1, 6, 9, -1)), q)
+    assert rel_err(lse.cpu(), torch.logsumexp(s, -1)) < 1e-12
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["global", "local"])
+def test_three_value_maps(backend, mode):
+    """A list of three value maps (the Triton backward reads two in place and concatenates the rest) routes
+    like the reference, outputs and gradients."""
+    x = features(2, 4, 3, 5, torch.float64)
+    runs(backend, "route", on(x), mode, 3)
+    vals = [features(2, c, 3, 5, torch.float64) for c in (2, 5, 1)]
+    idx = torch.stack([torch.randperm(15)[:7], torch.randperm(15)[:7]])
+    ws = [torch.randn(2, 7, c, dtype=torch.float64) for c in (4, 2, 5, 1)]
+    got, ref = [], []
+    for be, dev, out in ((backend, DEVICE, got), ("reference", "cpu", ref)):
+        ins = [m.to(dev).requires_grad_() for m in (x, *vals)]
+        routed = q.route(ins[0], idx.to(dev), ins, mode, 3, backend=be)
+        loss = sum((r.cpu() * w).sum() for r, w in zip(routed, ws))
+        out.extend([*(r.detach().cpu() for r in routed), *(g.cpu() for g in torch.autograd.grad(loss, ins))])
+    assert all(rel_err(a, b) < 1e-10 for a, b in zip(got, ref))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)

@@ -1,9 +1,9 @@
-"""qsattn::entropy_global (csrc/entropy_global_cpu.cpp) against the reference: fp32 to 2e-4 and fp64
-to 1e-12 relative, peaked rows, thread-count independence. The kernel forms only the TS x TS tiles
-I <= J of the symmetric logits and serves the rows of J from the columns of S_IJ: the shapes cover one
-ragged tile (N < TS), N not a multiple of TS, N exactly 2 and 3 tiles, several images, and N > 32
-tiles (superblocks of 2 x 2 tiles). Up to SMALL_C channels the tiles come from small_logits, beyond from
-sgemm: both paths are covered over several tiles."""
+"""qsattn::entropy_global.native (csrc/entropy_global_cpu.cpp) against the reference: fp32 to 2e-4 and
+fp64 to 1e-12 relative, peaked rows, thread-count independence, precision None or "ieee" only. The
+kernel forms only the TS x TS tiles I <= J of the symmetric logits and serves the rows of J from the
+columns of S_IJ: the shapes cover one ragged tile (N < TS), N not a multiple of TS, N exactly 2 and 3
+tiles, several images, and N > 32 tiles (superblocks of 2 x 2 tiles). Up to SMALL_C channels the tiles
+come from small_logits, beyond from sgemm: both paths are covered over several tiles."""
 import pytest
 import torch
 
@@ -70,7 +70,7 @@ def test_row_maxima_in_column_served_tiles(dtype, tol):
     ref = q.attention_entropy(f.transpose(1, 2).reshape(2, 6, 26, 50), "global", backend="reference")
     rows_max_at = (f @ f.transpose(1, 2)).argmax(-1)
     assert bool((rows_max_at[:, 2 * TS:] < TS).any())   # the case this test is about does occur
-    assert rel_err(torch.ops.qsattn.entropy_global(f.to(dtype)), ref) < tol
+    assert rel_err(torch.ops.qsattn.entropy_global.native(f.to(dtype), None), ref) < tol
 
 
 def test_superblocks_beyond_32_tiles():
@@ -82,19 +82,21 @@ def test_superblocks_beyond_32_tiles():
     rows = torch.cat([torch.randperm(N - 100)[:1200], torch.arange(N - 100, N)])
     logp = torch.log_softmax(f[rows] @ f.T, -1)
     ref = -(logp.exp() * logp).sum(-1)
-    assert rel_err(torch.ops.qsattn.entropy_global(f[None].float())[0, rows], ref) < 2e-4
+    assert rel_err(torch.ops.qsattn.entropy_global.native(f[None].float(), None)[0, rows], ref) < 2e-4
 
 
 def test_constant_rows_give_log_n():
     f = torch.zeros(2, 37, 4)
-    assert torch.allclose(torch.ops.qsattn.entropy_global(f), torch.full((2, 37), float(torch.log(torch.tensor(37.)))))
+    assert torch.allclose(torch.ops.qsattn.entropy_global.native(f, None),
+                          torch.full((2, 37), float(torch.log(torch.tensor(37.)))))
 
 
 def test_transposed_view_equals_contiguous_rows():
     x = features(2, 6, 5, 7)
     f = x.flatten(2).transpose(1, 2)
     assert not f.is_contiguous()
-    assert torch.equal(torch.ops.qsattn.entropy_global(f), torch.ops.qsattn.entropy_global(f.contiguous()))
+    assert torch.equal(torch.ops.qsattn.entropy_global.native(f, None),
+                       torch.ops.qsattn.entropy_global.native(f.contiguous(), None))
 
 
 @pytest.mark.parametrize("C", [5, SMALL_C + 4])
@@ -105,9 +107,9 @@ def test_result_does_not_depend_on_thread_count(C):
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = torch.ops.qsattn.entropy_global(f)
+        one = torch.ops.qsattn.entropy_global.native(f, None)
         torch.set_num_threads(max(2, old))
-        many = torch.ops.qsattn.entropy_global(f)
+        many = torch.ops.qsattn.entropy_global.native(f, None)
     finally:
         torch.set_num_threads(old)
     assert torch.equal(one, many)
@@ -128,12 +130,22 @@ def test_half_inputs_computed_in_fp32(dtype):
 ])
 def test_bad_inputs(f, match):
     with pytest.raises(RuntimeError, match=match):
-        torch.ops.qsattn.entropy_global(f)
+        torch.ops.qsattn.entropy_global.native(f, None)
+
+
+def test_precision_ieee_only():
+    """precision None or "ieee" (the same plain arithmetic); the native kernels have no other."""
+    f = torch.randn(2, 13, 5)
+    assert torch.equal(torch.ops.qsattn.entropy_global.native(f, "ieee"),
+                       torch.ops.qsattn.entropy_global.native(f, None))
+    for precision in ("tf32", "tf32x3", "bf16"):
+        with pytest.raises(RuntimeError, match="precision: .*ieee.*got \"" + precision):
+            torch.ops.qsattn.entropy_global.native(f, precision)
 
 
 def test_opcheck():
-    torch.library.opcheck(torch.ops.qsattn.entropy_global.default, (torch.randn(2, 13, 5),))
-    torch.library.opcheck(torch.ops.qsattn.entropy_global.default, (torch.randn(1, 9, 3, dtype=torch.float64),))
+    torch.library.opcheck(torch.ops.qsattn.entropy_global.native, (torch.randn(2, 13, 5), None))
+    torch.library.opcheck(torch.ops.qsattn.entropy_global.native, (torch.randn(1, 9, 3, dtype=torch.float64), "ieee"))
 
 
 def test_peaked_rows_down_to_the_smallest_normal_floats():

@@ -1,4 +1,4 @@
-"""qsattn::entropy_local (csrc/entropy_local_cpu.cpp) against the reference: windows 1..9 including
+"""qsattn::entropy_local.native (csrc/entropy_local_cpu.cpp) against the reference: windows 1..9 including
 windows larger than the map (borders: out-of-map keys have logit 0), fp32/fp64, bad inputs, opcheck."""
 import pytest
 import torch
@@ -34,7 +34,7 @@ def test_peaked_rows_keep_fp32_accuracy():
 
 def test_zero_map_counts_padding_keys():
     """All logits 0: every position's softmax is uniform over all window^2 keys, padding included."""
-    got = torch.ops.qsattn.entropy_local(torch.zeros(1, 12, 3), 3, 4, 5)
+    got = torch.ops.qsattn.entropy_local.native(torch.zeros(1, 12, 3), 3, 4, 5)
     assert torch.allclose(got, torch.full_like(got, float(torch.log(torch.tensor(25.)))))
 
 
@@ -45,9 +45,9 @@ def test_zero_map_counts_padding_keys():
 ])
 def test_bad_inputs(args, match):
     with pytest.raises(RuntimeError, match=match):
-        torch.ops.qsattn.entropy_local(*args)
+        torch.ops.qsattn.entropy_local.native(*args)
 
 
 def test_opcheck():
-    torch.library.opcheck(torch.ops.qsattn.entropy_local.default, (torch.randn(2, 20, 3), 4, 5, 3))
-    torch.library.opcheck(torch.ops.qsattn.entropy_local.default, (torch.randn(1, 6, 2, dtype=torch.float64), 2, 3, 7))
+    torch.library.opcheck(torch.ops.qsattn.entropy_local.native, (torch.randn(2, 20, 3), 4, 5, 3))
+    torch.library.opcheck(torch.ops.qsattn.entropy_local.native, (torch.randn(1, 6, 2, dtype=torch.float64), 2, 3, 7))

@@ -1,4 +1,4 @@
-"""qsattn::select (csrc/select_cpu.cpp): exactly argsort(stable=True)[:, :k] for random
+"""qsattn::select.native (csrc/select_cpu.cpp): exactly argsort(stable=True)[:, :k] for random
 values, heavy ties, k = 1 and k = N, NaN (sorted last like argsort), fp32/fp64; bad k; opcheck."""
 import pytest
 import torch
@@ -26,7 +26,7 @@ def test_ties_broken_by_lower_index(levels):
     e = torch.randint(0, levels, (3, 257)).float()
     e[1, ::2] = -0.0                                        # -0.0 == 0.0: a tie, not an order
     for k in (1, 16, 128, 257):
-        assert torch.equal(torch.ops.qsattn.select(e, k), stable(e, k))
+        assert torch.equal(torch.ops.qsattn.select.native(e, k), stable(e, k))
 
 
 def test_nan_sorts_last():
@@ -34,7 +34,7 @@ def test_nan_sorts_last():
     e[0, [3, 17, 40]] = float("nan")
     e[1, :45] = float("nan")
     for k in (10, 47, 50):
-        assert torch.equal(torch.ops.qsattn.select(e, k), stable(e, k))
+        assert torch.equal(torch.ops.qsattn.select.native(e, k), stable(e, k))
 
 
 def test_half_entropies_are_upcast():
@@ -45,14 +45,14 @@ def test_half_entropies_are_upcast():
 @pytest.mark.parametrize("k", [0, 38, -1])
 def test_bad_k(k):
     with pytest.raises(RuntimeError, match="k: must lie in"):
-        torch.ops.qsattn.select(torch.randn(2, 37), k)
+        torch.ops.qsattn.select.native(torch.randn(2, 37), k)
 
 
 def test_bad_entropy():
     with pytest.raises(RuntimeError, match="entropy: expected a 2-D tensor"):
-        torch.ops.qsattn.select(torch.randn(37), 3)
+        torch.ops.qsattn.select.native(torch.randn(37), 3)
 
 
 def test_opcheck():
-    torch.library.opcheck(torch.ops.qsattn.select.default, (torch.randn(2, 37), 5))
-    torch.library.opcheck(torch.ops.qsattn.select.default, (torch.randn(1, 9, dtype=torch.float64), 9))
+    torch.library.opcheck(torch.ops.qsattn.select.native, (torch.randn(2, 37), 5))
+    torch.library.opcheck(torch.ops.qsattn.select.native, (torch.randn(1, 9, dtype=torch.float64), 9))

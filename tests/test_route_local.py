@@ -4,12 +4,9 @@ import pytest
 import torch
 from conftest import features, rel_err
 from test_route_global import TOL, random_idx
-from triton_env import DEVICE, kernel
+from triton_env import DEVICE
 
 from qsattn_fast import route
-
-K = kernel("route_local")
-
 
 def run(backend, x, idx, values, window):
     x = x.detach().requires_grad_()
@@ -50,21 +47,3 @@ def test_source_features_as_value(dtype):
     out_tol, grad_tol = TOL[dtype]
     assert all(rel_err(g.cpu(), r) < out_tol for g, r in zip(got_o, ref_o))
     assert all(rel_err(g.cpu(), r) < grad_tol for g, r in zip(got_g, ref_g))
-
-
-def test_attention_weights_saved():
-    x = features(1, 4, 5, 5)
-    idx = random_idx(1, 25, 6)
-    _, a = K.route_local(x.to(DEVICE), idx.to(DEVICE), torch.randn(1, 2, 5, 5).to(DEVICE), 3)
-    assert a.shape == (1, 6, 16)
-    assert torch.allclose(a[..., :9].sum(-1).cpu(), torch.ones(1, 6)) and bool((a[..., 9:] == 0).all())
-
-
-def test_opcheck():
-    x = features(2, 5, 4, 3, requires_grad=True).to(DEVICE)
-    v = torch.randn(2, 4, 4, 3).to(DEVICE).requires_grad_()
-    idx = random_idx(2, 12, 5).to(DEVICE)
-    torch.library.opcheck(K.route_local, (x, idx, v, 3))
-    out, a = K.route_local(x, idx, v, 3)
-    torch.library.opcheck(K.route_local_backward, (x.detach(), idx, v.detach(), a.detach(),
-                                                   torch.randn_like(out), 3))

@@ -3,11 +3,11 @@
 import pytest
 import torch
 from conftest import assert_valid_selection, features
-from triton_env import DEVICE, kernel
+from triton_env import DEVICE, triton_op
 
 from qsattn_fast import attention_entropy, select_queries
 
-K = kernel("select")
+SELECT = triton_op("select")
 
 
 def expected(e, k):
@@ -20,7 +20,7 @@ def test_equals_stable_argsort_with_ties(B, N, k):
     e[:, ::2] = (e[:, ::2] * 3).round()          # many exact ties, negative values, zeros
     if N > 3:
         e[0, 0], e[0, 3] = -0.0, 0.0
-    got = K.select(e.to(DEVICE), k)
+    got = SELECT(e.to(DEVICE), k)
     assert got.dtype == torch.int64
     assert torch.equal(got.cpu(), expected(e, k))
 
@@ -34,8 +34,8 @@ def test_half_entropies(dtype):
 def test_all_equal_and_extremes():
     e = torch.zeros(2, 70)
     e[1, 5], e[1, 9] = float("inf"), -float("inf")
-    assert torch.equal(K.select(e.to(DEVICE), 70).cpu(), expected(e, 70))
-    assert torch.equal(K.select(e.to(DEVICE), 3).cpu(), expected(e, 3))
+    assert torch.equal(SELECT(e.to(DEVICE), 70).cpu(), expected(e, 70))
+    assert torch.equal(SELECT(e.to(DEVICE), 3).cpu(), expected(e, 3))
 
 
 @pytest.mark.parametrize("mode", ["global", "local"])
@@ -50,7 +50,3 @@ def test_valid_on_entropies(mode):
 def test_float64_entropies():
     e = torch.randn(2, 123, dtype=torch.float64)
     assert torch.equal(select_queries(e.to(DEVICE), 31, backend="triton").cpu(), expected(e, 31))
-
-
-def test_opcheck():
-    torch.library.opcheck(K.select, (torch.randn(2, 50).to(DEVICE), 7))

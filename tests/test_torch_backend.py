@@ -104,23 +104,6 @@ def test_one_hot_rows_gradient_noise_is_bounded():
     assert all(rel_err(g, r) < 1e-4 for g, r in zip(*grads))
 
 
-def test_opcheck_registered_ops():
-    f = torch.randn(2, 13, 5, dtype=torch.float64, requires_grad=True)
-    v = [torch.randn(2, 13, c, dtype=torch.float64, requires_grad=True) for c in (3, 2)]
-    idx = torch.stack([torch.randperm(13)[:4], torch.randperm(13)[:4]])
-    out, lse = torch_backend.route_global(f, idx, v)
-    samples = [
-        (torch_backend.route_global, (f, idx, v)),
-        (torch_backend.route_global, (f, idx, [f])),
-        (torch_backend.route_global_backward, (f.detach(), idx, [x.detach() for x in v], [o.detach() for o in out],
-                                               lse.detach(), [torch.randn_like(o) for o in out])),
-        (torch_backend.entropy_global, (f.detach(),)),
-        (torch_backend.entropy_local, (torch.randn(2, 3, 4, 5), 3)),
-    ]
-    for op, args in samples:
-        torch.library.opcheck(op, args)
-
-
 def test_torch_compile_runs_the_streaming_ops():
     x, t = features(1, 4, 5, 6, requires_grad=True), features(1, 4, 5, 6)
 

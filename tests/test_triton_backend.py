@@ -44,12 +44,14 @@ def test_forced_on_cpu_under_interpreter():
 def test_torch_compile():
     """entropy -> selection -> routing -> loss -> backward as one compiled graph (fullgraph: the custom
     ops are opaque calls), equal to the eager run."""
-    from qsattn_fast.kernels import entropy_global, route_global, select
+    be = backends()["triton"]
+    entropy, select, route = (be.kernel(name) for name in ("entropy_global", "select", "route_global"))
+    rows = lambda m: m.flatten(2).transpose(1, 2)  # noqa: E731
 
     def step(x, t):
-        idx = select.select(entropy_global.entropy_global(x.detach(), None), 9)
-        out, _ = route_global.route_global(x, idx, torch.cat([x, t], 1), None)
-        return (out * out).sum()
+        idx = select(entropy(rows(x.detach()), None), 9)
+        (a, b), _ = route(rows(x), idx, [rows(x), rows(t)], None)
+        return (a * a).sum() + (b * b).sum()
 
     x = features(2, 6, 5, 7).to(DEVICE).requires_grad_()
     t = torch.randn(2, 6, 5, 7).to(DEVICE).requires_grad_()

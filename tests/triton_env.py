@@ -42,6 +42,8 @@ if not INTERPRET and not torch.cuda.is_available():
 DEVICE = "cpu" if INTERPRET else "cuda"
 
 
-def kernel(op: str):
-    """The kernel module qsattn_fast.kernels.<op> (decorated in the mode chosen above)."""
-    return importlib.import_module(f"qsattn_fast.kernels.{op}")
+def triton_op(name: str):
+    """The Triton implementation of the contract's op ``name`` (qsattn_fast/ops.py), registered by the
+    kernels imported above: ``torch.ops.qsattn.<name>.triton``."""
+    from qsattn_fast import ops
+    return ops.op(name, "triton")
