@@ -45,7 +45,6 @@ inline void axpy(T a, const T* x, T* y, int64_t n) {
   for (int64_t c = 0; c < n; ++c) y[c] += a * x[c];
 }
 
-
 // The attention weights of a selected row at position p over its neighbourhood: fills nb and w, returns lse.
 template <typename T>
 T local_softmax(const T* fb, int64_t C, int64_t p, int64_t H, int64_t W, int64_t window, int64_t* nb, T* w) {
