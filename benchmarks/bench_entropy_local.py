@@ -1,9 +1,9 @@
-"""The local (7x7) row entropy kernel (kernels/entropy_local.py) against reference and the SDPA
-composition at S1..S5 (pytest-benchmark; CUDA only, see benchmarks/gpu_report.py).
+"""Local row entropies (attention_entropy, mode local): every backend that runs here (and sdpa on CUDA), at
+harness.SUITE_SHAPES (pytest-benchmark; the small CPU shapes, or S1..S5 on CUDA; see benchmarks/harness.py).
 
     python -m pytest benchmarks/bench_entropy_local.py --benchmark-group-by=param:shape
 """
-from gpu_report import bench, cases
+from harness import bench, cases
 
 
 @cases(["entropy_local"])

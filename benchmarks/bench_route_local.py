@@ -1,11 +1,12 @@
-"""Local routing of [x, t] (kernels/route_local.py) and the whole local step against reference and the SDPA
-composition at S1..S5 (pytest-benchmark; CUDA only, see benchmarks/gpu_report.py).
+"""Routing of [x, t] by k = min(256, N) fixed random rows (route, mode local), forward and
+forward+backward: every backend that runs here (and sdpa on CUDA) at harness.SUITE_SHAPES
+(pytest-benchmark; the small CPU shapes, or S1..S5 on CUDA; see benchmarks/harness.py).
 
     python -m pytest benchmarks/bench_route_local.py --benchmark-group-by=param:shape
 """
-from gpu_report import bench, cases
+from harness import bench, cases
 
 
-@cases(["route_local", "step_local"], passes=(False, True))
+@cases(["route_local"], passes=(False, True))
 def bench_route_local(benchmark, shape, peer, what, backward):
     bench(benchmark, what, shape, peer, backward)

@@ -1,9 +1,9 @@
-"""The top-256 radix selection kernel (kernels/select.py) against reference and the SDPA
-composition at S1..S5 (pytest-benchmark; CUDA only, see benchmarks/gpu_report.py).
+"""Top-k selection (select_queries, k = min(256, N)): every backend that runs here (and sdpa on CUDA), at
+harness.SUITE_SHAPES (pytest-benchmark; the small CPU shapes, or S1..S5 on CUDA; see benchmarks/harness.py).
 
     python -m pytest benchmarks/bench_select.py --benchmark-group-by=param:shape
 """
-from gpu_report import bench, cases
+from harness import bench, cases
 
 
 @cases(["select"])

@@ -45,7 +45,7 @@ from qsattn_fast.train import options
 from qsattn_fast.train.data import synthetic_pair
 from qsattn_fast.train.model import CUTModel
 from qsattn_fast.train.trainer import training_device
-from report import environment
+from harness import environment
 
 
 def available_backends(device: torch.device, mode="global") -> list[str]:

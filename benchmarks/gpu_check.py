@@ -277,11 +277,11 @@ def key_report(recs: list, out: str) -> tuple[dict, str, bool]:
     rows = report["results"]
     errors = [r for r in rows if "error" in r]
     first = rows[0]["precision"] if rows else None
-    s1 = {r["peer"]: r["median_s"] * 1e3 for r in rows if r["shape"] == "S1" and r["what"] == "step_global"
+    s1 = {r["peer"]: r["median_s"] * 1e3 for r in rows if r["shape"] == "S1" and r["what"] == "qsattn_global"
           and r["backward"] and "median_s" in r and (r["peer"] != "triton" or r["precision"] == first)}
     key = dict(rows=len(rows), errors=len(errors), error_rows=[f"{r['shape']} {r['peer']} {r['precision']} "
                                                                f"{r['what']}: {r['error']}" for r in errors][:30],
-               s1_step_global_fwd_bwd_ms=s1)
+               s1_qsattn_global_fwd_bwd_ms=s1)
     text = f"{len(rows)} rows, {len(errors)} errors; S1 global step fwd+bwd ms: " + \
         ", ".join(f"{p} {ms:.2f}" for p, ms in s1.items())
     return key, text, True

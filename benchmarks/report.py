@@ -15,25 +15,24 @@ after all runs), the conservative reading.
 
 Each (shape, backend, pass) runs in a fresh subprocess; its extra peak memory is that of the first step
 once the inputs exist (``qsattn_fast._memory.PeakMemory``: on CPU the rise of the reset resident-set
-high-water mark, on CUDA of ``max_memory_allocated``). The work measured is one QS-Attn step
-as CUT+QS-Attn runs it: ``query_selected_attention(x, [x, t], k)`` (select on the source, route source
-and target), and for forward+backward a weighted sum of both routed outputs backpropagated to x and t.
-With ``--op entropy`` it is the selection's entropies of x alone (forward only): the floor is then the
-entropy's own, and "G exp/s" its exponentials over its time.
+high-water mark, on CUDA of ``max_memory_allocated``). The work measured is harness.py's
+``qsattn_<mode>``, one QS-Attn step as CUT+QS-Attn runs it: ``query_selected_attention(x, [x, t], k)``
+(select on the source, route source and target), and for forward+backward a weighted sum of both routed
+outputs backpropagated to x and t. With ``--op entropy`` it is ``entropy_<mode>``, the selection's
+entropies of x alone (forward only): the floor is then the entropy's own, and "G exp/s" its
+exponentials over its time.
 """
 from __future__ import annotations
 
 import argparse
-import datetime
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
 import time
 
-from flop_model import entropy_floor, entropy_flops, qsattn_floor, qsattn_flops
+import harness
 
 DEFAULT_SHAPES = [f"global:64:{s * s}:1" for s in (32, 48, 64, 96, 128)] + ["global:256:4096:1",
                                                                              "local:256:4096:1"]
@@ -50,104 +49,24 @@ def parse_shape(text: str) -> dict:
 
 # ---------------------------------------------------------------- worker (one measurement per process)
 def worker(cfg: dict) -> dict:
-    import torch
-    import qsattn_fast as q
-    from qsattn_fast._memory import PeakMemory
-
-    dev = torch.device(cfg["device"])
-    cuda = dev.type == "cuda"
-    torch.manual_seed(0)
-
-    def make(C, H, W):
-        x = (torch.randn(cfg["B"], C, H, W, device=dev) * 0.5).requires_grad_(cfg["backward"])
-        t = torch.randn(cfg["B"], C, H, W, device=dev).requires_grad_(cfg["backward"])
-        return x, t
-
-    def step(x, t, k):
-        if cfg.get("op") == "entropy":
-            q.attention_entropy(x, cfg["mode"], backend=cfg["backend"], check_finite=False)
-            return
-        _, (a, b) = q.query_selected_attention(x, [x, t], k=k, mode=cfg["mode"], backend=cfg["backend"],
-                                               check_finite=False)
-        if cfg["backward"]:
-            (a.sum() + 0.5 * b.sum()).backward()
-            x.grad = t.grad = None
-        if cuda:
-            torch.cuda.synchronize()
-
-    step(*make(cfg["C"], 8, 8), k=16)                        # library / kernel initialisation
-    x, t = make(cfg["C"], cfg["H"], cfg["W"])
-    with PeakMemory(dev) as mem:
-        step(x, t, cfg["k"])
+    """harness.workload(backend, "<op>_<mode>") timed step by step, each step followed by the matmul and
+    exp rates measured right after it."""
+    what, dev = f"{cfg['op']}_{cfg['mode']}", cfg["device"]
+    fn = harness.workload(cfg["backend"], what, k=cfg["k"])
+    harness.runner(fn, *harness.inputs(what, cfg["C"], 8, cfg["B"], dev, cfg["backward"]), cfg["backward"])()  # initialisation
+    run = harness.runner(fn, *harness.inputs(what, cfg["C"], cfg["H"], cfg["B"], dev, cfg["backward"]),
+                         cfg["backward"])
+    peak = harness.peak_extra_bytes(run, dev)
     times, rates, exp_rates = [], [], []
     deadline = time.perf_counter() + cfg["budget_s"]
     while len(times) < cfg["repeats"] and (len(times) < 2 or time.perf_counter() < deadline):
-        t0 = time.perf_counter()
-        step(x, t, cfg["k"])
-        times.append(time.perf_counter() - t0)
-        rates.append(matmul_gflops(cfg["device"], repeats=1))   # the rates right after this step
-        exp_rates.append(exp_gexps(cfg["device"], repeats=1))
-    return dict(peak_extra_bytes=mem.extra_bytes, times_s=times, matmul_gflops_paired=rates,
-                exp_gexps_paired=exp_rates)
-
-
-def best_seconds(fn, device: str, repeats: int) -> float:
-    """The shortest of ``repeats`` timed calls of ``fn`` after one warm-up (device-synchronised)."""
-    import torch
-    times = []
-    for _ in range(repeats + 1):
-        if device == "cuda":
-            torch.cuda.synchronize()
-        t0 = time.perf_counter()
-        fn()
-        if device == "cuda":
-            torch.cuda.synchronize()
-        times.append(time.perf_counter() - t0)
-    return min(times[1:])
-
-
-def matmul_gflops(device: str, repeats: int = 9) -> float:
-    """The dense fp32 matrix-product rate of this device, measured now (GFLOP/s, best of ``repeats``
-    products of n x n matrices, n = 2048 on CPU, 8192 on CUDA, after one warm-up)."""
-    import torch
-    n = 8192 if device == "cuda" else 2048
-    a, b = torch.randn(n, n, device=device), torch.randn(n, n, device=device)
-    return 2 * n ** 3 / best_seconds(lambda: a @ b, device, repeats) / 1e9
-
-
-def exp_gexps(device: str, repeats: int = 9) -> float:
-    """The fp32 exponential rate of ``torch.exp`` on this device, measured now (G exp/s, best of
-    ``repeats`` over 2^24 elements on CPU, 2^28 on CUDA, written in place of a second buffer)."""
-    import torch
-    n = 2 ** 28 if device == "cuda" else 2 ** 24
-    x = torch.randn(n, device=device)
-    y = torch.empty_like(x)
-    return n / best_seconds(lambda: torch.exp(x, out=y), device, repeats) / 1e9
+        times.append(harness.seconds(run, dev))
+        rates.append(harness.matmul_gflops(dev, repeats=1))   # the rates right after this step
+        exp_rates.append(harness.exp_gexps(dev, repeats=1))
+    return dict(peak_extra_bytes=peak, times_s=times, matmul_gflops_paired=rates, exp_gexps_paired=exp_rates)
 
 
 # ---------------------------------------------------------------- driver
-def environment(device: str) -> dict:
-    import numpy
-    import torch
-    import qsattn_fast
-    try:
-        commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True,
-                                cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip()
-        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], capture_output=True,
-                               text=True, cwd=os.path.dirname(os.path.abspath(__file__))).stdout.strip() != ""
-    except OSError:
-        commit, dirty = "unknown", False
-    if device == "cuda":
-        name = torch.cuda.get_device_name(0)
-    else:
-        name = next((ln.split(":", 1)[1].strip() for ln in open("/proc/cpuinfo") if ln.startswith("model name")),
-                    platform.processor()) if os.path.exists("/proc/cpuinfo") else platform.processor()
-    return dict(device=device, device_name=name, cpu_count=os.cpu_count(), torch_threads=torch.get_num_threads(),
-                python=platform.python_version(), torch=torch.__version__, numpy=numpy.__version__,
-                qsattn_fast=qsattn_fast.__version__, commit=commit, dirty=dirty,
-                date=datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"))
-
-
 def floor_s(res: dict, gflops: float, gexps: float) -> float:
     """The step's floor in seconds at these rates: the larger of its products and its exponentials."""
     return max(res["floor_products_flop"] / (gflops * 1e9), res["floor_exps"] / (gexps * 1e9))
@@ -180,40 +99,33 @@ def main(argv=None) -> int:
         return 0
 
     import torch
-    import qsattn_fast as q
-    from qsattn_fast.registry import Request
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     shapes = args.shapes or [parse_shape(s) for s in (QUICK_SHAPES if args.quick else DEFAULT_SHAPES)]
-    names = args.backends or [n for n, be in q.backends().items()
-                              if not be.why_not(Request(args.op, device, torch.float32, "global"))]
-    env = environment(device)
-    rate_before, exp_before = matmul_gflops(device), exp_gexps(device)
+    names = args.backends or harness.peers(device)
+    env = harness.environment(device)
+    rate_before, exp_before = harness.matmul_gflops(device), harness.exp_gexps(device)
     rows = []
     passes = (False,) if args.op == "entropy" else (False, True)
-    total = len(shapes) * len(names) * len(passes)
-    for shape in shapes:
-        for name in names:
-            for backward in passes:
-                cfg = dict(shape, op=args.op, backend=name, device=device, backward=backward,
-                           k=min(args.k, shape["N"]), repeats=args.repeats, budget_s=args.budget)
-                print(f"[{len(rows) + 1}/{total}] {shape['mode']} C={shape['C']} N={shape['N']} B={shape['B']} "
-                      f"{name} {'fwd+bwd' if backward else 'fwd'}", file=sys.stderr, flush=True)
-                res = run_one(cfg)
-                if "times_s" in res:
-                    dims = (shape["mode"], shape["C"], shape["N"], cfg["k"], 2 * shape["C"], shape["B"])  # [x, t]
-                    work, floor = qsattn_flops(*dims, backward=backward), qsattn_floor(*dims, backward=backward)
-                    if args.op == "entropy":
-                        work, floor = entropy_flops(*dims[:3], dims[5]), entropy_floor(*dims[:3], dims[5])
-                    res["floor_products_flop"], res["floor_exps"] = floor
-                    res["median_s"] = statistics.median(res["times_s"])
-                    res["gflops"] = work / res["median_s"] / 1e9
-                    res["floor_ratio_paired"] = statistics.median(
-                        t / floor_s(res, r, e)
-                        for t, r, e in zip(res["times_s"], res["matmul_gflops_paired"], res["exp_gexps_paired"]))
-                rows.append(dict(cfg, **res))
-    env["matmul_fp32_gflops"] = max(rate_before, matmul_gflops(device))   # measured before and after
-    env["exp_fp32_gexps"] = max(exp_before, exp_gexps(device))
+    todo = [(shape, name, backward) for shape in shapes for name in names for backward in passes
+            if harness.workload(name, f"{args.op}_{shape['mode']}") is not None]
+    for shape, name, backward in todo:
+        cfg = dict(shape, op=args.op, backend=name, device=device, backward=backward,
+                   k=min(args.k, shape["N"]), repeats=args.repeats, budget_s=args.budget)
+        print(f"[{len(rows) + 1}/{len(todo)}] {shape['mode']} C={shape['C']} N={shape['N']} B={shape['B']} "
+              f"{name} {'fwd+bwd' if backward else 'fwd'}", file=sys.stderr, flush=True)
+        res = run_one(cfg)
+        if "times_s" in res:
+            dims = (f"{args.op}_{shape['mode']}", shape["C"], shape["N"], shape["B"], backward, cfg["k"])
+            res["floor_products_flop"], res["floor_exps"] = harness.floor(*dims)
+            res["median_s"] = statistics.median(res["times_s"])
+            res["gflops"] = harness.flops(*dims) / res["median_s"] / 1e9
+            res["floor_ratio_paired"] = statistics.median(
+                t / floor_s(res, r, e)
+                for t, r, e in zip(res["times_s"], res["matmul_gflops_paired"], res["exp_gexps_paired"]))
+        rows.append(dict(cfg, **res))
+    env["matmul_fp32_gflops"] = max(rate_before, harness.matmul_gflops(device))   # measured before and after
+    env["exp_fp32_gexps"] = max(exp_before, harness.exp_gexps(device))
     out = args.out or os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                    f"report-{device}-{env['date'][:10]}.json")
     os.makedirs(os.path.dirname(out), exist_ok=True)

@@ -34,7 +34,7 @@ import torch
 from PIL import Image, ImageDraw
 
 from bench_train_step import interleaved_times
-from report import environment
+from harness import environment
 from qsattn_fast.train import options
 from qsattn_fast.train.data import synthetic_pair
 from qsattn_fast.train.trainer import build_model
