@@ -103,33 +103,39 @@ def sdpa_route(x, idx, values):
 
 
 # ------------------------------------------------------------------ the measured callables
+def sdpa_select(ent, k: int):
+    """The sdpa peer's selection: the first min(k, N) of a stable argsort of (B, N) entropies."""
+    return torch.argsort(ent, dim=1, stable=True)[:, :min(k, ent.shape[1])]
+
+
 def workload(peer: str, what: str, k: int = K, precision: str | None = None):
     """A callable (x, t) -> output(s) of one quantity for one peer, or None where the peer has none
-    (sdpa: no local mode). ``precision`` goes to the triton backend only (the others have one)."""
+    (sdpa: no local mode). ``precision`` goes to the triton backend only (the others have one); every
+    selection takes min(k, N) rows."""
     import qsattn_fast as q
     kind, mode = split(what)
     if peer == "sdpa" and mode in ("local", "local_global"):
         return None
     be = dict(backend=peer, precision=precision if peer == "triton" else None, check_finite=False)
+    n_of = lambda x: x.shape[2] * x.shape[3]                    # noqa: E731  N of a (B, C, H, W) map
     if kind == "entropy":
         return (lambda x, t: sdpa_entropy(x)) if peer == "sdpa" else (lambda x, t: q.attention_entropy(x, mode, **be))
     if kind == "select":
         if peer == "sdpa":
-            return lambda x, t: torch.argsort(x, dim=1, stable=True)[:, :min(k, x.shape[1])]
+            return lambda x, t: sdpa_select(x, k)
         return lambda x, t: q.select_queries(x, min(k, x.shape[1]), backend=peer)
     if kind == "route":
         def route(x, t):
-            N = x.shape[2] * x.shape[3]
-            idx = selection(x.shape[0], N, min(k, N), x.device.type)
+            idx = selection(x.shape[0], n_of(x), min(k, n_of(x)), x.device.type)
             return sdpa_route(x, idx, [x, t]) if peer == "sdpa" else q.route(x, idx, [x, t], mode, **be)
         return route
     if peer == "sdpa":
         def step(x, t):
             with torch.no_grad():
-                idx = torch.argsort(sdpa_entropy(x), dim=1, stable=True)[:, :min(k, x.shape[2] * x.shape[3])]
+                idx = sdpa_select(sdpa_entropy(x), k)
             return sdpa_route(x, idx, [x, t])
         return step
-    return lambda x, t: q.query_selected_attention(x, [x, t], k=min(k, x.shape[2] * x.shape[3]), mode=mode, **be)[1]
+    return lambda x, t: q.query_selected_attention(x, [x, t], k=min(k, n_of(x)), mode=mode, **be)[1]
 
 
 def runner(fn, x, t, backward: bool):
