@@ -214,6 +214,20 @@ def test_bad_dataroot_and_cuda_request(tmp_path, capsys):
     assert trainer.training_device("-1").type == "cpu"
 
 
+def test_failed_construction_leaves_the_process_group(tmp_path, monkeypatch, capsys):
+    """A rank whose Trainer fails after joining the process group (here: a bad dataroot) leaves it
+    before exiting with 2, as a finished run does."""
+    group = []
+    monkeypatch.setattr(trainer.dist, "is_initialized", lambda: bool(group))
+    monkeypatch.setattr(trainer.dist, "init_process_group", lambda backend: group.append(backend))
+    monkeypatch.setattr(trainer.dist, "destroy_process_group", group.clear)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert trainer.main(tiny(tmp_path, "--dataset_mode", "unaligned", "--dataroot", str(tmp_path / "none"))) == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert group == []
+
+
 @pytest.mark.parametrize("model,loss", [("qs", "NCE"), ("cycle_gan", "cycle_A")])
 def test_two_process_gloo_ddp(tmp_path, model, loss):
     """torchrun --nproc_per_node 2 (as ``python -m torch.distributed.run``): both processes end with

@@ -341,14 +341,14 @@ class Trainer:
 def main(argv=None) -> int:
     opt = parse(argv)
     try:
-        trainer = Trainer(opt)
-    except (ValueError, FileNotFoundError, InceptionUnavailable) as e:   # what the options ask cannot run
-        print(f"qsattn-train: {e}", file=sys.stderr)
-        return 2
-    try:
+        try:
+            trainer = Trainer(opt)
+        except (ValueError, FileNotFoundError, InceptionUnavailable) as e:   # what the options ask cannot run
+            print(f"qsattn-train: {e}", file=sys.stderr)
+            return 2
         return trainer.run()
-    finally:
-        if trainer.world > 1 and dist.is_initialized():
+    finally:  # also when Trainer failed after joining the process group
+        if dist.is_initialized():
             dist.destroy_process_group()
 
 
