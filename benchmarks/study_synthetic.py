@@ -1,18 +1,19 @@
 """The synthetic-task study: CUT, FastCUT, QS-Attn variants and CycleGAN over seeds, at one step budget.
 
-    python benchmarks/study_synthetic.py                  # 7 configurations x 4 seeds x 1 760 steps (about an hour on 2 cores)
+    python benchmarks/study_synthetic.py                  # 7 configurations x 4 seeds x 1 100 steps (about 30 min on 2 cores)
     python benchmarks/study_synthetic.py --configs cut qs_global --seeds 0 --epochs 2   # a quick look
 
-Every run is ``qsattn-train --demo`` (the demo's data, networks and learning rate; ``--epochs`` 16 by
-default, 0 for the demo's 10) with the configuration's model flags and one seed, evaluated
-on the 100 held-out synthetic pairs after every epoch (``--eval_freq 1``, metrics SWD and the synthetic
-stripe_energy / background_error). Runs live in ``--runs`` (one trainer folder each) and ``--jobs`` of
+Every run is ``qsattn-train --demo`` (the demo's task, data, networks, learning rate and, by default,
+budget; ``--epochs N`` for another) with the configuration's model flags and one seed, evaluated
+on the 100 held-out synthetic pairs after every epoch (``--eval_freq 1``, metrics SWD and the task's
+measures, :data:`MEASURES`). Runs live in ``--runs`` (one trainer folder each) and ``--jobs`` of
 them train at once, each on one thread. Killing the study loses little: a finished run (its eval log
 holds the last epoch) is read back, an interrupted one continues from its latest state with
 ``--continue_train`` (the trainer resumes exactly).
 
 Per configuration the summary gives mean and standard deviation over seeds of every measure at the last
-epoch and at each run's best epoch (lowest SWD, the trainer's primary number on this task), and the
+epoch and at each run's best epoch (lowest SWD, the trainer's primary number on this task), Welch's t
+test of each measure at the last epoch against the first configuration (``cut``), and the
 median step time, measured after training in one process with the configurations' steps interleaved
 round by round (``--timing_rounds``), so that the machine's drift touches them alike (the training logs'
 step times, also kept per run, depend on what else ran at the time). Output: ``--out`` JSON (settings, versions, commit, every run's eval log and step
@@ -49,8 +50,8 @@ CONFIGS = {
     "qs_global_detached": ["--model", "qs", "--qs_mode", "global", "--qs_detach_attention"],
     "cycle_gan": ["--model", "cycle_gan"],
 }
-MEASURES = (("stripe_energy", "higher is better, target >= 0.5"), ("background_error", "lower is better"),
-            ("swd", "lower is better"))
+MEASURES = (("shape_iou", "higher is better; orders runs"), ("conformity", "higher is better"),
+            ("detail_error", "lower is better"), ("background_error", "lower is better"), ("swd", "lower is better"))
 
 
 def read_jsonl(path):
@@ -141,7 +142,7 @@ def timed_steps(configs, args) -> dict:
         opt = options.parse(run_argv(c, 0, args))
         torch.manual_seed(0)
         model = build_model(opt, "cpu")
-        pairs = [synthetic_pair(0, i, opt.crop_size) for i in range(opt.batch_size)]
+        pairs = [synthetic_pair(0, i, opt.crop_size, opt.synthetic_task) for i in range(opt.batch_size)]
         data = {"A": torch.stack([p[0] for p in pairs]), "B": torch.stack([p[1] for p in pairs])}
         fns[c] = lambda model=model, data=data: model.optimize(data)
     times, errors = interleaved_times(fns, torch.device("cpu"), steps=args.timing_rounds, warmup=1)
@@ -152,6 +153,27 @@ def timed_steps(configs, args) -> dict:
 
 def mean_std(xs):
     return {"mean": statistics.fmean(xs), "std": statistics.stdev(xs) if len(xs) > 1 else 0.0, "n": len(xs)}
+
+
+def welch(xs, ys) -> dict:
+    """Welch's t test of two samples' means: t, the Welch-Satterthwaite degrees of freedom and the
+    two-sided p-value (the t distribution's tail, integrated numerically); NaN where a sample has no spread."""
+    import math
+    (mx, vx, nx), (my, vy, ny) = ((statistics.fmean(s), statistics.variance(s), len(s)) for s in (xs, ys))
+    se2 = vx / nx + vy / ny
+    if se2 == 0:
+        return {"t": math.nan, "df": math.nan, "p": math.nan}
+    t = (mx - my) / math.sqrt(se2)
+    df = se2 ** 2 / ((vx / nx) ** 2 / (nx - 1) + (vy / ny) ** 2 / (ny - 1))
+    log_c = math.lgamma((df + 1) / 2) - math.lgamma(df / 2) - 0.5 * math.log(df * math.pi)
+    # P(|T| > |t|) = 2 * integral over u in (0, 1] of f(|t| / u) |t| / u^2 du (substitution x = |t| / u).
+    n, a = 2000, abs(t)
+    if a == 0:
+        return {"t": t, "df": df, "p": 1.0}
+    f = [0.0] + [math.exp(log_c - (df + 1) / 2 * math.log1p((a / u) ** 2 / df)) * a / u ** 2
+                 for u in (k / n for k in range(1, n + 1))]
+    simpson = (f[0] + f[-1] + 4 * sum(f[1:-1:2]) + 2 * sum(f[2:-1:2])) / (3 * n)
+    return {"t": t, "df": df, "p": min(1.0, 2 * simpson)}
 
 
 def summarise(configs, seeds, args):
@@ -172,22 +194,32 @@ def summarise(configs, seeds, args):
                       "best": {m: mean_std([next(e[m] for e in r["evals"] if e["epoch"] == r["best_epoch"])
                                             for r in per_seed]) for m, _ in MEASURES},
                       "steps": per_seed[0]["evals"][-1]["step"]}
+    if len(seeds) > 1:
+        base = configs[0]
+        for c in configs[1:]:
+            summary[c]["welch_vs_" + base] = {m: welch([runs[f"{c}-s{s}"]["evals"][-1][m] for s in seeds],
+                                                       [runs[f"{base}-s{s}"]["evals"][-1][m] for s in seeds])
+                                              for m, _ in MEASURES}
     return runs, summary
 
 
 def table(summary) -> str:
-    """Markdown table: mean ± std over seeds at the last epoch (best epoch by SWD in brackets)."""
-    head = "| configuration | stripe_energy ↑ | background_error ↓ | SWD ↓ | median step s |\n|---|---|---|---|---|\n"
+    """Markdown table: mean ± std over seeds at the last epoch (best epoch by SWD in brackets; p: Welch's
+    t test against the first configuration)."""
+    arrows = {"higher": "↑", "lower": "↓"}
+    names = ["configuration", *(f"{m} {arrows[h.split()[0]]}" for m, h in MEASURES), "median step s"]
+    head = "| " + " | ".join(names) + " |\n" + "|---" * len(names) + "|\n"
     rows = []
     for c, s in summary.items():
+        welch_p = {m: w["p"] for m, w in next((v for k, v in s.items() if k.startswith("welch_vs_")), {}).items()}
         cells = [f"{s['last'][m]['mean']:.3g} ± {s['last'][m]['std']:.2g} ({s['best'][m]['mean']:.3g})"
-                 for m, _ in MEASURES]
+                 + (f", p {welch_p[m]:.2g}" if m in welch_p else "") for m, _ in MEASURES]
         rows.append(f"| {c} | " + " | ".join(cells) + f" | {s['median_step_s']:.2f} |")
     return head + "\n".join(rows)
 
 
-def plot(runs, summary, path, size=(1200, 420)):
-    """Three panels (one per measure, last epoch): each configuration's seeds as dots over its mean bar."""
+def plot(runs, summary, path, size=(1800, 420)):
+    """One panel per measure (last epoch): each configuration's seeds as dots over its mean bar."""
     img = Image.new("RGB", size, (255, 255, 255))
     draw = ImageDraw.Draw(img)
     configs = list(summary)
@@ -224,7 +256,7 @@ def parse(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2, 3])
-    p.add_argument("--epochs", type=int, default=16, help="epochs per run, half of them decaying (0: the demo's)")
+    p.add_argument("--epochs", type=int, default=0, help="epochs per run, half of them decaying (0: the demo's)")
     p.add_argument("--jobs", type=int, default=2, help="runs trained at once (one thread each)")
     p.add_argument("--trainer_args", default="", help="more qsattn-train flags for every run (quoted)")
     p.add_argument("--timing_rounds", type=int, default=5, help="interleaved rounds of the step-time measurement")

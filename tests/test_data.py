@@ -76,9 +76,9 @@ def test_corrupt_image_error_names_the_file(tmp_path):
 
 
 @pytest.mark.parametrize("size", [24, 37])
-def test_synthetic_pair_is_deterministic_and_masked(size):
-    a, b, m = D.synthetic_pair(3, 5, size)
-    a2, b2, m2 = D.synthetic_pair(3, 5, size)
+def test_synthetic_stripes_pair_is_deterministic_and_masked(size):
+    a, b, m = D.synthetic_pair(3, 5, size, "stripes")
+    a2, b2, m2 = D.synthetic_pair(3, 5, size, "stripes")
     assert torch.equal(a, a2) and torch.equal(b, b2) and torch.equal(m, m2)
     assert a.shape == b.shape == (3, size, size) and m.shape == (size, size) and m.dtype == torch.bool
     assert a.min() >= -1 and a.max() <= 1 and b.min() >= -1 and b.max() <= 1
@@ -87,9 +87,29 @@ def test_synthetic_pair_is_deterministic_and_masked(size):
     inside_a, inside_b = a[:, m], b[:, m]
     assert inside_a.std(dim=1).max() < 1e-6  # plain colour
     assert set(inside_b.unique().tolist()) <= {-0.9, 0.9} or torch.allclose(inside_b.abs(), torch.tensor(0.9))
-    other = D.synthetic_pair(4, 5, size)[0]
+    other = D.synthetic_pair(4, 5, size, "stripes")[0]
     assert not torch.equal(a, other)
 
+
+@pytest.mark.parametrize("size", [24, 37, 48])
+def test_synthetic_recolour_pair(size):
+    """Deterministic per (seed, index); B = A with red and blue swapped on the object less its grey mark;
+    A's object is warm (red > blue), B's cool; background and mark identical and grey."""
+    seed, index = (int(v) for v in torch.randint(0, 10_000, (2,)))
+    a, b, m = D.synthetic_pair(seed, index, size)
+    assert all(torch.equal(x, y) for x, y in zip((a, b, m), D.synthetic_pair(seed, index, size)))
+    assert a.shape == b.shape == (3, size, size) and m.dtype == torch.bool and 0 < m.sum() < size * size
+    assert a.min() >= -1 and a.max() <= 1 and b.min() >= -1 and b.max() <= 1
+    changed = (a != b).any(0)
+    assert changed.any() and not (changed & ~m).any()                 # only the object changes
+    mark = m & ~changed
+    assert mark.any()                                                  # the inner mark, kept
+    assert torch.equal(b[:, changed], a[:, changed].flip(0))           # red <-> blue
+    assert (a[0, changed] - a[2, changed]).min() > 0.8                 # warm in A, cool in B
+    assert torch.equal(a[0, ~changed], a[2, ~changed]) and torch.equal(a[0, ~changed], a[1, ~changed])  # grey
+    assert not torch.equal(a, D.synthetic_pair(seed + 1, index, size)[0])
+    with pytest.raises(ValueError, match="synthetic task"):
+        D.synthetic_pair(seed, index, size, "zebras")
 
 def _stripe_edges(b, m):
     """Neighbour pairs inside the mask whose stripe sign differs (horizontal and vertical)."""
@@ -102,10 +122,10 @@ def test_synthetic_period_scale_changes_only_the_period():
     seed, size = int(torch.randint(0, 1000, ())), 96
     edges = {1.0: 0, 2.0: 0}
     for i in range(12):
-        a1, b1, m1 = D.synthetic_pair(seed, i, size)
-        a2, b2, m2 = D.synthetic_pair(seed, i, size, period_scale=2.0)
+        a1, b1, m1 = D.synthetic_pair(seed, i, size, "stripes")
+        a2, b2, m2 = D.synthetic_pair(seed, i, size, "stripes", period_scale=2.0)
         assert torch.equal(a1, a2) and torch.equal(m1, m2) and torch.equal(b1[:, ~m1], b2[:, ~m2])
-        assert torch.equal(b1, D.synthetic_pair(seed, i, size, period_scale=1.0)[1])
+        assert torch.equal(b1, D.synthetic_pair(seed, i, size, "stripes", period_scale=1.0)[1])
         edges[1.0] += _stripe_edges(b1, m1)
         edges[2.0] += _stripe_edges(b2, m2)
     assert 0.35 < edges[2.0] / edges[1.0] < 0.65   # twice the period: about half the stripe edges
@@ -114,12 +134,17 @@ def test_synthetic_period_scale_changes_only_the_period():
 
 
 def test_synthetic_dataset_items():
-    ds = D.SyntheticDataset(seed=1, length=6, load_size=40, crop_size=32)
+    ds = D.SyntheticDataset(seed=1, length=6, load_size=40, crop_size=32, task="stripes")
     item = ds[(2, 99)]
     assert item["A"].shape == (3, 32, 32) and len(ds) == 6
     assert torch.equal(item["A"], ds[(2, 99)]["A"])
-    coarse = D.SyntheticDataset(seed=1, length=6, load_size=40, crop_size=32, period_scale=2.0)[(2, 99)]
+    coarse = D.SyntheticDataset(seed=1, length=6, load_size=40, crop_size=32, task="stripes", period_scale=2.0)[(2, 99)]
     assert torch.equal(coarse["A"], item["A"]) and not torch.equal(coarse["B"], item["B"])
+    whole = D.SyntheticDataset(seed=1, length=6, load_size=32, crop_size=32, no_flip=True, serial_batches=True)
+    a, b, _ = D.synthetic_pair(1, 2, 32)   # the default task, recolour; uncropped, paired with serial_batches
+    assert torch.equal(whole[(2, 99)]["A"], a) and torch.equal(whole[(2, 99)]["B"], b)
+    with pytest.raises(ValueError, match="synthetic task"):
+        D.SyntheticDataset(task="zebras")
     with pytest.raises(ValueError, match="crop_size"):
         D.SyntheticDataset(crop_size=80, load_size=40)
 

@@ -25,30 +25,34 @@ def _run(argv, capsys):
     return rc, capsys.readouterr()
 
 
-def test_synthetic_measures_tell_identity_from_stripes(split, tmp_path, capsys):
+def test_synthetic_measures_tell_identity_from_the_target(split, tmp_path, capsys):
     out = {}
     for name in ("testA", "testB"):
         rc, _ = _run(["--dataset_mode", "synthetic", "--fake", str(split / name), "--json",
                       str(tmp_path / f"{name}.json")], capsys)
         assert rc == 0
         out[name] = json.load(open(tmp_path / f"{name}.json"))["metrics"]
-    assert out["testA"]["stripe_energy"] == pytest.approx(0, abs=1e-9)      # identity: plain objects
-    assert out["testB"]["stripe_energy"] == pytest.approx(1.0)              # the target itself
+    for k in ("conformity", "shape_iou"):
+        assert out["testA"][k] == 0 and out["testB"][k] == 1      # identity: nothing moved; the target itself
     assert out["testA"]["background_error"] == out["testB"]["background_error"] == 0
+    assert out["testA"]["detail_error"] == out["testB"]["detail_error"] == 0
     assert out["testB"]["swd"] == 0 < out["testA"]["swd"]
     assert set(out["testA"]["swd_levels"]) == {"32", "16"}
     res = E.evaluate(None, str(split / "testA"), dataset_mode="synthetic", progress=False)   # the Python API
     assert res["metrics"]["swd"] == pytest.approx(out["testA"]["swd"]) and res["settings"]["n_fake"] == 6
 
 
-def test_synthetic_period_scale_reaches_the_split_and_its_measures(tmp_path, capsys):
+def test_synthetic_task_and_period_scale_reach_the_split_and_its_measures(tmp_path, capsys):
     coarse = tmp_path / "coarse"
-    cli.main(["--write_synthetic", str(coarse), "--num_test", "4", "--size", "32", "--synthetic_period_scale", "2"])
-    same = E.evaluate(None, str(coarse / "testB"), dataset_mode="synthetic", synthetic_period_scale=2.0,
-                      progress=False)
-    other = E.evaluate(None, str(coarse / "testB"), dataset_mode="synthetic", progress=False)  # fine stripes
+    cli.main(["--write_synthetic", str(coarse), "--num_test", "4", "--size", "32", "--synthetic_task", "stripes",
+              "--synthetic_period_scale", "2"])
+    same = E.evaluate(None, str(coarse / "testB"), dataset_mode="synthetic", synthetic_task="stripes",
+                      synthetic_period_scale=2.0, progress=False)
+    other = E.evaluate(None, str(coarse / "testB"), dataset_mode="synthetic", synthetic_task="stripes",
+                       progress=False)  # fine stripes
+    assert set(same["metrics"]) >= {"stripe_energy", "background_error"} and "conformity" not in same["metrics"]
     assert same["metrics"]["stripe_energy"] == pytest.approx(1.0) and same["metrics"]["background_error"] == 0
-    assert same["settings"]["synthetic_period_scale"] == 2.0
+    assert same["settings"]["synthetic_period_scale"] == 2.0 and same["settings"]["synthetic_task"] == "stripes"
     assert same["metrics"]["swd"] == 0 < other["metrics"]["swd"]   # the real set is regenerated with the scale
     with pytest.raises(SystemExit):
         cli.main(["--write_synthetic", str(tmp_path / "bad"), "--synthetic_period_scale", "0"])
@@ -115,7 +119,7 @@ def test_trainer_eval_freq_logs_every_epoch_and_keeps_the_best(tmp_path, one_thr
     run = tmp_path / "run"
     log = [json.loads(line) for line in open(run / "eval_log.jsonl")]
     assert [r["epoch"] for r in log] == [1, 2] and all(r["primary"] == "fid" for r in log)
-    assert {"fid", "kid", "swd", "stripe_energy", "background_error"} <= set(log[0]["metrics"])
+    assert {"fid", "kid", "swd", "conformity", "shape_iou", "detail_error", "background_error"} <= set(log[0]["metrics"])
     best = json.load(open(run / "eval_best.json"))
     assert best["epoch"] == min(log, key=lambda r: r["metrics"]["fid"])["epoch"]
     sd = torch.load(run / "best_net_G.pth", weights_only=True)

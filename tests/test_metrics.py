@@ -102,24 +102,61 @@ def test_kid_subsets_are_seeded_and_clamped():
         M.kid_from_features(x, y, subsets=0)
 
 
-def _synthetic_batch(n, size=48, seed=0):
-    items = [synthetic_pair(seed, i, size) for i in range(n)]
+def _synthetic_batch(n, size=48, seed=0, task="stripes"):
+    items = [synthetic_pair(seed, i, size, task) for i in range(n)]
     return tuple(torch.stack([it[j] for it in items]) for j in range(3))
 
 
-def test_synthetic_measures_separate_striped_from_identity_translations():
+def test_stripe_measures_separate_striped_from_identity_translations():
     a, b, mask = _synthetic_batch(6)
-    ident = M.synthetic_measures(a, a, b, mask)
-    striped = M.synthetic_measures(b, a, b, mask)
+    ident = M.synthetic_measures(a, a, b, mask, "stripes")
+    striped = M.synthetic_measures(b, a, b, mask, "stripes")
     assert ident == {"stripe_energy": pytest.approx(0, abs=1e-9), "background_error": 0.0}
     assert striped == {"stripe_energy": pytest.approx(1.0), "background_error": 0.0}
     # Stripes of another angle and period count as stripes; a damaged background shows up in C only.
     cols = torch.arange(a.shape[-1], dtype=torch.float32)
     vertical = torch.where(torch.sin(cols * 2 * torch.pi / 7) > 0, 0.8, -0.8).expand_as(a)
-    other = M.synthetic_measures(torch.where(mask[:, None], vertical, a), a, b, mask)
+    other = M.synthetic_measures(torch.where(mask[:, None], vertical, a), a, b, mask, "stripes")
     assert other["stripe_energy"] > 0.5 and other["background_error"] == 0
-    noisy = M.synthetic_measures(b + 0.2 * torch.randn_like(b), a, b, mask)
+    noisy = M.synthetic_measures(b + 0.2 * torch.randn_like(b), a, b, mask, "stripes")
     assert noisy["background_error"] > 0.05 and striped["background_error"] < noisy["background_error"]
+
+
+@pytest.mark.parametrize("n,size", [(1, 33), (5, 48)])
+def test_paired_measures_are_zero_for_the_identity_and_perfect_for_b(n, size):
+    a, b, mask = _synthetic_batch(n, size, int(torch.randint(0, 1000, ())), "recolour")
+    assert M.synthetic_measures(a, a, b, mask) == {"conformity": 0.0, "shape_iou": 0.0, "detail_error": 0.0,
+                                                    "background_error": 0.0}
+    assert M.synthetic_measures(b, a, b, mask) == {"conformity": 1.0, "shape_iou": 1.0, "detail_error": 0.0,
+                                                    "background_error": 0.0}
+
+
+def test_paired_measures_against_direct_computations():
+    """Halfway to B: conformity 1/2 and the object not yet nearer B (IoU 0); a repainted background and
+    mark show in their errors, the IoU and the score, not in conformity."""
+    a, b, mask = _synthetic_batch(4, 40, int(torch.randint(0, 1000, ())), "recolour")
+    target = (a != b).any(1)
+    half = M.paired_measures((a + b) / 2, a, b, mask)
+    assert half["conformity"] == pytest.approx(0.5) and half["shape_iou"] == 0.0
+    assert half["background_error"] == half["detail_error"] == 0
+    just_past = M.paired_measures(0.49 * a + 0.51 * b, a, b, mask)
+    assert just_past["shape_iou"] == 1.0 and just_past["conformity"] == pytest.approx(0.51)
+    # Repaint every pixel off the changed region by +2 (clamped): more than half of any object's move.
+    fake = torch.where(target[:, None], b, (b + 2).clamp(-1, 1))
+    painted = M.paired_measures(fake, a, b, mask)
+    moved = (fake - a).abs().mean(1) / 2
+    outside, mark = M._erode(~mask, 1), M._erode(mask & ~target, 1)
+    assert painted["background_error"] == pytest.approx(float((moved * outside).sum() / outside.sum()))
+    assert painted["detail_error"] == pytest.approx(float((moved * mark).sum() / mark.sum()))
+    assert painted["conformity"] == 1.0
+    move = torch.stack([(bi - ai).pow(2).sum(0).sqrt()[t].median() for ai, bi, t in zip(a, b, target)])
+    changed = target | ((fake - a).pow(2).sum(1).sqrt() >= move[:, None, None] / 2)
+    assert painted["shape_iou"] == pytest.approx(float((target.sum((1, 2)) / changed.sum((1, 2))).mean()))
+    assert painted["shape_iou"] < 0.5
+    with pytest.raises(ValueError, match="differ"):
+        M.paired_measures(a, a, a, mask)
+    with pytest.raises(ValueError, match="synthetic task"):
+        M.synthetic_measures(a, a, b, mask, "zebras")
 
 
 def test_synthetic_measures_reject_bad_shapes():

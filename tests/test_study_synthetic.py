@@ -48,3 +48,16 @@ def test_every_configuration_is_a_valid_demo_run(tmp_path):
         assert opt.qs_detach_attention == name.endswith("detached")
         if opt.model == "qs":
             assert opt.qs_mode == name[3:].replace("_detached", "")
+
+
+def test_welch_against_the_closed_form_of_two_degrees_of_freedom():
+    """Two samples of two with equal variance: Welch's df is 2, where P(|T| > t) = 1 - t / sqrt(t^2 + 2)."""
+    import math
+    import random
+    d, c = random.uniform(0.5, 2), random.uniform(-3, 3)
+    w = study.welch([0.0, d], [c, c + d])
+    t = (d / 2 - (c + d / 2)) / math.sqrt(2 * (d ** 2 / 2) / 2)   # means d/2, c + d/2; variances d^2/2
+    assert w["t"] == pytest.approx(t) and w["df"] == pytest.approx(2)
+    assert w["p"] == pytest.approx(1 - abs(t) / math.sqrt(t ** 2 + 2), abs=1e-6)
+    assert study.welch([1.0, 2.0, 3.0], [3.0, 2.0, 1.0])["p"] == pytest.approx(1.0)
+    assert math.isnan(study.welch([1.0, 1.0], [2.0, 2.0])["p"])

@@ -160,7 +160,7 @@ def test_demo_path_tiny(tmp_path, capsys):
     assert json.load(open(run / "opt.json"))["model"] == "qs"
     out = capsys.readouterr().out
     assert "done" in out and "held-out test split (5 synthetic pairs, 32x32) after epoch 2" in out
-    assert "stripe_energy" in out and "background_error" in out and str(run / "samples" / "test_epoch002.png") in out
+    assert "shape_iou" in out and "background_error" in out and str(run / "samples" / "test_epoch002.png") in out
 
 
 def test_sigint_saves_and_exits(tmp_path):
@@ -261,10 +261,27 @@ def test_max_dataset_size_caps_the_synthetic_set():
         options.parse(TINY + ["--max_dataset_size", "0"])
 
 
+def test_synthetic_task_reaches_training_evaluation_and_opt_json(tmp_path):
+    from qsattn_fast.train.evaluation import TestSetEvaluator
+    recolour, stripes = (options.parse(tiny(tmp_path, "--eval_metrics", "synthetic", "--eval_num_test", "3",
+                                            "--synthetic_task", t, "--name", t)) for t in ("recolour", "stripes"))
+    assert trainer.make_dataset(recolour).task == "recolour" and trainer.make_dataset(stripes).task == "stripes"
+    assert options.parse(TINY).synthetic_task == "recolour" and options.parse(["--demo"]).synthetic_task == "recolour"
+    ev = {o.synthetic_task: TestSetEvaluator(o, torch.device("cpu")) for o in (recolour, stripes)}
+    assert not torch.equal(ev["recolour"].sources, ev["stripes"].sources)
+    identity = {t: e.run(torch.nn.Identity()) for t, e in ev.items()}
+    assert identity["stripes"]["stripe_energy"] < 1e-6 and "conformity" not in identity["stripes"]
+    assert identity["recolour"]["conformity"] == identity["recolour"]["shape_iou"] == 0
+    trainer.Trainer(stripes)
+    assert json.load(open(tmp_path / "stripes" / "opt.json"))["synthetic_task"] == "stripes"
+    with pytest.raises(SystemExit):
+        options.parse(TINY + ["--synthetic_task", "zebras"])
+
+
 def test_synthetic_period_scale_reaches_training_and_evaluation():
     from qsattn_fast.train.evaluation import TestSetEvaluator
-    fine, coarse = (options.parse(TINY + ["--eval_metrics", "synthetic", "--eval_num_test", "3",
-                                          "--synthetic_period_scale", s]) for s in ("1", "2.5"))
+    fine, coarse = (options.parse(TINY + ["--eval_metrics", "synthetic", "--eval_num_test", "3", "--synthetic_task",
+                                          "stripes", "--synthetic_period_scale", s]) for s in ("1", "2.5"))
     assert trainer.make_dataset(coarse).period_scale == 2.5 and trainer.make_dataset(fine).period_scale == 1
     ev_fine, ev_coarse = (TestSetEvaluator(o, torch.device("cpu")) for o in (fine, coarse))
     assert torch.equal(ev_fine.sources, ev_coarse.sources) and torch.equal(ev_fine.mask, ev_coarse.mask)

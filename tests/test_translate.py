@@ -1,5 +1,6 @@
 """train/translate.py: qsattn-translate round trip on checkpoints of ours and of CUT's layout, and
 --direction with CycleGAN's pair of generators."""
+import json
 import os
 
 import numpy as np
@@ -61,19 +62,92 @@ def test_cut_layout_checkpoint_with_module_prefix(tmp_path, no_aa):
     assert len([m for m in net.model if isinstance(m, networks.ResnetBlock)]) == 4
 
 
-def test_errors_name_the_input(tmp_path):
+def _cli(argv, capsys):
+    rc = translate.main(argv)
+    return rc, capsys.readouterr()
+
+
+def test_every_bad_path_and_checkpoint_is_one_line_and_exit_2(tmp_path, capsys):
     g = networks.define_G(ngf=4, netG="resnet_4blocks")
     ck = tmp_path / "g.pth"
     torch.save(g.state_dict(), ck)
-    with pytest.raises(FileNotFoundError, match="missing.png"):
-        translate.main(["--checkpoint", str(ck), "--input", str(tmp_path / "missing.png"), "--output", str(tmp_path)])
-    bad = tmp_path / "bad.png"
-    bad.write_bytes(b"nope")
-    with pytest.raises(ValueError, match="bad.png"):
-        translate.main(["--checkpoint", str(ck), "--input", str(bad), "--output", str(tmp_path / "o")])
-    torch.save({"weight": torch.zeros(2)}, tmp_path / "d.pth")
-    with pytest.raises(ValueError, match="model.1.weight"):
-        translate.main(["--checkpoint", str(tmp_path / "d.pth"), "--input", str(bad), "--output", str(tmp_path)])
+    good = tmp_path / "good.png"
+    write(good, (8, 8), 0)
+    truncated = tmp_path / "trunc_net_G.pth"
+    truncated.write_bytes(ck.read_bytes()[: len(ck.read_bytes()) // 2])
+    text = tmp_path / "text_net_G.pth"
+    text.write_text("not a checkpoint")
+    torch.save({"weight": torch.zeros(2)}, tmp_path / "other_net_G.pth")
+    torch.save(networks.define_D(ndf=4).state_dict(), tmp_path / "d_net_G.pth")   # another model's keys
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    cases = {"missing.png": ["--checkpoint", str(ck), "--input", str(tmp_path / "missing.png")],
+             "nothing.pth": ["--checkpoint", str(tmp_path / "nothing.pth"), "--input", str(good)],
+             "holds no images": ["--checkpoint", str(ck), "--input", str(empty)],
+             "trunc_net_G.pth": ["--checkpoint", str(truncated), "--input", str(good)],
+             "text_net_G.pth": ["--checkpoint", str(text), "--input", str(good)],
+             "model.1.weight": ["--checkpoint", str(tmp_path / "other_net_G.pth"), "--input", str(good)],
+             "d_net_G.pth": ["--checkpoint", str(tmp_path / "d_net_G.pth"), "--input", str(good)],
+             "neither": ["--checkpoint", str(empty), "--input", str(good)],
+             "batch_size": ["--checkpoint", str(ck), "--input", str(good), "--batch_size", "0"],
+             "CUDA": ["--checkpoint", str(ck), "--input", str(good), "--gpu_ids", "0"] if not torch.cuda.is_available()
+             else ["--checkpoint", str(ck), "--input", str(good), "--batch_size", "-1"]}
+    for i, (needle, argv) in enumerate(cases.items()):
+        rc, io = _cli(argv + ["--output", str(tmp_path / f"out{i}")], capsys)
+        assert rc == 2 and "Traceback" not in io.err and len(io.err.strip().splitlines()) == 1, (needle, io.err)
+        assert io.err.startswith("qsattn-translate: error: ") and (needle in io.err or needle == "CUDA"), io.err
+        assert not (tmp_path / f"out{i}").exists(), needle                      # nothing written
+    with pytest.raises(ValueError, match="trunc_net_G.pth"):                   # --debug: the exception itself
+        translate.main(cases["trunc_net_G.pth"] + ["--output", str(tmp_path / "o"), "--debug"])
+
+
+def test_unreadable_inputs_are_skipped_and_counted(tmp_path, capsys):
+    """Four good images and a corrupt one: the four are written, the bad one named in a warning, exit 1;
+    an RGBA and a palette input are converted with a notice."""
+    g = networks.define_G(ngf=4, netG="resnet_4blocks")
+    ck = tmp_path / "g.pth"
+    torch.save(g.state_dict(), ck)
+    inp = tmp_path / "imgs"
+    inp.mkdir()
+    for k in range(4):
+        write(inp / f"{k}.png", (12, 8), k)
+    (inp / "x.png").write_text("this is text, not a PNG")
+    rgba = np.random.default_rng(5).integers(0, 256, (8, 8, 4), dtype=np.uint8)
+    Image.fromarray(rgba, "RGBA").save(inp / "alpha.png")
+    Image.fromarray(rgba[..., :3]).convert("P").save(inp / "palette.png")
+    rc, io = _cli(["--checkpoint", str(ck), "--input", str(inp), "--output", str(tmp_path / "out")], capsys)
+    assert rc == 1 and "Traceback" not in io.err
+    assert sorted(os.listdir(tmp_path / "out")) == ["0.png", "1.png", "2.png", "3.png", "alpha.png", "palette.png"]
+    assert "skipping cannot read image" in io.err and "x.png" in io.err and "1 inputs could not be read" in io.out
+    assert "alpha" in io.err and "(RGBA)" in io.err and "(P)" in io.err
+
+
+@pytest.mark.parametrize("flags,generator", [
+    (["--normG", "none"], "G"), (["--normG", "instance"], "G"), (["--normG", "batch"], "G"),
+    (["--normG", "none", "--no_antialias", "--no_antialias_up"], "G"), (["--no_antialias"], "G"),
+    (["--model", "cycle_gan", "--normG", "none"], "G_A"), (["--model", "cycle_gan"], "G_B")])
+def test_round_trip_of_every_generator_the_trainer_writes(tmp_path, capsys, flags, generator):
+    """Train one step with the flags; qsattn-translate on the experiment folder (opt.json read) and on the
+    bare file (the architecture inferred, opt.json moved away) both equal the generator applied directly."""
+    assert trainer.main(tiny(tmp_path, "--max_steps", "1", *flags)) == 0
+    run = tmp_path / "run"
+    opt = json.load(open(run / "opt.json"))
+    write(tmp_path / "x.png", (16, 12), 1)
+    g = networks.define_G(opt["input_nc"], opt["output_nc"], opt["ngf"], opt["netG"], opt["normG"],
+                          no_antialias=opt["no_antialias"], no_antialias_up=opt["no_antialias_up"])
+    g.load_state_dict(torch.load(run / f"latest_net_{generator}.pth", weights_only=True))
+    x = to_tensor(Image.open(tmp_path / "x.png").convert("RGB"))[None]
+    with torch.no_grad():
+        expect = np.asarray(to_image(g.eval()(x)[0]))
+    for k, source in enumerate((str(run), str(run / f"latest_net_{generator}.pth"))):
+        if k == 1:
+            os.rename(run / "opt.json", tmp_path / "opt.json")
+        out = tmp_path / f"out{k}"
+        direction = ["--direction", "BtoA"] if generator == "G_B" else []
+        rc, io = _cli(["--checkpoint", source, "--input", str(tmp_path / "x.png"), "--output", str(out), *direction],
+                      capsys)
+        assert rc == 0, io.err
+        assert np.array_equal(np.asarray(Image.open(out / "x.png")), expect), source
 
 
 def test_one_device_helper_reads_gpu_ids_and_device_names(monkeypatch):

@@ -32,10 +32,11 @@ def load_weights_only(path: str, map_location="cpu"):
         raise FileNotFoundError(f"checkpoint: {path} does not exist")
     try:
         return torch.load(path, map_location=map_location, weights_only=True)
-    except pickle.UnpicklingError as e:
-        raise ValueError(f"checkpoint: {path} is not a weights-only file (refusing to unpickle it): {e}") from e
-    except (RuntimeError, EOFError) as e:
-        raise ValueError(f"checkpoint: cannot read {path}: {e}") from e
+    except pickle.UnpicklingError as e:   # torch's message is a paragraph; its reason is one line of it
+        reason = " ".join(str(e).split("WeightsUnpickler error:")[-1].split("Check the documentation")[0].split())
+        raise ValueError(f"checkpoint: {path} is not a weights-only file (refusing to unpickle it): {reason}") from e
+    except (RuntimeError, EOFError, OSError) as e:   # a truncated or foreign file
+        raise ValueError(f"checkpoint: cannot read {path}: {' '.join(str(e).split())}") from e
 
 
 def load_state_dict_file(path: str, map_location="cpu") -> dict:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import sys
 
 import numpy as np
 import torch
@@ -31,10 +32,20 @@ def list_images(folder: str, max_size=math.inf, what="folder") -> list[str]:
     return paths[:int(min(max_size, len(paths)))]
 
 
+_NOTICED_MODES: set = set()   # image modes whose conversion to RGB was announced (once per process)
+
+
 def load_image(path: str) -> Image.Image:
-    """Decode ``path`` to an RGB PIL image; unreadable or corrupt files raise ValueError naming it."""
+    """Decode ``path`` to an RGB PIL image; unreadable or corrupt files raise ValueError naming it. An
+    image with alpha or a palette is converted with a one-time notice on stderr (alpha is dropped)."""
     try:
         with Image.open(path) as img:
+            mode = img.mode
+            if (mode in ("RGBA", "LA", "PA", "P") or "transparency" in img.info) and mode not in _NOTICED_MODES:
+                _NOTICED_MODES.add(mode)
+                what = "a palette" if mode == "P" and "transparency" not in img.info else "alpha"
+                print(f"qsattn: note: {path} has {what} ({mode}); such images are converted to RGB"
+                      f"{', dropping the alpha channel' if what == 'alpha' else ''}", file=sys.stderr)
             return img.convert("RGB")
     except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
         raise ValueError(f"cannot read image {path}: {e}") from e
@@ -153,24 +164,11 @@ def _smooth_noise(gen, channels, size, cells):
     return F.interpolate(grid, size=(size, size), mode="bicubic", align_corners=False)[0].clamp(-1, 1)
 
 
-def synthetic_pair(seed: int, index: int, size: int = 64, period_scale: float = 1.0):
-    """One item of the synthetic two-domain set, a horse->zebra in miniature.
-
-    Returns (A, B, mask): A (3, size, size) a plain-coloured shape (disc, ellipse, square or triangle,
-    random position, size, colour) on a textured background; B the same image with the shape
-    painted with dark/light stripes (random angle; period uniform in [0.075, 0.15] x ``period_scale``
-    of the image width), the background unchanged; mask (size, size) bool, True on the object.
-    A and B are in [-1, 1]; all depends only on (seed, index, size, period_scale), and ``period_scale``
-    changes nothing but the period.
-    """
-    if not period_scale > 0:
-        raise ValueError(f"period_scale: expected > 0, got {period_scale}")
-    gen = item_generator(seed, index)
-    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
-    tint = torch.rand(3, 1, 1, generator=gen) * 0.6 - 0.3
-    background = (0.55 * _smooth_noise(gen, 3, size, 4) + 0.25 * _smooth_noise(gen, 1, size, 16) + tint).clamp(-1, 1)
-    cy, cx = (torch.rand(2, generator=gen) * 0.8 - 0.4).tolist()
-    r = float(torch.rand((), generator=gen)) * 0.25 + 0.3
+def _shape_mask(gen, yy, xx, centre: float, radius: tuple[float, float]):
+    """A random shape (disc, ellipse, square or triangle) at a random position: (mask (H, W) bool, centre
+    (cy, cx), radius r, kind 0..3); centre coordinates uniform in [-centre, centre], r in radius."""
+    cy, cx = (torch.rand(2, generator=gen) * 2 * centre - centre).tolist()
+    r = float(torch.rand((), generator=gen)) * (radius[1] - radius[0]) + radius[0]
     kind = int(torch.randint(0, 4, (1,), generator=gen))
     dy, dx = yy - cy, xx - cx
     if kind == 0:
@@ -181,6 +179,17 @@ def synthetic_pair(seed: int, index: int, size: int = 64, period_scale: float = 
         mask = (dy.abs() <= 0.8 * r) & (dx.abs() <= 0.8 * r)
     else:
         mask = (dy <= 0.7 * r) & (dy >= -r + 2 * dx.abs())
+    return mask, (cy, cx), r, kind
+
+
+def _stripes_item(gen, yy, xx, period_scale):
+    """The ``stripes`` task: a plain-coloured shape on a tinted textured background -> the shape
+    painted with dark/light stripes (random angle, period uniform in [0.075, 0.15] x ``period_scale``
+    of the image width)."""
+    size = yy.shape[0]
+    tint = torch.rand(3, 1, 1, generator=gen) * 0.6 - 0.3
+    background = (0.55 * _smooth_noise(gen, 3, size, 4) + 0.25 * _smooth_noise(gen, 1, size, 16) + tint).clamp(-1, 1)
+    mask = _shape_mask(gen, yy, xx, 0.4, (0.3, 0.55))[0]
     colour = torch.rand(3, 1, 1, generator=gen) * 1.2 - 0.6
     angle = float(torch.rand((), generator=gen)) * math.pi
     period = (float(torch.rand((), generator=gen)) * 0.15 + 0.15) * period_scale
@@ -188,6 +197,54 @@ def synthetic_pair(seed: int, index: int, size: int = 64, period_scale: float = 
     stripes = torch.where(torch.sin(phase * 2 * math.pi / period) > 0, 0.9, -0.9).expand(3, -1, -1)
     a = torch.where(mask, colour.expand(3, size, size), background)
     b = torch.where(mask, stripes, background)
+    return a, b, mask
+
+
+def _recolour_item(gen, yy, xx, period_scale):
+    """The ``recolour`` task: a warm shape (hue from red to yellow) with a grey inner mark, on a grey
+    textured background -> the same image with the shape's red and blue channels swapped (red -> blue,
+    orange -> azure, yellow -> cyan); the mark and the background, grey, are the same in A and B."""
+    size = yy.shape[0]
+    level = float(torch.rand((), generator=gen)) * 0.6 - 0.3
+    background = (0.45 * _smooth_noise(gen, 1, size, 4) + 0.2 * _smooth_noise(gen, 1, size, 16) + level).clamp(-1, 1)
+    mask, (cy, cx), r, kind = _shape_mask(gen, yy, xx, 0.35, (0.35, 0.6))
+    hue, sat, val = torch.rand(3, generator=gen).tolist()
+    sat, val = 0.75 + 0.25 * sat, 0.6 + 0.4 * val
+    warm = torch.tensor([1.0, hue, 0.0]).view(3, 1, 1)          # red .. yellow at full saturation
+    colour = 2 * val * (1 - sat + sat * warm) - 1                 # in [-1, 1]
+    rho = r * (0.3 + 0.12 * float(torch.rand((), generator=gen)))
+    my = cy + (0.15 * r if kind == 3 else 0.0)                   # the triangle's inner centre
+    dy, dx = yy - my, xx - cx
+    mark = (dy ** 2 + dx ** 2 <= rho ** 2) if bool(torch.rand((), generator=gen) < 0.5) else \
+        (dy.abs() <= 0.8 * rho) & (dx.abs() <= 0.8 * rho)
+    grey = float(torch.rand((), generator=gen)) * 0.3 + 0.55
+    grey = grey if bool(torch.rand((), generator=gen) < 0.5) else -grey
+    a = torch.where(mask, colour.expand(3, size, size), background.expand(3, size, size))
+    a = torch.where(mark & mask, torch.full_like(a, grey), a)
+    b = torch.where(mask & ~mark, a.flip(0), a)                  # red <-> blue on the shape
+    return a, b, mask
+
+
+SYNTHETIC_TASKS = {"recolour": _recolour_item, "stripes": _stripes_item}
+
+
+def synthetic_pair(seed: int, index: int, size: int = 64, task: str = "recolour", period_scale: float = 1.0):
+    """One item of a synthetic two-domain set; B is a deterministic function of the item (a paired
+    ground truth for held-out evaluation; training stays unpaired).
+
+    ``task``: ``recolour`` (warm shapes with a grey mark -> the same shapes in the matching cool colour,
+    mark and background kept) or ``stripes`` (plain shapes -> striped shapes, a horse->zebra in
+    miniature; ``period_scale`` multiplies the stripes' period and changes nothing else).
+    Returns (A, B, mask): A and B (3, size, size) in [-1, 1], identical outside the object; mask
+    (size, size) bool, True on the object (the mark included). All depends only on the arguments.
+    """
+    if task not in SYNTHETIC_TASKS:
+        raise ValueError(f"synthetic task: expected one of {', '.join(SYNTHETIC_TASKS)}, got {task!r}")
+    if not period_scale > 0:
+        raise ValueError(f"period_scale: expected > 0, got {period_scale}")
+    gen = item_generator(seed, index)
+    yy, xx = torch.meshgrid(torch.linspace(-1, 1, size), torch.linspace(-1, 1, size), indexing="ij")
+    a, b, mask = SYNTHETIC_TASKS[task](gen, yy, xx, period_scale)
     return a.contiguous(), b.contiguous(), mask
 
 
@@ -204,16 +261,17 @@ class SyntheticDataset(torch.utils.data.Dataset):
     """``--dataset_mode synthetic``: ``length`` items of :func:`synthetic_pair` drawn at ``load_size``,
     unpaired in training (A of item ``index``, B of a random item; the same item with
     ``serial_batches``), randomly cropped to ``crop_size`` and flipped like the folder dataset;
-    ``period_scale`` as in :func:`synthetic_pair`."""
+    ``task`` and ``period_scale`` as in :func:`synthetic_pair`."""
 
     def __init__(self, seed=0, length=100, load_size=72, crop_size=64, no_flip=False, serial_batches=False,
-                 period_scale=1.0):
+                 task="recolour", period_scale=1.0):
         if length < 1:
             raise ValueError(f"synthetic_size: expected >= 1, got {length}")
         if crop_size > load_size:
             raise ValueError(f"crop_size: {crop_size} exceeds load_size {load_size}")
         self.seed, self.length, self.load_size, self.crop_size = seed, length, load_size, crop_size
-        self.no_flip, self.serial_batches, self.period_scale = no_flip, serial_batches, period_scale
+        self.no_flip, self.serial_batches, self.task, self.period_scale = no_flip, serial_batches, task, period_scale
+        synthetic_pair(seed, 0, 4, task, period_scale)   # validates task and period_scale
         self.finetuning = False
 
     def __len__(self):
@@ -223,8 +281,8 @@ class SyntheticDataset(torch.utils.data.Dataset):
         index, seed = key
         gen = torch.Generator().manual_seed(seed)
         j = index if self.serial_batches else int(torch.randint(0, self.length, (1,), generator=gen))
-        a = synthetic_pair(self.seed, index % self.length, self.load_size, self.period_scale)[0]
-        b = synthetic_pair(self.seed, j, self.load_size, self.period_scale)[1]
+        a = synthetic_pair(self.seed, index % self.length, self.load_size, self.task, self.period_scale)[0]
+        b = synthetic_pair(self.seed, j, self.load_size, self.task, self.period_scale)[1]
         return {"A": crop_flip(a, self.crop_size, not self.no_flip, gen),
                 "B": crop_flip(b, self.crop_size, not self.no_flip, gen),
                 "A_paths": f"synthetic/A/{index % self.length:05d}", "B_paths": f"synthetic/B/{j:05d}"}

@@ -5,6 +5,7 @@ import argparse
 import json
 import sys
 
+from .data import SYNTHETIC_TASKS
 from .evaluation import evaluate, jsonable, write_synthetic
 from .inception import InceptionUnavailable
 
@@ -24,7 +25,7 @@ def format_table(numbers: dict) -> str:
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qsattn-eval", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="FID, KID and SWD between real and translated images "
-                                            "(and the synthetic task's stripe/background measures).")
+                                            "(and the synthetic tasks' own measures against their paired ground truth).")
     p.add_argument("--real", help="folder of real target-domain images (e.g. testB)")
     p.add_argument("--fake", help="folder of translated images")
     p.add_argument("--metrics", default=None,
@@ -36,6 +37,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--dataset_mode", default="unaligned", choices=["unaligned", "synthetic"],
                    help="synthetic: --fake holds translations of the synthetic test split")
     p.add_argument("--synthetic_seed", type=int, default=0, help="--seed of the synthetic run")
+    p.add_argument("--synthetic_task", default="recolour", choices=sorted(SYNTHETIC_TASKS),
+                   help="--synthetic_task of the synthetic run")
     p.add_argument("--synthetic_period_scale", type=float, default=1.0,
                    help="--synthetic_period_scale of the synthetic run")
     p.add_argument("--write_synthetic", default=None, metavar="DIR",
@@ -61,13 +64,14 @@ def main(argv=None) -> int:
     if not a.synthetic_period_scale > 0:
         p.error(f"--synthetic_period_scale must be > 0, got {a.synthetic_period_scale}")
     if a.write_synthetic:
-        n = write_synthetic(a.write_synthetic, a.synthetic_seed, a.num_test, a.size, a.synthetic_period_scale)
+        n = write_synthetic(a.write_synthetic, a.synthetic_seed, a.num_test, a.size, a.synthetic_task,
+                            a.synthetic_period_scale)
         print(f"qsattn-eval: wrote {n} synthetic test pairs to {a.write_synthetic}/testA and testB")
         return 0
     metrics = [m.strip() for m in a.metrics.split(",") if m.strip()] if a.metrics else None
     try:
         res = evaluate(a.real, a.fake, metrics, dataset_mode=a.dataset_mode, synthetic_seed=a.synthetic_seed,
-                       synthetic_period_scale=a.synthetic_period_scale,
+                       synthetic_task=a.synthetic_task, synthetic_period_scale=a.synthetic_period_scale,
                        inception_weights=a.inception_weights, max_images=a.max_images, batch_size=a.batch_size,
                        device=a.device, seed=a.seed, swd_size=a.swd_size, kid_subsets=a.kid_subsets,
                        kid_subset_size=a.kid_subset_size, progress=not a.quiet)

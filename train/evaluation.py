@@ -16,8 +16,9 @@ The protocol (also in the README):
   protocol of :mod:`.swd` (x 10^3, the mean over the pyramid levels), seeded.
 * ``--dataset_mode synthetic``: the fake images are translations of the synthetic test split (written
   by ``--write_synthetic DIR``: ``testA/`` and ``testB/``, files ``<item index>.png``); the object masks
-  are regenerated from the indices, and :func:`.metrics.synthetic_measures` gives ``stripe_energy`` (T)
-  and ``background_error`` (C). SWD compares with the split's ``testB`` images unless ``--real`` is given.
+  are regenerated from the indices (with the run's ``--synthetic_task``), and
+  :func:`.metrics.synthetic_measures` gives the task's measures (``recolour``: conformity, shape_iou,
+  detail_error, background_error; ``stripes``: stripe_energy, background_error). SWD compares with the split's ``testB`` images unless ``--real`` is given.
 
 Papers (CUT, QS-Attn) report the best epoch's numbers, not the last; ``qsattn-train --eval_freq``
 records both (see :mod:`.trainer`).
@@ -111,17 +112,18 @@ def compute_metrics(real: Sequence, fake: Sequence, metrics=("fid", "kid", "swd"
 
 
 def synthetic_scores(fake: Sequence[torch.Tensor], source: Sequence[torch.Tensor], target: Sequence[torch.Tensor],
-                     mask: torch.Tensor) -> dict:
-    """:func:`.metrics.synthetic_measures` of uint8 (3, H, W) translations of uint8 sources, given the
-    uint8 targets and the (n, H, W) object masks."""
-    return M.synthetic_measures(*(dequantize(torch.stack(list(u))) for u in (fake, source, target)), mask)
+                     mask: torch.Tensor, task: str = "recolour") -> dict:
+    """:func:`.metrics.synthetic_measures` of the ``task`` of uint8 (3, H, W) translations of uint8
+    sources, given the uint8 targets and the (n, H, W) object masks."""
+    return M.synthetic_measures(*(dequantize(torch.stack(list(u))) for u in (fake, source, target)), mask, task)
 
 
-def synthetic_from_files(fake: Sequence[str], seed: int, period_scale: float = 1.0
+def synthetic_from_files(fake: Sequence[str], seed: int, task: str = "recolour", period_scale: float = 1.0
                          ) -> tuple[dict, list[torch.Tensor], list[torch.Tensor]]:
     """Translations of synthetic items read once from files named ``<item index>.<ext>``: their
-    :func:`synthetic_scores` against the items (regenerated with ``period_scale`` at each file's size and
-    quantised as the split's PNGs), the fake images and the items' targets (the real set for SWD), both uint8."""
+    :func:`synthetic_scores` against the items (regenerated with ``task`` and ``period_scale`` at each
+    file's size and quantised as the split's PNGs), the fake images and the items' targets (the real set
+    for SWD), both uint8."""
     fakes, items = [], []
     for p in fake:
         m = re.search(r"(\d+)$", os.path.splitext(os.path.basename(p))[0])
@@ -131,17 +133,19 @@ def synthetic_from_files(fake: Sequence[str], seed: int, period_scale: float = 1
         if img.shape[1] != img.shape[2]:
             raise ValueError(f"fake: {p} is {img.shape[2]}x{img.shape[1]}; synthetic items are square")
         fakes.append(img)
-        items.append(synthetic_pair(seed, int(m.group(1)), img.shape[1], period_scale))
+        items.append(synthetic_pair(seed, int(m.group(1)), img.shape[1], task, period_scale))
     a, b = ([quantize(it[j]) for it in items] for j in (0, 1))
-    return synthetic_scores(fakes, a, b, torch.stack([it[2] for it in items])), fakes, b
+    return synthetic_scores(fakes, a, b, torch.stack([it[2] for it in items]), task), fakes, b
 
 
-def write_synthetic(out_dir: str, seed: int, count: int, size: int, period_scale: float = 1.0) -> int:
-    """Write the synthetic test split: ``out_dir/testA`` and ``testB``, ``<index>.png``; returns count."""
+def write_synthetic(out_dir: str, seed: int, count: int, size: int, task: str = "recolour",
+                    period_scale: float = 1.0) -> int:
+    """Write the synthetic test split of ``task``: ``out_dir/testA`` and ``testB``, ``<index>.png``;
+    returns count."""
     for d in ("testA", "testB"):
         os.makedirs(os.path.join(out_dir, d), exist_ok=True)
     for i in synthetic_test_indices(count):
-        a, b, _ = synthetic_pair(seed, i, size, period_scale)
+        a, b, _ = synthetic_pair(seed, i, size, task, period_scale)
         to_image(a).save(os.path.join(out_dir, "testA", f"{i}.png"))
         to_image(b).save(os.path.join(out_dir, "testB", f"{i}.png"))
     return count
@@ -167,7 +171,8 @@ class TestSetEvaluator:
         self.synthetic = opt.dataset_mode == "synthetic"
         n = opt.eval_num_test or (100 if self.synthetic else float("inf"))
         if self.synthetic:
-            items = [synthetic_pair(opt.seed, i, self.size, opt.synthetic_period_scale)
+            self.task = opt.synthetic_task
+            items = [synthetic_pair(opt.seed, i, self.size, opt.synthetic_task, opt.synthetic_period_scale)
                      for i in synthetic_test_indices(n)]
             src, tgt = (0, 1) if opt.direction == "AtoB" else (1, 0)
             self.sources = torch.stack([quantize(it[src]) for it in items])
@@ -215,7 +220,7 @@ class TestSetEvaluator:
         self.last_fakes = fakes
         out = {}
         if "synthetic" in self.metrics:
-            out.update(synthetic_scores(fakes, self.sources, self.real, self.mask))
+            out.update(synthetic_scores(fakes, self.sources, self.real, self.mask, self.task))
         out.update(compute_metrics(self.real, fakes, self.metrics, net=self.net, batch_size=self.batch_size,
                                    device=self.device, seed=self.seed, swd_size=self.size,
                                    kid_subsets=self.kid_subsets, progress=False))
@@ -238,7 +243,8 @@ def jsonable(numbers: dict) -> dict:
 
 
 def evaluate(real: str | None, fake: str, metrics=None, *, dataset_mode: str = "unaligned",
-             synthetic_seed: int = 0, synthetic_period_scale: float = 1.0, inception_weights: str | None = None, max_images: int | None = None,
+             synthetic_seed: int = 0, synthetic_task: str = "recolour", synthetic_period_scale: float = 1.0,
+             inception_weights: str | None = None, max_images: int | None = None,
              batch_size: int = 50, device="auto", seed: int = 0, swd_size: int | None = None,
              kid_subsets: int = 100, kid_subset_size: int = 1000, progress: bool = True) -> dict:
     """``qsattn-eval`` as a function: folders ``real`` and ``fake`` -> {"metrics": {...}, "settings": {...}}
@@ -271,7 +277,7 @@ def evaluate(real: str | None, fake: str, metrics=None, *, dataset_mode: str = "
         net = load_inception(weights, device)
     numbers, reals = {}, None
     if synthetic:   # the fake files are read here once, and their tensors passed on
-        measures, fakes, reals = synthetic_from_files(fakes, synthetic_seed, synthetic_period_scale)
+        measures, fakes, reals = synthetic_from_files(fakes, synthetic_seed, synthetic_task, synthetic_period_scale)
         if "synthetic" in metrics:
             numbers.update(measures)
     if real:
@@ -288,5 +294,6 @@ def evaluate(real: str | None, fake: str, metrics=None, *, dataset_mode: str = "
                     swd="ProGAN: 7x7 Laplacian patches, 128 per image and level, 4x128 directions, x1e3",
                     seconds=round(time.time() - t0, 2), torch=torch.__version__, qsattn_fast=qsattn_fast.__version__)
     if synthetic:
-        settings.update(synthetic_seed=synthetic_seed, synthetic_period_scale=synthetic_period_scale)
+        settings.update(synthetic_seed=synthetic_seed, synthetic_task=synthetic_task,
+                        synthetic_period_scale=synthetic_period_scale)
     return {"metrics": numbers, "settings": settings}

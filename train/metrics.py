@@ -5,9 +5,10 @@
   eigendecompositions (no complex ``sqrtm``).
 * :func:`kid_from_features` (KID, Binkowski et al. 2018): the unbiased MMD^2 estimator with
   the cubic polynomial kernel ``k(x, y) = (x.y / d + 1)^3``, averaged over random subsets.
-* :func:`synthetic_measures`: for ``--dataset_mode synthetic``, where the object masks are known:
-  target conformity T (stripe energy inside the object) and content preservation C (error outside it),
-  the two aspects of the paper's user study that need no network.
+* :func:`synthetic_measures`: for ``--dataset_mode synthetic``, where B is known per item: target
+  conformity and content preservation (of the shape, its detail, the background), the aspects of the
+  paper's user study that need no network (:func:`paired_measures` for ``recolour``,
+  :func:`stripe_measures` for ``stripes``).
 """
 from __future__ import annotations
 
@@ -115,26 +116,95 @@ def _masked_var(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
     return ((xd - mean[:, None, None]) ** 2 * mask).sum((1, 2)) / n
 
 
-def synthetic_measures(fake: torch.Tensor, real_a: torch.Tensor, real_b: torch.Tensor,
-                       mask: torch.Tensor, margin: int = 1) -> dict:
-    """Quality of translations ``fake`` = G(real_a) on the synthetic set (all (B, 3, H, W) in [-1, 1],
-    ``mask`` (B, H, W) bool, True on the object; ``real_b`` is the striped target of the same item).
-
-    * ``stripe_energy`` (target conformity T, higher is better, ~1 like the target domain): the
-      luminance variance inside the object (eroded by ``margin`` px), summed over images, over that of
-      ``real_b``. A plain object (the identity mapping) gives ~0.
-    * ``background_error`` (content preservation C, lower is better): mean |fake - real_a| / 2 (so in
-      [0, 1] units) outside the object dilated by ``margin`` px, where source and target images agree.
-    """
+def _check_paired(fake, real_a, real_b, mask):
     if fake.shape != real_a.shape or real_b.shape != real_a.shape or real_a.dim() != 4 or real_a.shape[1] != 3:
         raise ValueError(f"fake, real_a, real_b: expected equal (B, 3, H, W) shapes, got {tuple(fake.shape)}, "
                          f"{tuple(real_a.shape)}, {tuple(real_b.shape)}")
     if mask.shape != (real_a.shape[0], *real_a.shape[2:]):
         raise ValueError(f"mask: expected {(real_a.shape[0], *real_a.shape[2:])}, got {tuple(mask.shape)}")
+
+
+def _background_error(fake, real_a, mask, margin):
+    """Mean |fake - real_a| / 2 (so in [0, 1] units) outside the object dilated by ``margin`` px."""
+    outer = _erode(~mask, margin)
+    return float(((fake.double() - real_a.double()).abs().mean(1) / 2 * outer).sum() / outer.sum().clamp_min(1))
+
+
+def stripe_measures(fake, real_a, real_b, mask, margin: int = 1) -> dict:
+    """The ``stripes`` task's measures of translations ``fake`` = G(real_a) (all (B, 3, H, W) in [-1, 1];
+    ``real_b`` the striped target of the same item; ``mask`` (B, H, W) bool, True on the object).
+
+    * ``stripe_energy`` (target conformity, higher is better, ~1 like the target domain): the
+      luminance variance inside the object (eroded by ``margin`` px), summed over images, over that of
+      ``real_b``. A plain object (the identity mapping) gives ~0. Stripes of any angle and period count.
+    * ``background_error`` (content preservation, lower is better): mean |fake - real_a| / 2 outside the
+      object dilated by ``margin`` px, where source and target images agree.
+    """
+    _check_paired(fake, real_a, real_b, mask)
     mask = mask.bool()
     inner = _erode(mask, margin)
-    outer = _erode(~mask, margin)
-    energy_fake = _masked_var(_luma(fake), inner).nansum()
-    energy_real = _masked_var(_luma(real_b), inner).nansum()
-    err = ((fake.double() - real_a.double()).abs().mean(1) / 2 * outer).sum() / outer.sum().clamp_min(1)
-    return {"stripe_energy": float(energy_fake / energy_real), "background_error": float(err)}
+    energy = _masked_var(_luma(fake), inner).nansum() / _masked_var(_luma(real_b), inner).nansum()
+    return {"stripe_energy": float(energy), "background_error": _background_error(fake, real_a, mask, margin)}
+
+
+def paired_measures(fake, real_a, real_b, mask, margin: int = 1) -> dict:
+    """Measures of translations ``fake`` = G(real_a) against a paired ground truth ``real_b`` that changes
+    the object's pixels in place (all (B, 3, H, W) in [-1, 1]; ``mask`` (B, H, W) bool, True on the
+    object). Per image, T = {p : b_p != a_p} is the region the task changes (the object less its
+    unchanged inner detail) and m the median over T of |b_p - a_p| (the distance a pixel must move).
+
+    * ``conformity`` (higher is better; 0 for the identity, 1 for B): how far the object moved from A
+      towards B, the projection <f - a, b - a> / |b - a|^2 clamped to [0, 1], averaged over T eroded by
+      ``margin`` px, then over images.
+    * ``shape_iou`` (higher is better; 0 for the identity, 1 for B; **the one number that orders runs**):
+      IoU of the translated region with T, averaged over images. Translated: in T, a pixel nearer to
+      its B value than to its A value (progress > 1/2); elsewhere, a pixel moved by at least m / 2. It
+      drops when the object is not translated, when its outline is lost, and when the background or
+      the detail is repainted.
+    * ``detail_error`` (lower is better, 0 for A and B): mean |f - a| / 2 over the object's unchanged
+      pixels (the inner detail, eroded by ``margin`` px); NaN when no object has any.
+    * ``background_error`` (lower is better, 0 for A and B): as in :func:`stripe_measures`.
+    Not a whole-image |f - b|: the object is about a tenth of the image, so a faint speckle over the
+    background (0.03 of background_error) outweighs a complete recolouring in it.
+    """
+    _check_paired(fake, real_a, real_b, mask)
+    mask = mask.bool()
+    f, a, b = fake.double(), real_a.double(), real_b.double()
+    step = b - a
+    dist2 = (step ** 2).sum(1)
+    target = dist2 > 0
+    if not target.flatten(1).any(1).all():
+        raise ValueError("real_b: every item must differ from real_a somewhere (the region the task changes)")
+    progress = (((f - a) * step).sum(1) / dist2.clamp_min(1e-30)).clamp(0, 1)   # 0 on A, 1 on B
+    inner = _erode(target, margin)
+    inner = torch.where(inner.flatten(1).any(1)[:, None, None], inner, target)   # tiny objects: no erosion
+    conformity = ((progress * inner).sum((1, 2)) / inner.sum((1, 2))).mean()
+    move = torch.stack([d[t].sqrt().median() for d, t in zip(dist2, target)])
+    changed = torch.where(target, ((f - b) ** 2).sum(1) < ((f - a) ** 2).sum(1),
+                          ((f - a) ** 2).sum(1).sqrt() >= move[:, None, None] / 2)
+    iou = ((changed & target).sum((1, 2)) / (changed | target).sum((1, 2))).mean()
+    detail = _erode(mask & ~target, margin)
+    detail_err = ((f - a).abs().mean(1) / 2 * detail).sum() / detail.sum()
+    return {"conformity": float(conformity), "shape_iou": float(iou),
+            "detail_error": float(detail_err), "background_error": _background_error(fake, real_a, mask, margin)}
+
+
+TASK_MEASURES = {"recolour": paired_measures, "stripes": stripe_measures}
+
+# What each synthetic measure means, as the trainer prints it: (better, meaning).
+MEANINGS = {
+    "conformity": ("higher", "how far the object moved from A towards B: 0 unchanged, 1 as B"),
+    "shape_iou": ("higher", "IoU of the region translated (nearer B than A) with the object: 1 exact "
+                            "(orders runs)"),
+    "detail_error": ("lower", "mean |fake B - real A| / 2 on the object's unchanged inner mark"),
+    "stripe_energy": ("higher", "luminance variance inside the object relative to the real striped B: "
+                                "1 as striped as B, 0 plain like A"),
+    "background_error": ("lower", "mean |fake B - real A| / 2 outside the object: 0 background unchanged"),
+}
+
+
+def synthetic_measures(fake, real_a, real_b, mask, task: str = "recolour", margin: int = 1) -> dict:
+    """The measures of the synthetic ``task`` (:data:`TASK_MEASURES`) of translations ``fake``."""
+    if task not in TASK_MEASURES:
+        raise ValueError(f"synthetic task: expected one of {', '.join(TASK_MEASURES)}, got {task!r}")
+    return TASK_MEASURES[task](fake, real_a, real_b, mask, margin)

@@ -43,7 +43,8 @@ from .device import pick_device
 from .evaluation import TestSetEvaluator, jsonable
 from .inception import InceptionUnavailable
 from .model import CUTModel
-from .options import parse
+from .metrics import MEANINGS
+from .options import DEMO_TARGETS, parse
 from .viz import plot_losses, save_grid
 
 LOG_NAME = "loss_log.jsonl"
@@ -65,7 +66,8 @@ def training_device(gpu_ids: str, local_rank: int = 0) -> torch.device:
 def make_dataset(opt):
     if opt.dataset_mode == "synthetic":
         return SyntheticDataset(opt.seed, int(min(opt.synthetic_size, opt.max_dataset_size)), opt.load_size,
-                                opt.crop_size, opt.no_flip, opt.serial_batches, opt.synthetic_period_scale)
+                                opt.crop_size, opt.no_flip, opt.serial_batches, opt.synthetic_task,
+                                opt.synthetic_period_scale)
     return UnalignedDataset(opt.dataroot, opt.phase, opt.max_dataset_size, opt.preprocess, opt.load_size,
                             opt.crop_size, opt.no_flip, opt.serial_batches)
 
@@ -302,12 +304,11 @@ class Trainer:
         m, ev = rec["metrics"], self.evaluator
         print(f"held-out test split ({len(ev.sources)} {'synthetic pairs' if ev.synthetic else 'images'}, "
               f"{ev.size}x{ev.size}) after epoch {rec['epoch']}:")
-        if "stripe_energy" in m:
-            print(f"  stripe_energy    {m['stripe_energy']:.3f}  (higher is better) luminance variance inside the "
-                  "object relative to the real striped B: 1 as striped as B, 0 plain like A"
-                  + ("; demo target >= 0.5" if self.opt.demo else ""))
-            print(f"  background_error {m['background_error']:.3f}  (lower is better) mean |fake B - real A| / 2 "
-                  "outside the object: 0 background unchanged" + ("; demo target <= 0.05" if self.opt.demo else ""))
+        targets = DEMO_TARGETS if self.opt.demo else {}
+        for k, (better, meaning) in MEANINGS.items():
+            if k in m:
+                target = f"; demo target {targets[k]}" if k in targets else ""
+                print(f"  {k:<16} {m[k]:.3f}  ({better} is better) {meaning}{target}")
         for k in ("fid", "kid", "swd"):
             if k in m:
                 print(f"  {k:<16} {m[k]:.4g}")

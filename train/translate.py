@@ -2,14 +2,16 @@
 
 ``--checkpoint`` is a generator file or an experiment folder; in a folder, ``--direction`` picks
 CycleGAN's ``<epoch>_net_G_A.pth`` (AtoB, the default) or ``_G_B.pth`` (BtoA), else CUT's
-``<epoch>_net_G.pth`` (AtoB only). The architecture (ngf, number of residual blocks, anti-aliasing,
-norm) is read off the checkpoint's keys and shapes; no options file or ``testB`` folder is needed.
+``<epoch>_net_G.pth`` (AtoB only). The architecture is the run's ``opt.json`` beside the file when there
+is one (ours), else it is read off the checkpoint's keys and shapes (ngf, number of residual blocks,
+norm, anti-aliasing; CUT's files); no ``testB`` folder is needed.
 Each input image is translated at its own size (rounded to a multiple of 4 with a bicubic resize, or at
 ``--load_size`` x ``--load_size``), resized back, and written to ``--output`` under the input's file name.
 """
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import re
 import sys
@@ -18,31 +20,77 @@ import torch
 from PIL import Image
 
 from .checkpoint import load_state_dict_file, net_path
+from .cli import add_debug_flag, one_line_errors
 from .data import IMG_EXTENSIONS, list_images, load_image, resize_for, to_image, to_tensor
 from .device import pick_device
-from .networks import ResnetGenerator, get_norm_layer
+from .networks import GENERATOR_BLOCKS, ResnetGenerator, define_G
 
 
-def generator_from_state_dict(sd: dict) -> ResnetGenerator:
-    """Build the :class:`ResnetGenerator` whose keys and shapes equal ``sd``'s, and load it."""
+def infer_generator_options(sd: dict) -> list[dict]:
+    """The :func:`.networks.define_G` arguments whose generators could have the keys of ``sd``: input/output
+    channels, ngf and block count read off the shapes; the norm off the keys (``batch``: running stats;
+    ``instance``: biased convs; ``none``: neither); every anti-aliasing combination."""
     if "model.1.weight" not in sd:
-        raise ValueError("checkpoint: no key model.1.weight; not a ResNet generator state_dict of CUT's layout")
+        raise ValueError("no key model.1.weight; not a ResNet generator state_dict of CUT's layout")
     ngf, input_nc = sd["model.1.weight"].shape[:2]
     last = max(int(m.group(1)) for k in sd for m in [re.match(r"model\.(\d+)\.weight$", k)] if m)
-    output_nc = sd[f"model.{last}.weight"].shape[0]
     n_blocks = len({k.split(".")[1] for k in sd if ".conv_block." in k})
-    norm = "batch" if any(k.endswith("running_mean") for k in sd) else "instance"
+    netG = next((name for name, n in GENERATOR_BLOCKS.items() if n == n_blocks), None)
+    if netG is None:
+        raise ValueError(f"{n_blocks} residual blocks; CUT's generators have {sorted(GENERATOR_BLOCKS.values())}")
+    norm = ("batch" if any(k.endswith("running_mean") for k in sd) else
+            "instance" if "model.1.bias" in sd else "none")
+    return [dict(input_nc=input_nc, output_nc=sd[f"model.{last}.weight"].shape[0], ngf=ngf, netG=netG,
+                 norm=norm, no_antialias=aa, no_antialias_up=aa_up) for aa in (False, True) for aa_up in (False, True)]
+
+
+def options_of_run(opt: dict, generator: str) -> dict:
+    """The :func:`.networks.define_G` arguments of generator ``G``, ``G_A`` or ``G_B`` of a run's
+    ``opt.json`` (``G_B`` maps output_nc channels to input_nc)."""
+    nc = (opt["input_nc"], opt["output_nc"])
+    input_nc, output_nc = nc[::-1] if generator == "G_B" else nc
+    return dict(input_nc=input_nc, output_nc=output_nc, ngf=opt["ngf"], netG=opt["netG"], norm=opt["normG"],
+                no_antialias=opt["no_antialias"], no_antialias_up=opt["no_antialias_up"])
+
+
+def generator_from_state_dict(sd: dict, opt: dict | None = None, generator: str = "G") -> ResnetGenerator:
+    """Build the :class:`ResnetGenerator` of ``sd`` and load it (strict), in eval mode: with the run's
+    options ``opt`` (its ``opt.json``) when given, else the one architecture of
+    :func:`infer_generator_options` whose keys and shapes equal ``sd``'s. Raises ValueError."""
+    candidates = [options_of_run(opt, generator)] if opt else infer_generator_options(sd)
     want = {k: tuple(v.shape) for k, v in sd.items() if not k.endswith("num_batches_tracked")}
-    for no_aa in (False, True):
-        for no_aa_up in (False, True):
-            net = ResnetGenerator(input_nc, output_nc, ngf, get_norm_layer(norm), False, n_blocks,
-                                  no_antialias=no_aa, no_antialias_up=no_aa_up)
-            have = {k: tuple(v.shape) for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
-            if have == want:
-                net.load_state_dict(sd, strict=False)
-                return net.eval()
-    raise ValueError("checkpoint: keys/shapes match no ResNet generator (ngf "
-                     f"{ngf}, {n_blocks} blocks, any anti-aliasing)")
+    for kw in candidates:
+        net = define_G(use_dropout=False, **kw)
+        have = {k: tuple(v.shape) for k, v in net.state_dict().items() if not k.endswith("num_batches_tracked")}
+        if have == want:
+            net.load_state_dict(sd, strict=False)
+            return net.eval()
+    what = "the options in opt.json" if opt else "any anti-aliasing"
+    raise ValueError(f"keys/shapes match no ResNet generator of {what} (ngf {candidates[0]['ngf']}, "
+                     f"{candidates[0]['netG']}, norm {candidates[0]['norm']})")
+
+
+def load_generator(path: str, direction: str | None = None, epoch="latest") -> ResnetGenerator:
+    """The generator of ``--checkpoint`` ``path`` (a file or an experiment folder, see
+    :func:`resolve_checkpoint`), built from the ``opt.json`` beside it when there is one. Errors are
+    ValueError / FileNotFoundError naming the file."""
+    file = resolve_checkpoint(path, direction, epoch)
+    m = re.search(r"_net_(G_A|G_B|G)\.pth$", file)
+    generator = m.group(1) if m else "G"
+    opt_file = os.path.join(os.path.dirname(file), "opt.json")
+    opt = None
+    if m and os.path.isfile(opt_file):
+        try:
+            with open(opt_file) as f:
+                opt = json.load(f)
+            options_of_run(opt, generator)
+        except (OSError, ValueError, KeyError, TypeError) as e:
+            raise ValueError(f"checkpoint: cannot read the generator's options from {opt_file}: {e!r}") from e
+    sd = load_state_dict_file(file)
+    try:
+        return generator_from_state_dict(sd, opt, generator)
+    except ValueError as e:
+        raise ValueError(f"checkpoint: {file}: {e}") from e
 
 
 GENERATORS = {"AtoB": "G_A", "BtoA": "G_B"}  # CycleGAN's generator of each direction
@@ -86,19 +134,28 @@ def collect_inputs(inputs) -> list[str]:
     return paths
 
 
-def translate(net, paths, output_dir, device, batch_size=1, load_size=None) -> list[str]:
-    """Translate ``paths`` in batches of same-sized images; returns the written files."""
+def translate(net, paths, output_dir, device, batch_size=1, load_size=None) -> tuple[list[str], list[str]]:
+    """Translate ``paths`` in batches of same-sized images into ``output_dir`` (file names kept; a name
+    without an image extension gets ``.png``); returns (written files, skipped inputs). An input that
+    cannot be decoded is skipped with a warning on stderr; the others are all written."""
+    names = [os.path.basename(p) for p in paths]
+    twice = sorted({n for n in names if names.count(n) > 1})
+    if twice:
+        raise ValueError(f"input: several inputs are named {', '.join(twice)}; their outputs would collide")
     os.makedirs(output_dir, exist_ok=True)
-    items = []
+    by_shape, skipped = {}, []
     for p in paths:
-        img = load_image(p)
+        try:
+            img = load_image(p)
+        except ValueError as e:
+            print(f"qsattn-translate: warning: skipping {e}", file=sys.stderr)
+            skipped.append(p)
+            continue
         size = img.size
         img = img.resize((load_size, load_size), Image.BICUBIC) if load_size else resize_for(img, "none", 0, 0)
-        items.append((p, size, to_tensor(img)))
-    written, names = [], set()
-    by_shape = {}
-    for it in items:
-        by_shape.setdefault(tuple(it[2].shape), []).append(it)
+        x = to_tensor(img)
+        by_shape.setdefault(tuple(x.shape), []).append((p, size, x))
+    written = []
     with torch.no_grad():
         for group in by_shape.values():
             for i in range(0, len(group), batch_size):
@@ -108,18 +165,13 @@ def translate(net, paths, output_dir, device, batch_size=1, load_size=None) -> l
                     img = to_image(y)
                     img = img if img.size == size else img.resize(size, Image.BICUBIC)
                     name = os.path.basename(p)
-                    if name in names:
-                        raise ValueError(f"input: two inputs are named {name}; outputs would collide")
-                    names.add(name)
-                    dst = os.path.join(output_dir, name)
-                    if not name.lower().endswith(IMG_EXTENSIONS):
-                        dst += ".png"
+                    dst = os.path.join(output_dir, name if name.lower().endswith(IMG_EXTENSIONS) else name + ".png")
                     img.save(dst)
                     written.append(dst)
-    return written
+    return written, skipped
 
 
-def main(argv=None) -> int:
+def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="qsattn-translate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
                                 description="Translate images with a CUT / QS-Attn generator checkpoint.")
     p.add_argument("--checkpoint", required=True,
@@ -133,18 +185,27 @@ def main(argv=None) -> int:
     p.add_argument("--batch_size", type=int, default=1, help="images per forward pass (same-sized ones)")
     p.add_argument("--load_size", type=int, default=None,
                    help="resize inputs to this square size first (default: own size, multiple of 4)")
-    args = p.parse_args(argv)
-    if args.batch_size < 1:
-        p.error(f"--batch_size must be >= 1, got {args.batch_size}")
-    try:
+    add_debug_flag(p)
+    return p
+
+
+def main(argv=None) -> int:
+    """Exit codes: 0 all written; 1 some inputs could not be read (the others are written); 2 a usage,
+    path or checkpoint error (one line, nothing written)."""
+    args = build_parser().parse_args(argv)
+
+    def work():
+        if args.batch_size < 1:
+            raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
         device = pick_device(args.gpu_ids)
-    except ValueError as e:
-        p.error(str(e))
-    net = generator_from_state_dict(load_state_dict_file(resolve_checkpoint(args.checkpoint, args.direction,
-                                                                            args.epoch))).to(device)
-    written = translate(net, collect_inputs(args.input), args.output, device, args.batch_size, args.load_size)
-    print(f"qsattn-translate: wrote {len(written)} images to {args.output}")
-    return 0
+        paths = collect_inputs(args.input)
+        net = load_generator(args.checkpoint, args.direction, args.epoch).to(device)
+        written, skipped = translate(net, paths, args.output, device, args.batch_size, args.load_size)
+        print(f"qsattn-translate: wrote {len(written)} images to {args.output}"
+              + (f"; {len(skipped)} inputs could not be read and were skipped" if skipped else ""))
+        return 1 if skipped else 0
+
+    return one_line_errors("qsattn-translate", work, args.debug)
 
 
 if __name__ == "__main__":

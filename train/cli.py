@@ -1,0 +1,27 @@
+"""What the command lines share: expected errors (bad paths, files, options) as one line and exit code 2.
+
+A traceback is for a bug; ``--debug`` shows it for the expected errors too.
+"""
+from __future__ import annotations
+
+import sys
+
+from .inception import InceptionUnavailable
+
+EXPECTED = (ValueError, OSError, InceptionUnavailable)   # OSError covers FileNotFoundError, PermissionError
+
+
+def add_debug_flag(parser) -> None:
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not one line")
+
+
+def one_line_errors(prog: str, work, debug: bool = False) -> int:
+    """``work()``'s exit code; an :data:`EXPECTED` error is printed as ``<prog>: error: <message>`` and
+    gives 2 (re-raised with ``debug``)."""
+    try:
+        return work()
+    except EXPECTED as e:
+        if debug:
+            raise
+        print(f"{prog}: error: {e}", file=sys.stderr)
+        return 2
