@@ -138,12 +138,12 @@ def test_trains_evaluates_and_draws_both_directions(tmp_path):
     assert "best_net_G_A.pth" in names and "best_net_G.pth" not in names
     best = torch.load(run / "best_net_G_A.pth", weights_only=True)
     assert _shapes(best) == _shapes(torch.load(run / "latest_net_G_A.pth", weights_only=True))
-    assert Image.open(run / "samples" / "epoch002_step0000008.png").size == (8 * 34 + 2, 34 + 2)
+    assert Image.open(run / "samples" / "epoch002_step0000008.png").size == (8 * 130 + 2, 20 + 130 + 2)
     argv = tiny(tmp_path, "--model", "cycle_gan", "--lambda_identity", "0", "--max_steps", "1", "--display_freq", "1",
                 name="no_idt")
     assert trainer.main(argv) == 0
     assert list(read_log(tmp_path / "no_idt")[0]["losses"]) == ["D_A", "G_A", "cycle_A", "D_B", "G_B", "cycle_B"]
-    assert Image.open(tmp_path / "no_idt" / "samples" / "epoch001_step0000001.png").size == (6 * 34 + 2, 34 + 2)
+    assert Image.open(tmp_path / "no_idt" / "samples" / "epoch001_step0000001.png").size == (6 * 130 + 2, 20 + 130 + 2)
 
 
 def test_model_builds_cuts_networks():

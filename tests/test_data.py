@@ -1,5 +1,7 @@
 """train/data.py: folder dataset (CUT's layout and preprocessing), errors naming files and folders,
 the synthetic pair, and the epoch sampler's order, sharding and skipping."""
+import os
+
 import numpy as np
 import pytest
 import torch
@@ -65,9 +67,12 @@ def test_corrupt_image_error_names_the_file(tmp_path):
     write_images(tmp_path / "trainB", 1)
     bad = tmp_path / "trainB" / "broken.jpg"
     bad.write_bytes(b"\xff\xd8\xff\xe0 definitely not a jpeg")
-    ds = D.UnalignedDataset(str(tmp_path), load_size=36, crop_size=32, serial_batches=True)
+    with pytest.raises(ValueError, match="trainB.*1 of 2 images cannot be read.*broken.jpg"):   # at construction
+        D.UnalignedDataset(str(tmp_path), load_size=36, crop_size=32, serial_batches=True)
+    ds = D.UnalignedDataset(str(tmp_path), load_size=36, crop_size=32, serial_batches=True, skip_bad_images=True)
+    assert [os.path.basename(p) for p in ds.B_paths] == ["im0.png"]
     with pytest.raises(ValueError, match="broken.jpg"):
-        ds[(0, 0)]  # sorted: broken.jpg is B_paths[0]
+        D.load_image(str(bad))
     truncated = tmp_path / "trainA" / "cut.png"
     raw = (tmp_path / "trainA" / "im0.png").read_bytes()
     truncated.write_bytes(raw[: len(raw) // 2])

@@ -85,19 +85,25 @@ def test_fid_kid_swd_of_two_folders(split, tmp_path, capsys, random_inception_we
 def test_cli_errors(split, tmp_path, capsys, monkeypatch):
     monkeypatch.delenv("QSATTN_INCEPTION_WEIGHTS", raising=False)
     monkeypatch.setattr(torch.hub, "get_dir", lambda: str(tmp_path / "hub"))
-    rc, io = _run(["--real", str(split / "testB"), "--fake", str(split / "testA")], capsys)
-    assert rc == 2 and "weights-inception-2015-12-05-6726825d.pth" in io.err
-    for bad in (["--real", str(split / "testB"), "--fake", str(split / "testA"), "--metrics", "fid,lpips"],
-                ["--fake", str(split / "testA")],
-                ["--real", str(split / "testB"), "--fake", str(split / "testA"), "--metrics", "synthetic"]):
-        with pytest.raises(SystemExit):
-            cli.main(bad)
     renamed = tmp_path / "renamed"
     renamed.mkdir()
     shutil.copy(next((split / "testA").iterdir()), renamed / "img.png")
-    with pytest.raises(SystemExit):
-        cli.main(["--dataset_mode", "synthetic", "--fake", str(renamed)])
-    assert "img.png is not named" in capsys.readouterr().err
+    (tmp_path / "empty").mkdir()
+    cases = [(["--real", str(split / "testB"), "--fake", str(split / "testA")], "weights-inception-2015-12-05"),
+             (["--real", str(split / "testB"), "--fake", str(split / "testA"), "--metrics", "fid,lpips"], "lpips"),
+             (["--fake", str(split / "testA")], "real folders are required"),
+             (["--real", str(split / "testB"), "--fake", str(split / "testA"), "--metrics", "synthetic"], "synthetic"),
+             (["--real", str(split / "testB"), "--fake", str(tmp_path / "missing")], "missing is not a folder"),
+             (["--real", str(split / "testB"), "--fake", str(tmp_path / "empty")], "holds no images"),
+             (["--dataset_mode", "synthetic", "--fake", str(renamed)], "img.png is not named"),
+             (["--fake", str(split / "testA"), "--synthetic_task", "zebras"], "invalid choice")]
+    for argv, needle in cases:
+        try:
+            rc = cli.main(argv + ["--quiet"])
+        except SystemExit as e:   # argparse's usage errors
+            rc = e.code
+        err = capsys.readouterr().err
+        assert rc == 2 and "Traceback" not in err and len(err.strip().splitlines()) == 1 and needle in err, err
     with pytest.raises(ValueError, match="img.png"):                      # the Python function raises
         E.evaluate(None, str(renamed), dataset_mode="synthetic")
 
@@ -146,4 +152,4 @@ def test_trainer_eval_metrics_need_their_inputs(tmp_path, monkeypatch, capsys):
     with pytest.raises(ValueError, match="lpips"):
         trainer.Trainer(trainer.parse(tiny(tmp_path, "--eval_freq", "1", "--eval_metrics", "swd,lpips")))
     assert trainer.main(tiny(tmp_path, "--eval_freq", "1", "--eval_metrics", "swd,lpips")) == 2   # ... the CLI exits
-    assert "qsattn-train: --eval_metrics ['lpips'] not available" in capsys.readouterr().err
+    assert "qsattn-train: error: --eval_metrics ['lpips'] not available" in capsys.readouterr().err

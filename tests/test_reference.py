@@ -143,6 +143,59 @@ def test_official_variant_reproduces_released_code(mode):
     assert paper_idx.tolist() != OFFICIAL_IDS
 
 
+def released_local_patch_sample(feat, values, num_patches, mode, k_s=7):
+    """A transcription of the released PatchSampleF's QS-Attn branch (models/networks_local.py and
+    networks_local_global.py, the source call, before the MLP), its operations in its order: returns the
+    entropies, the selected ids and the routed rows of each value map."""
+    import torch.nn.functional as F
+    B, C, H, W = feat.shape
+    feat_reshape = feat.permute(0, 2, 3, 1).flatten(1, 2)
+    feat_local = F.unfold(feat, kernel_size=k_s, stride=1, padding=3)
+    L = feat_local.shape[2]
+    feat_k = feat_local.permute(0, 2, 1).reshape(B, L, k_s * k_s, C).flatten(0, 1)
+    attn_local = torch.bmm(feat_k, feat_reshape.reshape(B * L, C, 1)).softmax(dim=1).reshape(B, L, -1)
+    prob = -torch.log(attn_local)
+    prob = torch.where(torch.isinf(prob), torch.full_like(prob, 0), prob)
+    entropy = torch.sum(torch.mul(attn_local, prob), dim=2)
+    patch_id = torch.sort(entropy)[1][:, :num_patches]
+    outs = []
+    for v in values:
+        if mode == "local":
+            attn_qs = attn_local[torch.arange(B)[:, None], patch_id, :].flatten(0, 1).unsqueeze(1)
+            v_local = F.unfold(v, kernel_size=k_s, stride=1, padding=3)
+            feat_v = v_local[torch.arange(B)[:, None], :, patch_id].permute(0, 2, 1)
+            outs.append(torch.bmm(attn_qs, feat_v.flatten(0, 1).view(B * num_patches, k_s * k_s, C)).flatten(0, 1))
+        else:
+            attn_global = torch.bmm(feat_reshape, feat_reshape.permute(0, 2, 1)).softmax(dim=2)
+            attn_qs = attn_global[torch.arange(B)[:, None], patch_id, :]
+            outs.append(torch.bmm(attn_qs, v.permute(0, 2, 3, 1).flatten(1, 2)).flatten(0, 1))
+    return entropy, patch_id, outs
+
+
+@pytest.mark.parametrize("mode", ["local", "local_global"])
+@pytest.mark.parametrize("k", [64, 256])
+def test_official_float32_matches_the_released_code_among_near_ties(mode, k):
+    """CUT-like float32 features (a fresh generator's layer 12 on synthetic images, x 0.1), B=2 (the released
+    local gather needs B > 1): the same entropies bit for bit, the same selection in the same order (many
+    rows are within 1e-6 of each other, and the released routing mixes rows across the selected set, so
+    an order that differs among them changes the pooled rows), and the same routed rows bit for bit."""
+    from qsattn_fast.train import networks
+    from qsattn_fast.train.data import synthetic_pair
+    torch.manual_seed(0)              # a pinned case: one whose selected set holds near-ties
+    g = networks.define_G(ngf=16, netG="resnet_6blocks")
+    x = torch.stack([synthetic_pair(0, i, 64)[0] for i in range(2)])
+    with torch.no_grad():
+        src = (g(x, [12], encode_only=True)[0] * 0.1).contiguous()
+    tgt = torch.randn_like(src) * 0.1
+    ent, ids, outs = released_local_patch_sample(src, [src, tgt], k, mode)
+    gaps = ent.sort(dim=1)[0][:, :k].diff(dim=1)
+    assert (gaps < 1e-6).any()                                              # near-ties within the selected set
+    got_ent = q.attention_entropy(src, "local", backend="reference", variant="official")
+    idx, routed = q.query_selected_attention(src, [src, tgt], k=k, mode=mode, backend="reference", variant="official")
+    assert torch.equal(got_ent, ent) and torch.equal(idx, ids)
+    assert all(torch.equal(r.flatten(0, 1), o) for r, o in zip(routed, outs))
+
+
 def test_official_local_layout_matches_its_index_formula():
     """The released code reads the unfolded (C, w^2) column block of a position as (w^2, C): its key j,
     channel c is neighbourhood entry ((j*C + c) mod w^2) of channel ((j*C + c) div w^2)."""

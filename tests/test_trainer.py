@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -33,7 +34,7 @@ def test_cut_defaults_and_model_defaults():
             opt.beta2, opt.num_patches, opt.netF_nc, opt.nce_T, opt.nce_layers, opt.gan_mode, opt.ngf, opt.ndf,
             opt.netG, opt.normG, opt.init_type, opt.init_gain, opt.batch_size, opt.gpu_ids) == \
         ("cut", 286, 256, 200, 200, 0.0002, 0.5, 0.999, 256, 256, 0.07, "0,4,8,12,16", "lsgan", 64, 64,
-         "resnet_9blocks", "instance", "xavier", 0.02, 1, "0")
+         "resnet_9blocks", "instance", "xavier", 0.02, 1, "auto")
     assert opt.nce_idt is True and opt.lambda_NCE == 1.0 and opt.flip_equivariance is False
     fast = options.parse(["--dataroot", "x", "--model", "fastcut"])
     assert (fast.nce_idt, fast.lambda_NCE, fast.flip_equivariance, fast.n_epochs, fast.n_epochs_decay) == \
@@ -153,9 +154,9 @@ def test_demo_path_tiny(tmp_path, capsys):
     samples = sorted(os.listdir(run / "samples"))
     assert len(samples) == 4  # steps 2, 4, 6 of 6, and the test translations after the last epoch
     grid = Image.open(run / "samples" / samples[-2])
-    assert grid.size == (4 * 34 + 2, 34 + 2)  # real A | fake B | real B | idt B, 2-pixel gaps
+    assert grid.size == (4 * 130 + 2, 20 + 130 + 2)  # real A | fake B | real B | idt B: 32 px x 4, 2-px gaps, header
     assert samples[-1] == "test_epoch002.png"
-    assert Image.open(run / "samples" / samples[-1]).size == (3 * 34 + 2, 5 * 34 + 2)  # 5 items, 3 columns
+    assert Image.open(run / "samples" / samples[-1]).size == (3 * 130 + 2, 20 + 5 * 130 + 2)  # 5 items, 3 columns
     assert Image.open(run / "loss_plot.png").size == (800, 450)
     assert json.load(open(run / "opt.json"))["model"] == "qs"
     out = capsys.readouterr().out
@@ -212,6 +213,77 @@ def test_bad_dataroot_and_cuda_request(tmp_path, capsys):
         assert trainer.main(tiny(tmp_path, "--gpu_ids", "0")) == 2
         assert "CUDA is not available" in capsys.readouterr().err
     assert trainer.training_device("-1").type == "cpu"
+
+
+def test_gpu_ids_auto_takes_the_cpu_without_cuda_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = [a for a in tiny(tmp_path, "--max_steps", "1") if a not in ("--gpu_ids", "-1")]
+    assert options.parse(argv).gpu_ids == "auto" and trainer.main(argv) == 0
+    assert "qsattn-train: training on cpu (CPU; --gpu_ids auto)" in capsys.readouterr().err
+
+
+def _folders(root, n=3, size=40):
+    """<root>/trainA and trainB with n random PNGs each."""
+    rng = np.random.default_rng(0)
+    for d in ("trainA", "trainB"):
+        (root / d).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / d / f"{i}.png")
+    return root
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert len(lines) == 1 and "Traceback" not in err and all(n in lines[0] for n in needles), err
+
+
+def test_every_usage_and_path_error_is_one_line_and_exit_2(tmp_path, capsys):
+    """No folder is created before the options and the data are validated."""
+    data = _folders(tmp_path / "data")
+    cases = [(["--dataset_mode", "unaligned", "--dataroot", str(tmp_path / "none")], "not a folder"),
+             (["--dataset_mode", "unaligned"], "--dataroot is required"),
+             (["--netG", "unet"], "invalid choice"), (["--batch_size", "0"], "--batch_size"),
+             (["--dataset_mode", "unaligned", "--dataroot", str(data), "--eval_freq", "1"], "testA"),
+             (["--eval_freq", "1", "--eval_metrics", "lpips"], "lpips"),
+             (["--continue_train"], "checkpoint")]
+    for argv, needle in cases:
+        try:
+            rc = trainer.main(tiny(tmp_path / "ck", *argv))
+        except SystemExit as e:   # argparse's usage errors
+            rc = e.code
+        assert rc == 2, argv
+        _one_line_error(capsys, needle)
+        assert not (tmp_path / "ck").exists(), argv
+
+
+def test_a_corrupt_training_image_is_refused_at_start_or_skipped(tmp_path, capsys):
+    data = _folders(tmp_path / "data")
+    (data / "trainA" / "x.png").write_text("text, not an image")
+    argv = tiny(tmp_path / "ck", "--dataset_mode", "unaligned", "--dataroot", str(data), "--max_steps", "2")
+    assert trainer.main(argv) == 2
+    _one_line_error(capsys, "x.png", "--skip_bad_images", "1 of 4 images")
+    assert not (tmp_path / "ck").exists()
+    assert trainer.main(argv + ["--skip_bad_images"]) == 0
+    err = capsys.readouterr().err
+    assert "skipping 1 unreadable images" in err and "x.png" in err
+    assert (tmp_path / "ck" / "run" / "latest_net_G.pth").exists()
+
+
+def test_an_image_failing_mid_run_saves_the_steps_done(tmp_path, capsys):
+    """A JPEG truncated after its header passes the start's verification and fails when decoded: the
+    run stops with one line and exit 2, and the finished steps are saved as latest (resumable)."""
+    data = _folders(tmp_path / "data", n=2)
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "full.jpg", quality=95)
+    raw = (tmp_path / "full.jpg").read_bytes()
+    (data / "trainA" / "z.jpg").write_bytes(raw[: len(raw) // 3])
+    argv = tiny(tmp_path / "ck", "--dataset_mode", "unaligned", "--dataroot", str(data), "--serial_batches",
+                "--n_epochs_decay", "0")
+    assert trainer.main(argv) == 2
+    _one_line_error(capsys, "z.jpg", "--continue_train", "after step 2")
+    state = torch.load(tmp_path / "ck" / "run" / "latest_state.pth", weights_only=True)
+    assert state["step"] == 2 and state["epoch_iter"] == 2
 
 
 def test_failed_construction_leaves_the_process_group(tmp_path, monkeypatch, capsys):

@@ -162,7 +162,8 @@ def test_one_device_helper_reads_gpu_ids_and_device_names(monkeypatch):
     with pytest.raises(ValueError, match="expected -1, GPU ids"):
         pick_device("gpu0")
     monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
-    assert pick_device("auto") == torch.device("cuda")
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [pick_device("auto", r) for r in (0, 1, 2)] == [torch.device("cuda", i) for i in (0, 1, 0)]
     assert [pick_device("1,2", r) for r in (0, 1, 2)] == [torch.device("cuda", i) for i in (1, 2, 1)]
     assert pick_device("cuda:1") == torch.device("cuda", 1)
 

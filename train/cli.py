@@ -4,11 +4,22 @@ A traceback is for a bug; ``--debug`` shows it for the expected errors too.
 """
 from __future__ import annotations
 
+import argparse
 import sys
 
 from .inception import InceptionUnavailable
 
 EXPECTED = (ValueError, OSError, InceptionUnavailable)   # OSError covers FileNotFoundError, PermissionError
+
+
+class Parser(argparse.ArgumentParser):
+    """argparse with CUT's defaults shown in --help, whose usage errors are one line (no usage block)."""
+
+    def __init__(self, **kwargs):
+        super().__init__(formatter_class=argparse.ArgumentDefaultsHelpFormatter, **kwargs)
+
+    def error(self, message):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
 
 
 def add_debug_flag(parser) -> None:

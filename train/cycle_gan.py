@@ -153,8 +153,8 @@ class CycleGANModel(GANModel):
         self.pool_B.load_state(state["pool_B"], self.device)
 
     def visuals(self):
-        """Both directions of the last step, each (B, C, H, W): real_A, fake_B, rec_A[, idt_B], real_B,
-        fake_A, rec_B[, idt_A] (CUT's visual names; idt_B = G_B(A), idt_A = G_A(B))."""
+        """{name: (B, C, H, W)}, both directions of the last step: real A, fake B, rec A[, idt B], real B,
+        fake A, rec B[, idt A] (CUT's visual names; idt B = G_B(A), idt A = G_A(B))."""
         idt = self.opt.lambda_identity > 0
-        return ([self.real_A, self.fake_B, self.rec_A] + ([self.idt_B] if idt else [])
-                + [self.real_B, self.fake_A, self.rec_B] + ([self.idt_A] if idt else []))
+        return ({"real A": self.real_A, "fake B": self.fake_B, "rec A": self.rec_A} | ({"idt B": self.idt_B} if idt else {})
+                | {"real B": self.real_B, "fake A": self.fake_A, "rec B": self.rec_B} | ({"idt A": self.idt_A} if idt else {}))

@@ -51,6 +51,37 @@ def load_image(path: str) -> Image.Image:
         raise ValueError(f"cannot read image {path}: {e}") from e
 
 
+def unreadable_images(paths) -> list[tuple[str, str]]:
+    """(path, reason) of each file in ``paths`` that Pillow cannot open and verify (format header and, for
+    PNG, every chunk's checksum; pixel data is not decoded)."""
+    bad = []
+    for p in paths:
+        try:
+            with Image.open(p) as img:
+                img.verify()
+        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+            bad.append((p, str(e) or type(e).__name__))
+    return bad
+
+
+def checked_images(paths: list[str], skip_bad: bool, what: str) -> list[str]:
+    """``paths`` less the unreadable ones (:func:`unreadable_images`): with ``skip_bad`` they are dropped
+    with a warning on stderr, else a ValueError names them; an empty result is a ValueError too."""
+    bad = unreadable_images(paths)
+    if not bad:
+        return paths
+    names = ", ".join(f"{p} ({why})" for p, why in bad[:3]) + (f" and {len(bad) - 3} more" if len(bad) > 3 else "")
+    if not skip_bad:
+        raise ValueError(f"{what}: {len(bad)} of {len(paths)} images cannot be read: {names}; remove them or pass "
+                         "--skip_bad_images")
+    print(f"qsattn: warning: {what}: skipping {len(bad)} unreadable images: {names}", file=sys.stderr)
+    bad_set = {p for p, _ in bad}
+    kept = [p for p in paths if p not in bad_set]
+    if not kept:
+        raise ValueError(f"{what}: none of its {len(paths)} images can be read")
+    return kept
+
+
 def pil_to_uint8(img: Image.Image) -> torch.Tensor:
     """RGB PIL image -> (3, H, W) uint8."""
     return torch.from_numpy(np.array(img, dtype=np.uint8, copy=True)).permute(2, 0, 1)
@@ -124,15 +155,17 @@ class UnalignedDataset(torch.utils.data.Dataset):
     Item key (index, seed): A = A_paths[index % |A|]; B = B_paths[index % |B|] with
     ``serial_batches``, else a random one; each image resized (``preprocess``), randomly cropped to
     ``crop_size`` and flipped (unless ``no_flip``). From epoch ``n_epochs + 1`` on, load_size is
-    crop_size, as CUT's fine-tuning phase.
+    crop_size, as CUT's fine-tuning phase. Every image is verified at construction
+    (:func:`checked_images`): an unreadable one is an error, or is left out with ``skip_bad_images``.
     """
 
     def __init__(self, dataroot, phase="train", max_dataset_size=math.inf, preprocess="resize_and_crop",
-                 load_size=286, crop_size=256, no_flip=False, serial_batches=False):
+                 load_size=286, crop_size=256, no_flip=False, serial_batches=False, skip_bad_images=False):
         if not os.path.isdir(dataroot):
             raise FileNotFoundError(f"dataroot: {dataroot} is not a folder; expected {phase}A/ and {phase}B/ in it")
-        self.A_paths = list_images(os.path.join(dataroot, phase + "A"), max_dataset_size, f"dataroot ({phase}A)")
-        self.B_paths = list_images(os.path.join(dataroot, phase + "B"), max_dataset_size, f"dataroot ({phase}B)")
+        self.A_paths, self.B_paths = (
+            checked_images(list_images(os.path.join(dataroot, phase + d), max_dataset_size, f"dataroot ({phase}{d})"),
+                           skip_bad_images, f"dataroot ({phase}{d})") for d in "AB")
         self.preprocess, self.load_size, self.crop_size = preprocess, load_size, crop_size
         self.no_flip, self.serial_batches = no_flip, serial_batches
         resize_for(Image.new("RGB", (4, 4)), preprocess, load_size, crop_size)  # validates preprocess

@@ -6,13 +6,15 @@ import torch
 
 def pick_device(spec: str, local_rank: int = 0) -> torch.device:
     """``spec``: CUT's ``--gpu_ids`` ("-1" or "" CPU, "0", "0,1": process ``local_rank`` takes
-    ``ids[local_rank % len(ids)]``), a torch device name ("cpu", "cuda", "cuda:1") or "auto" (CUDA when
-    available). CUDA is never touched for a CPU spec. Raises ValueError for a GPU asked for without CUDA."""
+    ``ids[local_rank % len(ids)]``), a torch device name ("cpu", "cuda", "cuda:1") or "auto" (GPU
+    ``local_rank`` modulo the GPU count where CUDA is available, else the CPU). CUDA is never touched for a CPU spec. Raises ValueError for a GPU asked for without CUDA."""
     spec = str(spec).strip()
     if not spec:
         return torch.device("cpu")
     if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        if not torch.cuda.is_available():
+            return torch.device("cpu")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
     if spec.lstrip("-").replace(",", "").replace(" ", "").isdigit():
         ids = [int(i) for i in spec.split(",") if i.strip()]
         if ids[0] < 0:

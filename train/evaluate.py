@@ -1,13 +1,12 @@
 """``qsattn-eval``: the command line of :mod:`.evaluation` (the protocol is there and in the README)."""
 from __future__ import annotations
 
-import argparse
 import json
 import sys
 
+from .cli import Parser, add_debug_flag, one_line_errors
 from .data import SYNTHETIC_TASKS
 from .evaluation import evaluate, jsonable, write_synthetic
-from .inception import InceptionUnavailable
 
 
 def format_table(numbers: dict) -> str:
@@ -22,9 +21,8 @@ def format_table(numbers: dict) -> str:
     return "\n".join(f"{k:<{w}}  {v}" for k, v in rows)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qsattn-eval", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description="FID, KID and SWD between real and translated images "
+def build_parser() -> Parser:
+    p = Parser(prog="qsattn-eval", description="FID, KID and SWD between real and translated images "
                                             "(and the synthetic tasks' own measures against their paired ground truth).")
     p.add_argument("--real", help="folder of real target-domain images (e.g. testB)")
     p.add_argument("--fake", help="folder of translated images")
@@ -55,6 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kid_subsets", type=int, default=100, help="KID: number of random subsets")
     p.add_argument("--kid_subset_size", type=int, default=1000, help="KID: images per subset (at most n)")
     p.add_argument("--quiet", action="store_true", help="no progress bars")
+    add_debug_flag(p)
     return p
 
 
@@ -63,28 +62,26 @@ def main(argv=None) -> int:
     a = p.parse_args(argv)
     if not a.synthetic_period_scale > 0:
         p.error(f"--synthetic_period_scale must be > 0, got {a.synthetic_period_scale}")
-    if a.write_synthetic:
-        n = write_synthetic(a.write_synthetic, a.synthetic_seed, a.num_test, a.size, a.synthetic_task,
-                            a.synthetic_period_scale)
-        print(f"qsattn-eval: wrote {n} synthetic test pairs to {a.write_synthetic}/testA and testB")
-        return 0
-    metrics = [m.strip() for m in a.metrics.split(",") if m.strip()] if a.metrics else None
-    try:
+
+    def work():
+        if a.write_synthetic:
+            n = write_synthetic(a.write_synthetic, a.synthetic_seed, a.num_test, a.size, a.synthetic_task,
+                                a.synthetic_period_scale)
+            print(f"qsattn-eval: wrote {n} synthetic test pairs to {a.write_synthetic}/testA and testB")
+            return 0
+        metrics = [m.strip() for m in a.metrics.split(",") if m.strip()] if a.metrics else None
         res = evaluate(a.real, a.fake, metrics, dataset_mode=a.dataset_mode, synthetic_seed=a.synthetic_seed,
                        synthetic_task=a.synthetic_task, synthetic_period_scale=a.synthetic_period_scale,
                        inception_weights=a.inception_weights, max_images=a.max_images, batch_size=a.batch_size,
                        device=a.device, seed=a.seed, swd_size=a.swd_size, kid_subsets=a.kid_subsets,
                        kid_subset_size=a.kid_subset_size, progress=not a.quiet)
-    except InceptionUnavailable as e:
-        print(f"qsattn-eval: {e}", file=sys.stderr)
-        return 2
-    except (ValueError, FileNotFoundError) as e:
-        p.error(str(e))
-    print(format_table(res["metrics"]))
-    if a.json:
-        with open(a.json, "w") as f:
-            json.dump({"metrics": jsonable(res["metrics"]), "settings": res["settings"]}, f, indent=1)
-    return 0
+        print(format_table(res["metrics"]))
+        if a.json:
+            with open(a.json, "w") as f:
+                json.dump({"metrics": jsonable(res["metrics"]), "settings": res["settings"]}, f, indent=1)
+        return 0
+
+    return one_line_errors("qsattn-eval", work, a.debug)
 
 
 if __name__ == "__main__":

@@ -232,9 +232,11 @@ class TestSetEvaluator:
         from .viz import save_grid
         n = min(count, len(self.last_fakes))
         cols = [self.sources[:n], torch.stack(self.last_fakes[:n])]
+        labels = ["real A", "fake B"]
         if self.synthetic:
             cols.append(torch.stack(self.real[:n]))
-        save_grid([dequantize(c) for c in cols], path)
+            labels.append("real B (truth)")
+        save_grid([dequantize(c) for c in cols], path, labels)
 
 
 def jsonable(numbers: dict) -> dict:

@@ -269,6 +269,6 @@ class CUTModel(GANModel):
         return out
 
     def visuals(self):
-        """(real_A, fake_B, real_B[, idt_B]) of the last step, each (B, 3, H, W)."""
-        out = [self.real_A, self.fake_B, self.real_B]
-        return out + ([self.idt_B] if self.idt_B is not None else [])
+        """{name: (B, 3, H, W)} of the last step: real A, fake B, real B[, idt B]."""
+        out = {"real A": self.real_A, "fake B": self.fake_B, "real B": self.real_B}
+        return out | ({"idt B": self.idt_B} if self.idt_B is not None else {})

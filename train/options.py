@@ -12,6 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 
+from .cli import Parser, add_debug_flag
 from .data import SYNTHETIC_TASKS
 
 MODEL_DEFAULTS = {
@@ -59,9 +60,9 @@ def _bool(parser, name, help, default=None):
     parser.add_argument(name, type=str2bool, nargs="?", const=True, default=default, help=help)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="qsattn-train", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+def build_parser() -> Parser:
+    p = Parser(
+        prog="qsattn-train",
         description="Train CUT, FastCUT, CUT with QS-Attn (query-selected attention) or CycleGAN for unpaired "
                     "image-to-image translation. Flags and defaults are those of CUT's train.py.")
     g = p.add_argument_group("run")
@@ -70,9 +71,14 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--dataroot", default=None, help="folder with trainA/ and trainB/ (CUT's layout)")
     g.add_argument("--name", default="experiment_name", help="experiment name: checkpoints go to checkpoints_dir/name")
     g.add_argument("--checkpoints_dir", default="./checkpoints", help="where experiments are stored")
-    g.add_argument("--gpu_ids", default="0", help="GPU ids, e.g. 0 or 0,1 (one per torchrun process); -1 for CPU")
+    g.add_argument("--gpu_ids", default="auto",
+                   help="GPU ids, e.g. 0 or 0,1 (one per torchrun process); -1 for CPU; auto: GPU 0 where CUDA is "
+                        "present, else the CPU")
     g.add_argument("--seed", type=int, default=0, help="random seed (initialisation, data order, patches)")
     g.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the networks (GPU only)")
+    add_debug_flag(g)
+    g.add_argument("--skip_bad_images", action="store_true",
+                   help="skip training images that cannot be decoded (with a warning) instead of refusing to start")
     g.add_argument("--cpu_threads", type=int, default=0,
                    help="torch intra-op threads (0: torch's default); 1 is fastest for small runs on a busy machine")
     g = p.add_argument_group("model")

@@ -3,8 +3,9 @@
 Outputs under ``<checkpoints_dir>/<name>/``: ``{latest|<epoch>}_net_{G,F,D}.pth`` (CUT's files; with
 ``--model cycle_gan`` ``_net_{G_A,G_B,D_A,D_B}.pth``), ``{latest|<epoch>}_state.pth`` (resume state),
 ``loss_log.jsonl`` (one JSON record per logged step), ``loss_plot.png``, ``samples/*.png`` (one row per
-image: real A | fake B | real B | identity B; cycle_gan: real A | fake B | rec A | idt B | real B |
-fake A | rec B | idt A), ``opt.json``;
+image, tiles of at least 128 px under a header naming the columns: real A | fake B | real B | idt B;
+cycle_gan: real A | fake B | rec A | idt B | real B | fake A | rec B | idt A), ``opt.json`` (every
+option; ``qsattn-translate`` builds the generator from it);
 for ``--model qs`` ``selection_log.jsonl`` (per epoch: how QS-Attn's selection relates to the released
 code's ties, see :meth:`.model.CUTModel.selection_stats`); with
 ``--eval_freq N``: ``eval_log.jsonl`` (the test split's metrics every N epochs and after the last, see
@@ -41,7 +42,7 @@ from .cycle_gan import CycleGANModel
 from .data import EpochSampler, SyntheticDataset, UnalignedDataset
 from .device import pick_device
 from .evaluation import TestSetEvaluator, jsonable
-from .inception import InceptionUnavailable
+from .cli import one_line_errors
 from .model import CUTModel
 from .metrics import MEANINGS
 from .options import DEMO_TARGETS, parse
@@ -69,7 +70,7 @@ def make_dataset(opt):
                                 opt.crop_size, opt.no_flip, opt.serial_batches, opt.synthetic_task,
                                 opt.synthetic_period_scale)
     return UnalignedDataset(opt.dataroot, opt.phase, opt.max_dataset_size, opt.preprocess, opt.load_size,
-                            opt.crop_size, opt.no_flip, opt.serial_batches)
+                            opt.crop_size, opt.no_flip, opt.serial_batches, opt.skip_bad_images)
 
 
 def build_model(opt, device, world=1, rank=0):
@@ -100,13 +101,17 @@ class Trainer:
         self.device = training_device(opt.gpu_ids, int(os.environ.get("LOCAL_RANK", "0")))
         if opt.bf16 and self.device.type != "cuda":
             raise ValueError("--bf16 needs a GPU (--gpu_ids >= 0)")
+        if self.rank == 0:
+            name = torch.cuda.get_device_name(self.device) if self.device.type == "cuda" else "CPU"
+            print(f"qsattn-train: training on {self.device} ({name}; --gpu_ids {opt.gpu_ids})", file=sys.stderr)
         if self.world > 1 and not dist.is_initialized():
             dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
         self.save_dir = os.path.join(opt.checkpoints_dir, opt.name)
         self.log_path = os.path.join(self.save_dir, LOG_NAME)
-        if self.rank == 0:
-            os.makedirs(os.path.join(self.save_dir, "samples"), exist_ok=True)
-        self.dataset = make_dataset(opt)
+        self.dataset = make_dataset(opt)   # validates the data (and the evaluation's) before anything is written
+        self.evaluator, self.best, self.last_eval = None, None, None
+        if self.rank == 0 and opt.eval_freq > 0:
+            self.evaluator = TestSetEvaluator(opt, self.device, log=lambda m: print(m, file=sys.stderr))
         torch.manual_seed(opt.seed)
         self.model = build_model(opt, self.device, self.world, self.rank)
         if self.rank > 0:  # patch ids differ across processes, as their data do
@@ -115,13 +120,12 @@ class Trainer:
         self.stop_requested = False
         if opt.continue_train:
             self._resume()
-        self.evaluator, self.best, self.last_eval = None, None, None
         if self.rank == 0:
             self._trim_log(self.log_path)
             self._trim_log(os.path.join(self.save_dir, SELECTION_LOG))
-            if opt.eval_freq > 0:
-                self.evaluator = TestSetEvaluator(opt, self.device, log=lambda m: print(m, file=sys.stderr))
+            if self.evaluator is not None:
                 self.best = self._trim_log(os.path.join(self.save_dir, EVAL_LOG), self.evaluator.primary)
+            os.makedirs(os.path.join(self.save_dir, "samples"), exist_ok=True)
             with open(os.path.join(self.save_dir, "opt.json"), "w") as f:
                 json.dump({k: v for k, v in vars(opt).items() if k != "max_dataset_size"}, f, indent=1)
 
@@ -227,7 +231,7 @@ class Trainer:
                                                      generator=torch.Generator())  # keeps the global RNG untouched
                 bar = tqdm(loader, desc=f"epoch {self.epoch}/{last_epoch}", disable=self.rank != 0,
                            dynamic_ncols=True, unit="it")
-                for batch in bar:
+                for batch in self._batches(bar):
                     losses = model.optimize(batch)
                     self.epoch_iter += 1
                     self.step += 1
@@ -261,6 +265,21 @@ class Trainer:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+
+    def _batches(self, loader):
+        """The loader's batches; a data error (an image that verified but does not decode) saves the
+        finished steps as ``latest`` and is raised as a ValueError that says how to resume."""
+        it = iter(loader)
+        while True:
+            try:
+                batch = next(it)
+            except StopIteration:
+                return
+            except ValueError as e:   # a worker's error arrives with its traceback; the last line is the message
+                self.save("latest")
+                raise ValueError(f"{str(e).strip().splitlines()[-1]}; saved {self.save_dir}/latest_* after step {self.step} (resume with "
+                                 "--continue_train once the image is fixed or removed)") from e
+            yield batch
 
     def log_selection(self, epoch):
         """Append the QS-Attn selection statistics of the epoch's last batch (:meth:`CUTModel.selection_stats`:
@@ -320,8 +339,9 @@ class Trainer:
             rec = self._log(losses, lr, t0)
             bar.set_postfix({k: f"{v:.3f}" for k, v in rec["losses"].items()}, refresh=False)
         if self._every(opt.display_freq):
-            grid = [t[:4] for t in self.model.visuals()]
-            save_grid(grid, os.path.join(self.save_dir, "samples", f"epoch{self.epoch:03d}_step{self.step:07d}.png"))
+            visuals = self.model.visuals()
+            save_grid([t[:4] for t in visuals.values()], os.path.join(self.save_dir, "samples",
+                      f"epoch{self.epoch:03d}_step{self.step:07d}.png"), list(visuals))
             self.write_plot()
         if self._every(opt.save_latest_freq):
             self.save("latest")
@@ -340,14 +360,11 @@ class Trainer:
 
 
 def main(argv=None) -> int:
+    """Exit codes: 0 done; 130 interrupted (saved); 2 a usage, path or data error (one line; --debug
+    for the traceback)."""
     opt = parse(argv)
     try:
-        try:
-            trainer = Trainer(opt)
-        except (ValueError, FileNotFoundError, InceptionUnavailable) as e:   # what the options ask cannot run
-            print(f"qsattn-train: {e}", file=sys.stderr)
-            return 2
-        return trainer.run()
+        return one_line_errors("qsattn-train", lambda: Trainer(opt).run(), opt.debug)
     finally:  # also when Trainer failed after joining the process group
         if dist.is_initialized():
             dist.destroy_process_group()

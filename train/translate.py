@@ -10,7 +10,6 @@ Each input image is translated at its own size (rounded to a multiple of 4 with 
 """
 from __future__ import annotations
 
-import argparse
 import json
 import os
 import re
@@ -20,7 +19,7 @@ import torch
 from PIL import Image
 
 from .checkpoint import load_state_dict_file, net_path
-from .cli import add_debug_flag, one_line_errors
+from .cli import Parser, add_debug_flag, one_line_errors
 from .data import IMG_EXTENSIONS, list_images, load_image, resize_for, to_image, to_tensor
 from .device import pick_device
 from .networks import GENERATOR_BLOCKS, ResnetGenerator, define_G
@@ -171,9 +170,8 @@ def translate(net, paths, output_dir, device, batch_size=1, load_size=None) -> t
     return written, skipped
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="qsattn-translate", formatter_class=argparse.ArgumentDefaultsHelpFormatter,
-                                description="Translate images with a CUT / QS-Attn generator checkpoint.")
+def build_parser() -> Parser:
+    p = Parser(prog="qsattn-translate", description="Translate images with a CUT / QS-Attn generator checkpoint.")
     p.add_argument("--checkpoint", required=True,
                    help="generator weights (*_net_G.pth, *_net_G_A.pth, ...; ours or CUT's) or an experiment folder")
     p.add_argument("--direction", default=None, choices=sorted(GENERATORS),
@@ -181,7 +179,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--epoch", default="latest", help="in a folder: which checkpoint, latest or an epoch number")
     p.add_argument("--input", required=True, nargs="+", help="image files and/or folders of images")
     p.add_argument("--output", required=True, help="output folder (one file per input, same name)")
-    p.add_argument("--gpu_ids", default="-1", help="GPU id, or -1 for CPU")
+    p.add_argument("--gpu_ids", default="auto", help="GPU id, -1 for CPU, auto: GPU 0 where CUDA is present")
     p.add_argument("--batch_size", type=int, default=1, help="images per forward pass (same-sized ones)")
     p.add_argument("--load_size", type=int, default=None,
                    help="resize inputs to this square size first (default: own size, multiple of 4)")

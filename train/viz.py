@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 
-from PIL import Image, ImageDraw
+from PIL import Image, ImageDraw, ImageFont
 
 from .data import to_image
 
@@ -17,14 +17,27 @@ def _save_png(img: Image.Image, path: str) -> None:
     os.replace(tmp, path)
 
 
-def save_grid(columns, path: str, pad: int = 2) -> None:
+def tile_scale(h: int, w: int, min_tile: int) -> int:
+    """The whole-number upscaling that makes an h x w tile at least ``min_tile`` px on its shorter side."""
+    return max(1, -(-min_tile // min(h, w)))
+
+
+def save_grid(columns, path: str, labels=None, pad: int = 2, min_tile: int = 128) -> None:
     """One row per image of the batch, one column per tensor of ``columns`` (each (B, 3, H, W) in
-    [-1, 1], e.g. real A, fake B, real B, identity B), written to ``path`` as PNG."""
+    [-1, 1], e.g. real A, fake B, real B, identity B), tiles upscaled by nearest neighbour to at least
+    ``min_tile`` px (:func:`tile_scale`), under a header row naming the columns (``labels``), written to
+    ``path`` as PNG."""
     b, _, h, w = columns[0].shape
-    grid = Image.new("RGB", (len(columns) * (w + pad) + pad, b * (h + pad) + pad), (255, 255, 255))
+    s = tile_scale(h, w, min_tile)
+    th, tw = h * s, w * s
+    head = 20 if labels else 0
+    grid = Image.new("RGB", (len(columns) * (tw + pad) + pad, head + b * (th + pad) + pad), (255, 255, 255))
+    draw = ImageDraw.Draw(grid)
     for j, col in enumerate(columns):
+        if labels:
+            draw.text((pad + j * (tw + pad) + 4, 4), labels[j], fill=(0, 0, 0), font=ImageFont.load_default(13))
         for i in range(b):
-            grid.paste(to_image(col[i]), (pad + j * (w + pad), pad + i * (h + pad)))
+            grid.paste(to_image(col[i]).resize((tw, th), Image.NEAREST), (pad + j * (tw + pad), head + pad + i * (th + pad)))
     _save_png(grid, path)
 
 
