@@ -16,7 +16,9 @@ of C_v channels in all:
 that must be formed (the global entropy's logits S = F F^T are symmetric, so only half of them: N (N + 1)
 dot products of C, i.e. about N^2 C FLOPs) and the exponentials (every logit of the entropy once per row
 it belongs to, N m; each routed row's m logits once forward and once more in the backward's recompute).
-A step takes at least the larger of the products at the matmul rate and the exponentials at the exp rate.
+A step takes at least the products at the matmul rate plus the exponentials at the exp rate: on a CPU core
+both run on the same FMA units, so they add (on a GPU the exponentials run on separate units, and the sum
+is a conservative floor).
 """
 from __future__ import annotations
 

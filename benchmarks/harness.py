@@ -219,8 +219,24 @@ def matmul_gflops(device: str, repeats: int = 9, dtype=torch.float32) -> float:
 
 
 def exp_gexps(device: str, repeats: int = 9) -> float:
-    """The fp32 exponential rate of ``torch.exp`` on this device, measured now (G exp/s, best of
-    ``repeats`` over 2^24 elements on CPU, 2^28 on CUDA, written in place of a second buffer)."""
+    """The fp32 exponential rate of the unit that limits the entropy's epilogue, measured now (G exp/s):
+    on CPU the register-resident vectorised exp of the native extension's probe
+    (``qsattn_fast._C.exp_probe_gexps``: an L1-resident block per thread, the instruction-set clone the
+    kernels dispatch to, on torch's thread count; best of ``repeats`` runs of 20 ms), else, without the
+    extension and on CUDA, :func:`stream_exp_gexps`."""
+    if device == "cpu":
+        try:
+            from qsattn_fast import _C
+        except ImportError:
+            return stream_exp_gexps(device, repeats)
+        return max(_C.exp_probe_gexps(torch.get_num_threads(), 0.02) for _ in range(repeats))
+    return stream_exp_gexps(device, repeats)
+
+
+def stream_exp_gexps(device: str, repeats: int = 9) -> float:
+    """The fp32 exponential rate of ``torch.exp`` over a large array on this device, measured now (G exp/s,
+    best of ``repeats`` over 2^24 elements on CPU, 2^28 on CUDA, written in place of a second buffer);
+    memory-bound on CPU, so not the floor's rate there."""
     n = 2 ** 28 if device == "cuda" else 2 ** 24
     x = torch.randn(n, device=device)
     y = torch.empty_like(x)
@@ -279,12 +295,18 @@ def environment(device: str) -> dict:
     if device == "cuda":
         env.update(device_name=torch.cuda.get_device_name(0), capability=list(torch.cuda.get_device_capability(0)),
                    cuda=torch.version.cuda)
-    elif os.path.exists("/proc/cpuinfo"):
-        with open("/proc/cpuinfo") as fh:
-            env["device_name"] = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")),
-                                      platform.processor())
     else:
-        env["device_name"] = platform.processor()
+        if os.path.exists("/proc/cpuinfo"):
+            with open("/proc/cpuinfo") as fh:
+                env["device_name"] = next((ln.split(":", 1)[1].strip() for ln in fh if ln.startswith("model name")),
+                                          platform.processor())
+        else:
+            env["device_name"] = platform.processor()
+        try:
+            from qsattn_fast import _C
+            env["cpu_isa"] = _C.cpu_isa()
+        except ImportError:
+            env["cpu_isa"] = None
     try:
         import triton
         env["triton"] = triton.__version__

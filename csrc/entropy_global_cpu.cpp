@@ -4,9 +4,9 @@
 // I row by row and the rows of J column by column (S_JI = S_IJ^T). Only the tiles I <= J are formed
 // (an at::mm_out each: MKL sgemm, single-threaded inside the parallel region), about half the products
 // of the full matrix; the exps stay N^2 (each logit once in its row's softmax and once in its column's).
-// Each tile is folded into running (max, r, t) states by the cancellation-free epilogue (docs/design.md §2):
-// EntropyState::update along its rows, fold_columns (column max, then exp sums vectorised along the
-// columns) along its columns.
+// Each tile is folded into running (max, r, t) states by the cancellation-free epilogue (docs/design.md §2),
+// fold_tile: one pass for the row and column maxima, then one pass for the exp sums of the rows and of
+// the columns together (each logit loaded once for its two exps).
 // Determinism: the rows are cut into superblocks of g tiles (g = 1 up to MAX_SLOTS * TS rows, grown
 // beyond so that no row has more than MAX_SLOTS partial states). A task (OpenMP, dynamic schedule,
 // off-diagonal tasks first) is a superblock pair (I, J), I <= J, of one image; it owns slot J of the
@@ -52,7 +52,7 @@ void entropy_global_kernel(const at::Tensor& f, at::Tensor& out) {
   {
     at::ThreadLocalStateGuard guard(tls);
     at::Tensor tile = at::empty({edge * edge}, f.options());
-    std::vector<T> scratch(4 * edge);
+    std::vector<T> scratch(9 * edge);
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < ntasks; ++task) {
       const int64_t b = tasks[task][0], I = tasks[task][1], J = tasks[task][2];
@@ -72,8 +72,7 @@ void entropy_global_kernel(const at::Tensor& f, at::Tensor& out) {
           } else {
             at::mm_out(s, q, fb.narrow(0, j0, nj).t());
           }
-          for (int64_t r = 0; r < ni; ++r) rows[i0 + r].update(sp + r * nj, nj);
-          if (j0 != i0) fold_columns(sp, ni, nj, cols + j0, scratch.data());
+          fold_tile(sp, ni, nj, rows + i0, j0 != i0 ? cols + j0 : nullptr, scratch.data());
         }
       }
     }

@@ -3,7 +3,18 @@
 Public API: :func:`attention_entropy`, :func:`select_queries`, :func:`route`,
 :func:`query_selected_attention`, :class:`QSPatchSampler`; backends in :mod:`qsattn_fast.registry`.
 Nothing here touches CUDA at import time.
+
+OpenMP threads wait passively (``OMP_WAIT_POLICY=PASSIVE``) unless the environment says otherwise: set
+here when torch is not imported yet (OpenMP reads it once, when torch loads it), as for the command
+lines. Spinning threads made a 2-thread training run 2-10x slower on a shared 2-core machine, and cost
+a lone run about as much as passive waiting gains back (docs/performance.md).
 """
+import os as _os
+import sys as _sys
+
+if "torch" not in _sys.modules:
+    _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
+
 from . import native, reference, torch_backend, triton_backend  # noqa: F401  (register the backends)
 from .api import attention_entropy, query_selected_attention, route, select_queries
 from .registry import AUTO_PRIORITY, BackendUnavailableError, backends

@@ -161,3 +161,22 @@ def test_peaked_rows_down_to_the_smallest_normal_floats():
     want = q.attention_entropy(x, "global", backend="torch")[0, 0::2]
     got = q.attention_entropy(x.float(), "global", backend="native")[0, 0::2]
     assert bool((want < 1e-26).all()) and bool((got > 0).all()) and rel_err(got, want) < 1e-4
+
+
+@pytest.mark.parametrize("lo", [-87.0, -64.0])   # the entropy's flush (kEntropyExpMin), the routing's
+def test_fast_exp_against_a_float64_exp_over_its_range(lo):
+    """The kernels' vectorised exp (csrc/cpu_common.h fast_exp, in the clone this CPU dispatches to) over
+    every logit gap it is used on, d in [lo, 0], and across the flush: within 1.5 ulp of the float64 exp
+    above lo, exactly 0 below it; fresh random points as well as a dense grid."""
+    import numpy as np
+    from qsattn_fast import _C
+    grid = np.linspace(lo - 2, 0, 400_001, dtype=np.float32)
+    fresh = (np.random.default_rng(int(torch.randint(0, 2**31, ()))).random(200_000) * (lo - 2)).astype(np.float32)
+    edge = np.nextafter(np.float32(lo), np.float32([-np.inf, np.inf])).astype(np.float32)
+    x = np.concatenate([grid, fresh, edge, np.float32([lo, 0.0])])
+    y = np.frombuffer(_C.fast_exp_f32(x.tobytes(), lo), dtype=np.float32)
+    kept = x >= lo
+    ref = np.exp(x[kept].astype(np.float64))
+    ulp = np.abs(y[kept] - ref) / np.spacing(ref.astype(np.float32))
+    assert ulp.max() < 1.5 and (y[~kept] == 0).all() and y[x == 0][0] == 1.0
+    assert (y[kept] > 0).all()                                   # no subnormal or zero above the flush
