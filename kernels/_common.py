@@ -60,15 +60,17 @@ def mm(a, b, acc, DOT_PREC: tl.constexpr, INTERP: tl.constexpr):
     if DOT_PREC == "bf16":
         a = a.to(tl.bfloat16)
         b = b.to(tl.bfloat16)
+    # out_dtype=acc.dtype: before Triton 3.8 tl.dot's out_dtype defaults to float32 and must equal the
+    # accumulator's, so the float64 kernels did not compile on 3.5-3.7.
     if INTERP:
         if a.dtype != tl.float64:
             a = a.to(tl.float32)
             b = b.to(tl.float32)
-        out = tl.dot(a, b, acc, input_precision="ieee")
+        out = tl.dot(a, b, acc, input_precision="ieee", out_dtype=acc.dtype)
     elif DOT_PREC == "native" or DOT_PREC == "bf16":
-        out = tl.dot(a, b, acc)
+        out = tl.dot(a, b, acc, out_dtype=acc.dtype)
     else:
-        out = tl.dot(a, b, acc, input_precision=DOT_PREC)
+        out = tl.dot(a, b, acc, input_precision=DOT_PREC, out_dtype=acc.dtype)
     return out
 
 
