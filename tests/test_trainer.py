@@ -419,3 +419,15 @@ def test_qs_run_logs_selection_statistics(tmp_path):
             assert 0 <= e["p5"] <= e["p50"] <= e["p95"] <= e["max"]
     assert trainer.main(tiny(tmp_path, "--model", "cut", name="cut")) == 0
     assert not (tmp_path / "cut" / trainer.SELECTION_LOG).exists()
+
+
+def test_a_log_file_gets_one_line_per_logged_step_not_progress_bars(tmp_path, capsys):
+    """stderr is not a terminal under pytest: no carriage-return redraws; one line per --print_freq images
+    (and the first step) with the epoch, the step and the losses; the per-step JSONL is unchanged."""
+    assert trainer.main(tiny(tmp_path, "--print_freq", "2")) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "it/s" not in err
+    lines = [line for line in err.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[3] for line in lines] == ["1", "2", "4", "6", "8"]      # steps 1, then every 2 images
+    assert lines[0].startswith("epoch 1/2 step 1 (1/4)") and "G_GAN" in lines[0] and "NCE" in lines[0]
+    assert len(read_log(tmp_path / "run")) == 5

@@ -118,6 +118,7 @@ class Trainer:
             torch.manual_seed(opt.seed * 1_000_003 + self.rank)
         self.epoch, self.epoch_iter, self.step = opt.epoch_count, 0, 0
         self.stop_requested = False
+        self.tty = sys.stderr.isatty()   # progress bars on a terminal, one line per logged step in a log
         if opt.continue_train:
             self._resume()
         if self.rank == 0:
@@ -229,7 +230,7 @@ class Trainer:
                                                      num_workers=opt.num_threads,
                                                      pin_memory=self.device.type == "cuda",
                                                      generator=torch.Generator())  # keeps the global RNG untouched
-                bar = tqdm(loader, desc=f"epoch {self.epoch}/{last_epoch}", disable=self.rank != 0,
+                bar = tqdm(loader, desc=f"epoch {self.epoch}/{last_epoch}", disable=self.rank != 0 or not self.tty,
                            dynamic_ncols=True, unit="it")
                 for batch in self._batches(bar):
                     losses = model.optimize(batch)
@@ -337,7 +338,15 @@ class Trainer:
         opt = self.opt
         if self._log_due():
             rec = self._log(losses, lr, t0)
-            bar.set_postfix({k: f"{v:.3f}" for k, v in rec["losses"].items()}, refresh=False)
+            shown = {k: f"{v:.3f}" for k, v in rec["losses"].items()}
+            if self.tty:
+                bar.set_postfix(shown, refresh=False)
+            else:   # a log file: one line per logged step instead of progress-bar redraws
+                last = opt.n_epochs + opt.n_epochs_decay
+                per_epoch = -(-(-(-len(self.dataset) // self.world)) // opt.batch_size)
+                print(f"epoch {self.epoch}/{last} step {self.step} ({self.epoch_iter}/{per_epoch}) "
+                      f"{rec['time']:.0f} s lr {lr:.2e} " + " ".join(f"{k} {v}" for k, v in shown.items()),
+                      file=sys.stderr, flush=True)
         if self._every(opt.display_freq):
             visuals = self.model.visuals()
             save_grid([t[:4] for t in visuals.values()], os.path.join(self.save_dir, "samples",
