@@ -116,10 +116,8 @@ struct EntropyState {
   T t = 0;
 
   // Folds n > 0 more logits in: rescale to the new max (the old max's 1 joins r), then add the block.
-  void update(const T* s, int64_t n) { update(s, n, row_max(s, n)); }
-
-  // The same, given the block's max bm.
-  void update(const T* s, int64_t n, T bm) {
+  void update(const T* s, int64_t n) {
+    const T bm = row_max(s, n);
     T rb, tb, cb;
     exp_sums(s, n, bm > m ? bm : m, &rb, &tb, &cb);
     add_sums(bm, rb, tb, cb);
@@ -172,7 +170,7 @@ void fold_tile(const T* s, int64_t nr, int64_t nc, EntropyState<T>* rows, Entrop
   T *rm = scratch, *mi = rm + nr, *rb = mi + nr, *tb = rb + nr, *cb = tb + nr;
   T *m = cb + nr, *rr = m + nc, *tt = rr + nc, *cc = tt + nc;
   if (!cols) {
-    for (int64_t i = 0; i < nr; ++i) rows[i].update(s + i * nc, nc, row_max(s + i * nc, nc));
+    for (int64_t i = 0; i < nr; ++i) rows[i].update(s + i * nc, nc);
     return;
   }
   row_col_max(s, nr, nc, rm, m);

@@ -32,6 +32,7 @@ def list_images(folder: str, max_size=math.inf, what="folder") -> list[str]:
     return paths[:int(min(max_size, len(paths)))]
 
 
+DECODE_ERRORS = (OSError, UnidentifiedImageError, ValueError, SyntaxError)   # what Pillow raises for a bad file
 _NOTICED_MODES: set = set()   # image modes whose conversion to RGB was announced (once per process)
 
 
@@ -47,7 +48,7 @@ def load_image(path: str) -> Image.Image:
                 print(f"qsattn: note: {path} has {what} ({mode}); such images are converted to RGB"
                       f"{', dropping the alpha channel' if what == 'alpha' else ''}", file=sys.stderr)
             return img.convert("RGB")
-    except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+    except DECODE_ERRORS as e:
         raise ValueError(f"cannot read image {path}: {e}") from e
 
 
@@ -59,7 +60,7 @@ def unreadable_images(paths) -> list[tuple[str, str]]:
         try:
             with Image.open(p) as img:
                 img.verify()
-        except (OSError, UnidentifiedImageError, ValueError, SyntaxError) as e:
+        except DECODE_ERRORS as e:
             bad.append((p, str(e) or type(e).__name__))
     return bad
 

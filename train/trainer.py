@@ -230,6 +230,7 @@ class Trainer:
                                                      num_workers=opt.num_threads,
                                                      pin_memory=self.device.type == "cuda",
                                                      generator=torch.Generator())  # keeps the global RNG untouched
+                self.epoch_steps = self.epoch_iter + len(loader)   # a resumed epoch skips its first steps
                 bar = tqdm(loader, desc=f"epoch {self.epoch}/{last_epoch}", disable=self.rank != 0 or not self.tty,
                            dynamic_ncols=True, unit="it")
                 for batch in self._batches(bar):
@@ -343,8 +344,7 @@ class Trainer:
                 bar.set_postfix(shown, refresh=False)
             else:   # a log file: one line per logged step instead of progress-bar redraws
                 last = opt.n_epochs + opt.n_epochs_decay
-                per_epoch = -(-(-(-len(self.dataset) // self.world)) // opt.batch_size)
-                print(f"epoch {self.epoch}/{last} step {self.step} ({self.epoch_iter}/{per_epoch}) "
+                print(f"epoch {self.epoch}/{last} step {self.step} ({self.epoch_iter}/{self.epoch_steps}) "
                       f"{rec['time']:.0f} s lr {lr:.2e} " + " ".join(f"{k} {v}" for k, v in shown.items()),
                       file=sys.stderr, flush=True)
         if self._every(opt.display_freq):
