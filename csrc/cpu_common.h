@@ -10,6 +10,7 @@
 #include <cstdint>
 #include <cstring>
 #include <limits>
+#include <type_traits>
 
 #include "op_checks.h"
 
@@ -24,7 +25,7 @@ inline at::Tensor blas_rows(const at::Tensor& t) {
 inline int num_threads() { return at::get_num_threads(); }
 
 // exp(x) for float to ~1 ulp, written so that GCC vectorises loops calling it (no libm call, no
-// branch): x = n ln2 + r with |r| <= ln2/2 (ln2 in two parts, Cody and Waite), e^r = 1 + r + r^2 P(r)
+// branch; at x86-64-v4 the entropy's loops write the same math with intrinsics): x = n ln2 + r with |r| <= ln2/2 (ln2 in two parts, Cody and Waite), e^r = 1 + r + r^2 P(r)
 // with Cephes' degree-5 minimax P, 2^n from the exponent bits. exp(x) for x < lo is returned as 0.
 // The routing kernels keep lo = -64 (e^-64 ~ 1.6e-28 is below the float resolution of any sum it
 // joins): this keeps subnormal numbers, which are ~100x slower in MKL's sgemm, out of the attention
@@ -72,25 +73,34 @@ void row_col_max(const float* s, int64_t nr, int64_t nc, float* rm, float* m);
 void row_col_max(const double* s, int64_t nr, int64_t nc, double* rm, double* m);
 // The nr rows of a tile s (row stride ld, n columns), both ways: r[i], t[i], c[i] as exp_sums gives them
 // for row i with max mi[i], and added to rr[j], tt[j], cc[j] the terms of column j against its max m[j]
-// (one load of each logit for its two exps).
+// (one load of each logit for its two terms). work: 2 n scratch values.
 void row_col_exp_sums(const float* s, int64_t ld, int64_t nr, int64_t n, const float* mi, const float* m, float* r,
-                      float* t, float* c, float* rr, float* tt, float* cc);
+                      float* t, float* c, float* rr, float* tt, float* cc, float* work);
 void row_col_exp_sums(const double* s, int64_t ld, int64_t nr, int64_t n, const double* mi, const double* m, double* r,
-                      double* t, double* c, double* rr, double* tt, double* cc);
+                      double* t, double* c, double* rr, double* tt, double* cc, double* work);
 
 // The nr x nc logit tile s = a b^T (row-major) of C-channel features stored channel-major: a(i, c) =
-// a[c * ld + i], b(j, c) = b[c * ld + j], 1 <= C <= 8. Channels are summed in order with FMAs vectorised
-// along the columns: for the few channels of an image-level map, where sgemm's K = C is too short for its peak.
-void small_logits(const float* a, const float* b, int64_t ld, int64_t C, int64_t nr, int64_t nc, float* s);
-void small_logits(const double* a, const double* b, int64_t ld, int64_t C, int64_t nr, int64_t nc, double* s);
+// a[c * ld + i], b(j, c) = b[c * ld + j], 1 <= C <= 8, and its maxima as row_col_max gives them. Channels
+// are summed in order with FMAs vectorised along the columns: for the few channels of an image-level map,
+// where sgemm's K = C is too short for its peak.
+void small_logits(const float* a, const float* b, int64_t ld, int64_t C, int64_t nr, int64_t nc, float* s, float* rm,
+                  float* m);
+void small_logits(const double* a, const double* b, int64_t ld, int64_t C, int64_t nr, int64_t nc, double* s,
+                  double* rm, double* m);
+
+// The instruction-set level the float loops run at: 2 x86-64-v4 (AVX-512), 1 x86-64-v3 (AVX2), 0 x86-64,
+// -1 not an x86 build. set_cpu_level(l) runs level l where the CPU has it (-1: the detected one) and
+// returns the level now in use; cpu_isa() names it.
+int cpu_level();
+int set_cpu_level(int level);
+const char* cpu_isa();
 
 // The exp unit's rate for the reports' floor (benchmarks/harness.py): G exponentials per second of the
-// register-resident vectorised exp_unflushed (fast_exp without its flush) over an L1-resident block per thread,
-// summing e and e*x as the entropy's epilogue does and nothing else, on `threads` OpenMP threads for
-// about `seconds`; run by the same instruction-set clone the kernels dispatch to (cpu_isa() names it).
+// register-resident vectorised exp of the entropy's kernels at the current level, without its flush, over
+// an L1-resident block per thread, summing e and e*x as the entropy's epilogue does and nothing else, on
+// `threads` OpenMP threads for about `seconds`.
 double exp_probe_gexps(int threads, double seconds);
-const char* cpu_isa();
-void fast_exp_buffer(const float* x, int64_t n, float lo, float* y);  // y = fast_exp(x, lo), the tests' view
+void fast_exp_buffer(const float* x, int64_t n, float lo, float* y);  // y = e^x, 0 below lo: the tests' view
 
 // s_j <- e^{s_j - m} in place (attention rows of the routing kernels); returns sum_j s_j.
 float exp_shift(float* s, int64_t n, float m);
@@ -142,43 +152,50 @@ struct EntropyState {
   }
 
   // Folds in the state o of other logits of the same row (associative): the state with the smaller max
-  // is rescaled to the larger, its max's 1 joining the sum like a rescaled 1 + r in update.
-  void merge(const EntropyState& o) {
-    if (o.m == -std::numeric_limits<T>::infinity()) return;
-    if (m == -std::numeric_limits<T>::infinity()) {
-      *this = o;
-    } else if (o.m > m) {
-      const T d = m - o.m, a = std::exp(d);
-      t = o.t + a * (t + d * (1 + r));
-      r = o.r + a * (1 + r);
-      m = o.m;
-    } else {
-      const T d = o.m - m, a = std::exp(d);
-      t += a * (o.t + d * (1 + o.r));
-      r += a * (1 + o.r);
-    }
+  // is rescaled to the larger (this one on ties), its max's 1 joining the sum like a rescaled 1 + r in
+  // update. Branch-free, so that loops of merges vectorise (merge_columns); in float the rescaling's exp
+  // takes the entropy's flush: a state whose max lies more than 87 below the other's adds nothing, as its
+  // logits would not in one block (double: no flush). An empty state (m = -inf) adds nothing.
+  __attribute__((always_inline)) void merge(const EntropyState& o) {
+    const bool lead = o.m > m;
+    const T mb = lead ? o.m : m, rb = lead ? o.r : r, tb = lead ? o.t : t;
+    const T ms = lead ? m : o.m, rs = lead ? r : o.r, ts = lead ? t : o.t;
+    const T d = ms - mb;  // <= 0; -inf or NaN where a state is empty
+    const T lo = std::is_same_v<T, float> ? T(kEntropyExpMin) : std::numeric_limits<T>::lowest();
+    const bool live = d >= lo;
+    const T a = live ? fast_exp(d, lo) : T(0);
+    m = mb;
+    r = rb + a * (1 + rs);
+    t = tb + (live ? a * (ts + d * (1 + rs)) : T(0));
   }
 
   T entropy() const { return std::log1p(r) - t / (1 + r); }
 };
 
+// cols[j].merge of the state (m[j], rr[j] + cc[j] - 1, tt[j]) that row_col_exp_sums gave, for j < n.
+void merge_columns(EntropyState<float>* cols, const float* m, const float* rr, const float* tt, const float* cc,
+                   int64_t n);
+void merge_columns(EntropyState<double>* cols, const double* m, const double* rr, const double* tt, const double* cc,
+                   int64_t n);
+
 // Folds the rows of an nr x nc row-major logit tile s (nr > 0) into rows[0..nr) and, with `cols`, its
-// columns into cols[0..nc) (column j holds logits of row cols[j]): one pass for the row and column maxima,
-// then one pass for the exp sums of both (row_col_exp_sums). scratch: 5 nr + 4 nc elements.
+// columns into cols[0..nc) (column j holds logits of row cols[j]), with one pass for the exp sums of both
+// (row_col_exp_sums). With cols, rm and m are the tile's row and column maxima (as row_col_max or
+// small_logits give them); without, they are not read. scratch: 4 nr + 5 nc elements.
 template <typename T>
-void fold_tile(const T* s, int64_t nr, int64_t nc, EntropyState<T>* rows, EntropyState<T>* cols, T* scratch) {
-  T *rm = scratch, *mi = rm + nr, *rb = mi + nr, *tb = rb + nr, *cb = tb + nr;
-  T *m = cb + nr, *rr = m + nc, *tt = rr + nc, *cc = tt + nc;
+void fold_tile(const T* s, int64_t nr, int64_t nc, const T* rm, const T* m, EntropyState<T>* rows,
+               EntropyState<T>* cols, T* scratch) {
   if (!cols) {
     for (int64_t i = 0; i < nr; ++i) rows[i].update(s + i * nc, nc);
     return;
   }
-  row_col_max(s, nr, nc, rm, m);
+  T *mi = scratch, *rb = mi + nr, *tb = rb + nr, *cb = tb + nr;
+  T *rr = cb + nr, *tt = rr + nc, *cc = tt + nc, *work = cc + nc;
   for (int64_t i = 0; i < nr; ++i) mi[i] = rm[i] > rows[i].m ? rm[i] : rows[i].m;
   std::fill(rr, rr + 3 * nc, T(0));
-  row_col_exp_sums(s, nc, nr, nc, mi, m, rb, tb, cb, rr, tt, cc);
+  row_col_exp_sums(s, nc, nr, nc, mi, m, rb, tb, cb, rr, tt, cc, work);
   for (int64_t i = 0; i < nr; ++i) rows[i].add_sums(rm[i], rb[i], tb[i], cb[i]);
-  for (int64_t j = 0; j < nc; ++j) cols[j].merge(EntropyState<T>{m[j], rr[j] + (cc[j] - 1), tt[j]});
+  merge_columns(cols, m, rr, tt, cc, nc);
 }
 
 }  // namespace qsattn

@@ -5,15 +5,16 @@
 // (an at::mm_out each: MKL sgemm, single-threaded inside the parallel region), about half the products
 // of the full matrix; the exps stay N^2 (each logit once in its row's softmax and once in its column's).
 // Each tile is folded into running (max, r, t) states by the cancellation-free epilogue (docs/design.md §2),
-// fold_tile: one pass for the row and column maxima, then one pass for the exp sums of the rows and of
-// the columns together (each logit loaded once for its two exps).
+// fold_tile: its row and column maxima come with the tile (small_logits) or from one pass over it
+// (row_col_max), then one pass sums the exps of the rows and of the columns together (each logit loaded
+// once for its two terms; at x86-64-v4 one exp serves both where the tile's maxima are close).
 // Determinism: the rows are cut into superblocks of g tiles (g = 1 up to MAX_SLOTS * TS rows, grown
 // beyond so that no row has more than MAX_SLOTS partial states). A task (OpenMP, dynamic schedule,
 // off-diagonal tasks first) is a superblock pair (I, J), I <= J, of one image; it owns slot J of the
 // rows of I and slot I of the rows of J and folds its tiles into them in a fixed order. At the end the
 // slots of each row are merged in slot order (EntropyState::merge): the result does not depend on the
 // thread count or schedule. Extra memory: B * N * slots states (<= 3 * MAX_SLOTS values per row) and
-// one tile plus 4 * TS scratch values per thread.
+// one tile plus 11 * TS scratch values per thread.
 #include <torch/library.h>
 
 #include <ATen/ThreadLocalState.h>
@@ -52,7 +53,8 @@ void entropy_global_kernel(const at::Tensor& f, at::Tensor& out) {
   {
     at::ThreadLocalStateGuard guard(tls);
     at::Tensor tile = at::empty({edge * edge}, f.options());
-    std::vector<T> scratch(9 * edge);
+    std::vector<T> scratch(11 * edge);
+    T *rm = scratch.data(), *m = rm + edge;  // the tile's row and column maxima
 #pragma omp for schedule(dynamic, 1)
     for (int64_t task = 0; task < ntasks; ++task) {
       const int64_t b = tasks[task][0], I = tasks[task][1], J = tasks[task][2];
@@ -68,11 +70,12 @@ void entropy_global_kernel(const at::Tensor& f, at::Tensor& out) {
           T* sp = s.data_ptr<T>();
           if (small) {
             const T* fcb = fc.data_ptr<T>() + b * C * N;
-            small_logits(fcb + i0, fcb + j0, N, C, ni, nj, sp);
+            small_logits(fcb + i0, fcb + j0, N, C, ni, nj, sp, rm, m);
           } else {
             at::mm_out(s, q, fb.narrow(0, j0, nj).t());
+            if (j0 != i0) row_col_max(sp, ni, nj, rm, m);
           }
-          fold_tile(sp, ni, nj, rows + i0, j0 != i0 ? cols + j0 : nullptr, scratch.data());
+          fold_tile(sp, ni, nj, rm, m, rows + i0, j0 != i0 ? cols + j0 : nullptr, m + edge);
         }
       }
     }

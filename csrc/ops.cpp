@@ -8,7 +8,7 @@
 
 // Importing qsattn_fast._C runs the static kernel registrations of the other files. The module's own
 // functions serve the benchmarks' floor (exp_probe_gexps(threads, seconds), cpu_isa()) and the tests
-// (fast_exp_f32).
+// (fast_exp_f32, set_cpu_level).
 static PyObject* py_exp_probe_gexps(PyObject*, PyObject* args) {
   int threads;
   double seconds;
@@ -19,6 +19,12 @@ static PyObject* py_exp_probe_gexps(PyObject*, PyObject* args) {
 }
 
 static PyObject* py_cpu_isa(PyObject*, PyObject*) { return PyUnicode_FromString(qsattn::cpu_isa()); }
+
+static PyObject* py_set_cpu_level(PyObject*, PyObject* args) {
+  int level;
+  if (!PyArg_ParseTuple(args, "i", &level)) return nullptr;
+  return PyLong_FromLong(qsattn::set_cpu_level(level));
+}
 
 // fast_exp over a buffer of float32 (the tests compare it with a float64 exp).
 static PyObject* py_fast_exp_f32(PyObject*, PyObject* args) {
@@ -36,6 +42,9 @@ static PyMethodDef methods[] = {
     {"exp_probe_gexps", py_exp_probe_gexps, METH_VARARGS,
      "exp_probe_gexps(threads, seconds) -> G exp/s of the register-resident vectorised exp (the floor's rate)"},
     {"cpu_isa", py_cpu_isa, METH_NOARGS, "cpu_isa() -> the instruction-set level the CPU kernels dispatch to"},
+    {"set_cpu_level", py_set_cpu_level, METH_VARARGS,
+     "set_cpu_level(level) -> level in use: run the float loops at x86-64 (0), -v3 (1) or -v4 (2) where the CPU "
+     "has it, or at the detected level (-1); for the tests and benchmarks"},
     {"fast_exp_f32", py_fast_exp_f32, METH_VARARGS,
      "fast_exp_f32(float32 bytes, lo) -> bytes: the kernels' exp of each value, 0 below lo (for the tests)"},
     {nullptr, nullptr, 0, nullptr}};

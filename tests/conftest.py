@@ -15,6 +15,31 @@ def fresh_seed():
     return seed
 
 
+def _cpu_levels():
+    """The instruction-set levels of the native CPU loops that this CPU can run (csrc/cpu_common.cpp)."""
+    try:
+        from qsattn_fast import _C
+    except ImportError:
+        return [None]
+    top = _C.set_cpu_level(-1)
+    return list(range(top + 1)) if top >= 0 else [None]
+
+
+@pytest.fixture(params=_cpu_levels(), ids=lambda level: f"level{level}")
+def cpu_level(request):
+    """Runs the test with the native float loops at each level this CPU has (x86-64, -v3, -v4): the
+    dispatch paths another machine takes are tested here too."""
+    if request.param is None:
+        yield None
+        return
+    from qsattn_fast import _C
+    _C.set_cpu_level(request.param)
+    try:
+        yield _C.cpu_isa()
+    finally:
+        _C.set_cpu_level(-1)
+
+
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
     """||out - ref|| / ||ref|| in float64 (NaN in out never passes)."""
     out, ref = out.detach().double(), ref.detach().double()

@@ -3,7 +3,9 @@ fp64 to 1e-12 relative, peaked rows, thread-count independence, precision None o
 kernel forms only the TS x TS tiles I <= J of the symmetric logits and serves the rows of J from the
 columns of S_IJ: the shapes cover one ragged tile (N < TS), N not a multiple of TS, N exactly 2 and 3
 tiles, several images, and N > 32 tiles (superblocks of 2 x 2 tiles). Up to SMALL_C channels the tiles
-come from small_logits, beyond from sgemm: both paths are covered over several tiles."""
+come from small_logits, beyond from sgemm: both paths are covered over several tiles. Tests taking the
+cpu_level fixture run at every instruction-set level this CPU has; at x86-64-v4 a tile whose maxima lie
+within kReuseSpan = 32 of each other serves its column terms from its row terms' exps, others take two."""
 import pytest
 import torch
 
@@ -29,7 +31,7 @@ SHAPES = [(1, 8, 7, 9), (2, 5, 6, 11), (3, 3, 5, 5),
 @pytest.mark.parametrize("B,C,H,W", SHAPES)
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-12)])
 @pytest.mark.parametrize("scale", [0.3, 1.5])
-def test_against_reference(B, C, H, W, dtype, tol, scale):
+def test_against_reference(B, C, H, W, dtype, tol, scale, cpu_level):
     x = features(B, C, H, W, dtype, scale=scale)
     got = q.attention_entropy(x, "global", backend="native")
     ref = q.attention_entropy(x.double(), "global", backend="reference")
@@ -53,7 +55,7 @@ def test_peaked_rows_keep_fp32_accuracy():
     assert float(ref.max()) < 1e-3 and rel_err(got, ref) < 2e-4
 
 
-def test_peaked_rows_across_tiles_keep_fp32_accuracy():
+def test_peaked_rows_across_tiles_keep_fp32_accuracy(cpu_level):
     """Peaked rows over 3 tiles: most of each row's tiny sum r comes from column-served tiles, whose
     partial states are rescaled by e^(their max - the row max) when merged (docs/design.md §2, merge rule)."""
     x = features(1, 256, 33, 34, torch.float32, scale=0.3)
@@ -63,7 +65,7 @@ def test_peaked_rows_across_tiles_keep_fp32_accuracy():
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-12)])
-def test_row_maxima_in_column_served_tiles(dtype, tol):
+def test_row_maxima_in_column_served_tiles(dtype, tol, cpu_level):
     """Row norms falling along the rows (N = 1300, 4 tiles): the largest logit of a late row lies in an
     early column, i.e. in a tile that serves that row through its columns."""
     f = torch.randn(2, 1300, 6, dtype=torch.float64) * torch.linspace(3.0, 0.2, 1300, dtype=torch.float64)[:, None]
@@ -73,7 +75,7 @@ def test_row_maxima_in_column_served_tiles(dtype, tol):
     assert rel_err(torch.ops.qsattn.entropy_global.native(f.to(dtype), None), ref) < tol
 
 
-def test_superblocks_beyond_32_tiles():
+def test_superblocks_beyond_32_tiles(cpu_level):
     """N = 113^2 = 12769 > 32 tiles: tasks are pairs of 2-tile superblocks (the last one ragged), 17
     partial states per row. Checked against float64 entropies of 1200 random rows and the last 100."""
     N = 12769
@@ -83,6 +85,40 @@ def test_superblocks_beyond_32_tiles():
     logp = torch.log_softmax(f[rows] @ f.T, -1)
     ref = -(logp.exp() * logp).sum(-1)
     assert rel_err(torch.ops.qsattn.entropy_global.native(f[None].float(), None)[0, rows], ref) < 2e-4
+
+
+def test_tiles_with_close_and_far_apart_maxima(cpu_level):
+    """Two tiles of small logits (their maxima within 32 of each other: at x86-64-v4 one exp per logit)
+    and two of logits in the hundreds (maxima far apart: two exps), and the tiles between them."""
+    f = torch.randn(1, 4 * TS, 4, dtype=torch.float64) * 0.5
+    f[:, 2 * TS:] *= 12.0
+    logits = f[0, 2 * TS:] @ f[0, 2 * TS:].T
+    assert float(logits[:TS, TS:].amax(0).max() - logits[:TS, TS:].amax(0).min()) > 32   # far apart there
+    assert float((f[0, :2 * TS] @ f[0, :2 * TS].T).abs().max()) < 16                      # close here
+    ref = torch.ops.qsattn.entropy_global.native(f, None)
+    assert rel_err(ref, q.attention_entropy(f.transpose(1, 2).reshape(1, 4, 32, 48), "global", backend="reference")) < 1e-12
+    assert rel_err(torch.ops.qsattn.entropy_global.native(f.float(), None), ref) < 2e-4
+
+
+def test_peaked_columns_through_one_exp_per_logit(cpu_level):
+    """Column terms 64..86 below their column's max, in a tile whose maxima P_j (110..125) are close, so
+    that at x86-64-v4 they come from the row terms' exps times e^(m_i - M) e^(M - m_j): rows j of the
+    second tile hold logits P_j and P_j - g_j against the first tile and none above P_j - 107 elsewhere
+    (flushed by the kernel; all of them together below 1e-7 of the row's entropy in float64), so their
+    entropies (1 + g) e^-g ~ 1e-26..1e-36 consist of exactly those terms; each within 1e-4."""
+    n, a = TS, 80.0
+    P = torch.empty(n, dtype=torch.float64).uniform_(110.0, 125.0)
+    g = torch.empty(n, dtype=torch.float64).uniform_(64.0, 86.0)
+    f = torch.zeros(2 * n, n, dtype=torch.float64)
+    f[:n] = a * torch.eye(n, dtype=torch.float64)                     # rows i: a e_i (self-logit 6400)
+    j = torch.arange(n)
+    f[n + j, j] = P / a                                                # rows j: logit P_j with row j ...
+    f[n + j, (j + 1) % n] = (P - g) / a                                # ... and P_j - g_j with row j + 1
+    f32 = f.float()
+    want = q.attention_entropy(f32.double().T.reshape(1, n, 2 * n, 1), "global", backend="torch")[0, n:]
+    got = torch.ops.qsattn.entropy_global.native(f32[None], None)[0, n:]
+    assert bool(((want > 1e-38) & (want < 1e-24)).all())
+    assert float(((got.double() - want) / want).abs().max()) < 1e-4
 
 
 def test_constant_rows_give_log_n():
@@ -100,7 +136,7 @@ def test_transposed_view_equals_contiguous_rows():
 
 
 @pytest.mark.parametrize("C", [5, SMALL_C + 4])
-def test_result_does_not_depend_on_thread_count(C):
+def test_result_does_not_depend_on_thread_count(C, cpu_level):
     """Each row's partial states are merged in a fixed order, whatever thread formed them (N = 1100:
     3 tiles, 6 tasks per image), with tiles from small_logits and from sgemm."""
     f = features(2, C, 25, 44).flatten(2).transpose(1, 2)
@@ -164,8 +200,8 @@ def test_peaked_rows_down_to_the_smallest_normal_floats():
 
 
 @pytest.mark.parametrize("lo", [-87.0, -64.0])   # the entropy's flush (kEntropyExpMin), the routing's
-def test_fast_exp_against_a_float64_exp_over_its_range(lo):
-    """The kernels' vectorised exp (csrc/cpu_common.h fast_exp, in the clone this CPU dispatches to) over
+def test_fast_exp_against_a_float64_exp_over_its_range(lo, cpu_level):
+    """The kernels' vectorised exp (csrc/cpu_common.h fast_exp, and v4::exp_where at x86-64-v4) over
     every logit gap it is used on, d in [lo, 0], and across the flush: within 1.5 ulp of the float64 exp
     above lo, exactly 0 below it; fresh random points as well as a dense grid."""
     import numpy as np

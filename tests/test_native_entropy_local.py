@@ -14,7 +14,7 @@ pytestmark = pytest.mark.skipif(native.LOAD_ERROR is not None, reason=str(native
 @pytest.mark.parametrize("B,C,H,W", [(1, 8, 7, 9), (2, 5, 6, 11), (3, 3, 2, 3)])
 @pytest.mark.parametrize("window", [1, 3, 7, 9])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-12)])
-def test_against_reference(B, C, H, W, window, dtype, tol):
+def test_against_reference(B, C, H, W, window, dtype, tol, cpu_level):
     x = features(B, C, H, W, dtype, scale=1.0)
     got = q.attention_entropy(x, "local", window, backend="native")
     ref = q.attention_entropy(x.double(), "local", window, backend="reference")
@@ -25,7 +25,7 @@ def test_against_reference(B, C, H, W, window, dtype, tol):
         assert rel_err(got, ref) < tol
 
 
-def test_peaked_rows_keep_fp32_accuracy():
+def test_peaked_rows_keep_fp32_accuracy(cpu_level):
     x = features(2, 256, 6, 5, torch.float32, scale=0.3)
     got = q.attention_entropy(x, "local", 7, backend="native")
     ref = q.attention_entropy(x.double(), "local", 7, backend="reference")

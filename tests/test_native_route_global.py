@@ -20,7 +20,7 @@ def rand_idx(B, N, k):
 
 @pytest.mark.parametrize("B,C,H,W,k", [(1, 8, 7, 9, 13), (2, 5, 6, 11, 66), (3, 3, 5, 5, 1)])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-12)])
-def test_forward_against_reference(B, C, H, W, k, dtype, tol):
+def test_forward_against_reference(B, C, H, W, k, dtype, tol, cpu_level):
     x, t = features(B, C, H, W, dtype, scale=1.0), features(B, C + 3, H, W, dtype)
     idx = rand_idx(B, H * W, k)
     got = q.route(x, idx, [x, t], "global", backend="native")
@@ -45,7 +45,7 @@ def test_gradcheck_float64():
 
 
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-10)])
-def test_gradients_over_several_query_blocks(dtype, tol):
+def test_gradients_over_several_query_blocks(dtype, tol, cpu_level):
     """N = 1221 and k = N: 2^20 / N = 858 rows per block, so forward and backward run two blocks."""
     x = features(1, 3, 33, 37, dtype, scale=0.8, requires_grad=True)
     t = features(1, 4, 33, 37, dtype, requires_grad=True)
@@ -82,7 +82,7 @@ def test_one_hot_rows_give_the_source_map_no_gradient(dtype, scale, tol):
 
 
 @pytest.mark.parametrize("contiguous", [False, True])
-def test_peaked_rows_against_autograd(contiguous):
+def test_peaked_rows_against_autograd(contiguous, cpu_level):
     """Rows with a pivot key (P > 3/4) that are not one-hot, some pivots in the second key block
     (N = 323 > 256 keys per task): the pivot's dS, minus the row's other entries, is added after the
     key blocks. float64 gradients against autograd of softmax(Q K^T) V, for rows(feat) views of NCHW

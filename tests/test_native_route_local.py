@@ -22,7 +22,7 @@ def rand_idx(B, N, k):
 @pytest.mark.parametrize("B,C,H,W,k", [(1, 8, 7, 9, 13), (2, 5, 6, 11, 66), (3, 3, 5, 5, 1)])
 @pytest.mark.parametrize("window", [3, 7])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-12)])
-def test_forward_against_reference(B, C, H, W, k, window, dtype, tol):
+def test_forward_against_reference(B, C, H, W, k, window, dtype, tol, cpu_level):
     x, t = features(B, C, H, W, dtype, scale=1.0), features(B, C + 3, H, W, dtype)
     idx = rand_idx(B, H * W, k)
     got = q.route(x, idx, [x, t], "local", window, backend="native")
@@ -49,7 +49,7 @@ def test_gradcheck_float64(window):
                                     (x, t))
 
 
-def test_fp32_gradients_against_reference():
+def test_fp32_gradients_against_reference(cpu_level):
     """C = 70 > the 64-channel scatter chunk, so the backward's channel chunks are exercised."""
     x, t = features(2, 70, 6, 5, requires_grad=True), features(2, 5, 6, 5, requires_grad=True)
     idx = rand_idx(2, 30, 11)
