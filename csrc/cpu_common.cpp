@@ -106,7 +106,8 @@ static inline __attribute__((always_inline)) void row_col_max_impl(const T* s, i
 template <typename T>
 static inline __attribute__((always_inline)) void row_col_exp_sums_impl(const T* s, int64_t ld, int64_t nr, int64_t n,
                                                                         const T* mi, const T* m, T* rp, T* tp, T* cp,
-                                                                        T* rr, T* tt, T* cc, T* /*work*/) {
+                                                                        T* rr, T* tt, T* cc, T* /*work*/,
+                                                                        T /*lower*/) {
   for (int64_t i = 0; i < nr; ++i) {
     const T* row = s + i * ld;
     const T m0 = mi[i];
@@ -229,7 +230,7 @@ static inline __attribute__((always_inline)) T exp_shift_impl(T* s, int64_t n, T
 // intermediate), the flush and the max's 1 as mask registers, and the tail as masked loads.
 namespace v4 {
 
-struct Exp {  // e^d = p 2^n, p in [0.7, 1.42]: kept apart so that products with other such factors cannot underflow
+struct Exp {  // e^d = p 2^n, p in [0.7, 1.42]: a column term scales p before 2^n is applied (no underflow)
   __m512 p, n;
 };
 
@@ -260,11 +261,13 @@ QSATTN_V4 static inline __attribute__((always_inline)) __mmask16 lanes(int64_t l
 
 // Adds the terms of logits at d = s - max <= 0 (lanes in k, e^d = p 2^n) as add_exp_terms does: e^d
 // where lo <= d < 0 to r and e^d d to t; returns the lanes with d < 0 (the others are at the max: the
-// callers count them as c from this mask).
+// callers count them as c from this mask). Without Flush the caller knows that every d >= lo.
+template <bool Flush>
 QSATTN_V4 static inline __attribute__((always_inline)) __mmask16 add_terms(__mmask16 k, __m512 d, __m512 p, __m512 n,
                                                                           __m512& r, __m512& t) {
   const __mmask16 below = _mm512_mask_cmp_ps_mask(k, d, _mm512_setzero_ps(), _CMP_LT_OQ);
-  const __mmask16 kept = _mm512_mask_cmp_ps_mask(below, d, _mm512_set1_ps(kEntropyExpMin), _CMP_GE_OQ);
+  const __mmask16 kept =
+      Flush ? _mm512_mask_cmp_ps_mask(below, d, _mm512_set1_ps(kEntropyExpMin), _CMP_GE_OQ) : below;
   const __m512 x = _mm512_maskz_scalef_ps(kept, p, n);
   r = _mm512_add_ps(r, x);
   t = _mm512_fmadd_ps(x, d, t);
@@ -288,38 +291,39 @@ QSATTN_V4 static inline __attribute__((always_inline)) void store(__mmask16 k, f
 // The row terms of 16 logits x of row i (max mv) to r, t (and the number of them below the max to
 // nbelow) and, with Cols, their column terms to rr, tt at column j (maxima m[j]), 1 subtracted from cc[j]
 // where below its max; with Reuse, a column term comes from its row term's exp: e^{s - m_j} =
-// e^{s - m_i} e^{m_i - M} e^{M - m_j}, the row's factor a and the columns' pb, nb given.
-template <bool Cols, bool Reuse, bool Whole>
+// e^{s - m_i} e^{m_i - M} e^{M - m_j}, the row's factor a = e^{m_i - M} and the columns' b = e^{M - m_j}
+// given (normal floats, in [e^-32, e^32]).
+template <bool Cols, bool Reuse, bool Flush, bool Whole>
 QSATTN_V4 static inline __attribute__((always_inline)) void chunk(__mmask16 k, int64_t j, const float* row, __m512 mv,
-                                                                 const float* m, Exp a, const float* pb,
-                                                                 const float* nb, __m512& r, __m512& t,
+                                                                 const float* m, __m512 a, const float* b,
+                                                                 __m512& r, __m512& t,
                                                                  int64_t& nbelow, float* rr, float* tt, float* cc) {
   const __m512 x = load<Whole>(k, row + j), d = _mm512_sub_ps(x, mv);
   const Exp e = split_exp(d);
-  nbelow += __builtin_popcount(add_terms(k, d, e.p, e.n, r, t));
+  nbelow += __builtin_popcount(add_terms<Flush>(k, d, e.p, e.n, r, t));
   if (!Cols) return;
   const __m512 dc = _mm512_sub_ps(x, load<Whole>(k, m + j));
   __m512 p, q;
   if (Reuse) {
-    p = _mm512_mul_ps(_mm512_mul_ps(e.p, a.p), load<Whole>(k, pb + j));
-    q = _mm512_add_ps(_mm512_add_ps(e.n, a.n), load<Whole>(k, nb + j));
+    p = _mm512_mul_ps(e.p, _mm512_mul_ps(a, load<Whole>(k, b + j)));  // e^{m_i - m_j} in [e^-64, e^64]
+    q = e.n;
   } else {
     const Exp ec = split_exp(dc);
     p = ec.p, q = ec.n;
   }
   __m512 rc = load<Whole>(k, rr + j), tc = load<Whole>(k, tt + j), cc_ = load<Whole>(k, cc + j);
-  const __mmask16 below = add_terms(k, dc, p, q, rc, tc);
+  const __mmask16 below = add_terms<Flush>(k, dc, p, q, rc, tc);
   store<Whole>(k, rr + j, rc);
   store<Whole>(k, tt + j, tc);
   store<Whole>(k, cc + j, _mm512_mask_sub_ps(cc_, below, cc_, _mm512_set1_ps(1.0f)));
 }
 
 // The rows of an nr x n tile (row stride ld) with maxima mi, and with Cols its columns too, as
-// row_col_exp_sums_impl sums them; with Reuse, one exp per logit (chunk), M the tile constant of pb, nb.
-template <bool Cols, bool Reuse>
+// row_col_exp_sums_impl sums them; with Reuse, one exp per logit (chunk), b = e^{M - m_j}.
+template <bool Cols, bool Reuse, bool Flush>
 QSATTN_V4 static inline __attribute__((always_inline)) void sums(const float* s, int64_t ld, int64_t nr, int64_t n,
                                                                 const float* mi, const float* m, float M,
-                                                                const float* pb, const float* nb, float* rp,
+                                                                const float* b, float* rp,
                                                                 float* tp, float* cp, float* rr, float* tt,
                                                                 float* cc) {
   const int64_t whole = n / 16 * 16;
@@ -328,13 +332,13 @@ QSATTN_V4 static inline __attribute__((always_inline)) void sums(const float* s,
   for (int64_t i = 0; i < nr; ++i) {
     const float* row = s + i * ld;
     const __m512 mv = _mm512_set1_ps(mi[i]);
-    const Exp a = Reuse ? split_exp(_mm512_set1_ps(mi[i] - M)) : Exp{};
+    const __m512 a = Reuse ? exp_where(0xFFFF, _mm512_set1_ps(mi[i] - M)) : _mm512_setzero_ps();
     __m512 r = _mm512_setzero_ps(), t = r;
     int64_t nbelow = 0;
     for (int64_t j = 0; j < whole; j += 16)
-      chunk<Cols, Reuse, true>(0xFFFF, j, row, mv, m, a, pb, nb, r, t, nbelow, rr, tt, cc);
+      chunk<Cols, Reuse, Flush, true>(0xFFFF, j, row, mv, m, a, b, r, t, nbelow, rr, tt, cc);
     if (whole < n)
-      chunk<Cols, Reuse, false>(lanes(n - whole), whole, row, mv, m, a, pb, nb, r, t, nbelow, rr, tt, cc);
+      chunk<Cols, Reuse, Flush, false>(lanes(n - whole), whole, row, mv, m, a, b, r, t, nbelow, rr, tt, cc);
     rp[i] = _mm512_reduce_add_ps(r), tp[i] = _mm512_reduce_add_ps(t), cp[i] = static_cast<float>(n - nbelow);
   }
 }
@@ -342,7 +346,7 @@ QSATTN_V4 static inline __attribute__((always_inline)) void sums(const float* s,
 }  // namespace v4
 
 QSATTN_V4 static void exp_sums_v4(const float* s, int64_t n, float m, float* rr, float* tt, float* cc) {
-  v4::sums<false, false>(s, n, 1, n, &m, nullptr, 0, nullptr, nullptr, rr, tt, cc, nullptr, nullptr, nullptr);
+  v4::sums<false, false, true>(s, n, 1, n, &m, nullptr, 0, nullptr, rr, tt, cc, nullptr, nullptr, nullptr);
 }
 
 // The column factors e^{M - m_j} of the tile constant M = max_j m_j need M - m_j <= kReuseSpan and
@@ -353,20 +357,23 @@ constexpr float kReuseSpan = 32.0f;
 
 QSATTN_V4 static void row_col_exp_sums_v4(const float* s, int64_t ld, int64_t nr, int64_t n, const float* mi,
                                           const float* m, float* rp, float* tp, float* cp, float* rr, float* tt,
-                                          float* cc, float* work) {
+                                          float* cc, float* work, float lower) {
   float M = m[0], mlo = m[0], ilo = mi[0], ihi = mi[0];
   for (int64_t j = 1; j < n; ++j) M = std::max(M, m[j]), mlo = std::min(mlo, m[j]);
   for (int64_t i = 1; i < nr; ++i) ilo = std::min(ilo, mi[i]), ihi = std::max(ihi, mi[i]);
+  const bool flush = !(lower - std::max(ihi, M) >= kEntropyExpMin);  // else no gap of the tile is below -87
   if (M - mlo > kReuseSpan || ihi - M > kReuseSpan || M - ilo > kReuseSpan)
-    return v4::sums<true, false>(s, ld, nr, n, mi, m, M, nullptr, nullptr, rp, tp, cp, rr, tt, cc);
-  float *pb = work, *nb = work + n;
-  for (int64_t j = 0; j < n; j += 16) {
+    return flush ? v4::sums<true, false, true>(s, ld, nr, n, mi, m, M, nullptr, rp, tp, cp, rr, tt, cc)
+                 : v4::sums<true, false, false>(s, ld, nr, n, mi, m, M, nullptr, rp, tp, cp, rr, tt, cc);
+  for (int64_t j = 0; j < n; j += 16) {  // work[j] = e^{M - m_j}
     const __mmask16 k = v4::lanes(n - j);
-    const v4::Exp b = v4::split_exp(_mm512_sub_ps(_mm512_set1_ps(M), _mm512_maskz_loadu_ps(k, m + j)));
-    _mm512_mask_storeu_ps(pb + j, k, b.p);
-    _mm512_mask_storeu_ps(nb + j, k, b.n);
+    const __m512 d = _mm512_sub_ps(_mm512_set1_ps(M), _mm512_maskz_loadu_ps(k, m + j));
+    _mm512_mask_storeu_ps(work + j, k, v4::exp_where(0xFFFF, d));
   }
-  v4::sums<true, true>(s, ld, nr, n, mi, m, M, pb, nb, rp, tp, cp, rr, tt, cc);
+  if (flush)
+    v4::sums<true, true, true>(s, ld, nr, n, mi, m, M, work, rp, tp, cp, rr, tt, cc);
+  else
+    v4::sums<true, true, false>(s, ld, nr, n, mi, m, M, work, rp, tp, cp, rr, tt, cc);
 }
 
 QSATTN_V4 static float probe_pass_v4(const float* x, int64_t n) {  // n: a multiple of 16
@@ -418,11 +425,11 @@ void exp_sums(const double* s, int64_t n, double m, double* rr, double* tt, doub
 
 QSATTN_ENTRY(void, row_col_exp_sums,
              (const float* s, int64_t ld, int64_t nr, int64_t n, const float* mi, const float* m, float* r, float* t,
-              float* c, float* rr, float* tt, float* cc, float* work),
-             (s, ld, nr, n, mi, m, r, t, c, rr, tt, cc, work))
+              float* c, float* rr, float* tt, float* cc, float* work, float lower),
+             (s, ld, nr, n, mi, m, r, t, c, rr, tt, cc, work, lower))
 void row_col_exp_sums(const double* s, int64_t ld, int64_t nr, int64_t n, const double* mi, const double* m, double* r,
-                      double* t, double* c, double* rr, double* tt, double* cc, double* work) {
-  row_col_exp_sums_impl(s, ld, nr, n, mi, m, r, t, c, rr, tt, cc, work);
+                      double* t, double* c, double* rr, double* tt, double* cc, double* work, double lower) {
+  row_col_exp_sums_impl(s, ld, nr, n, mi, m, r, t, c, rr, tt, cc, work, lower);
 }
 
 QSATTN_AT_LEVELS(void, row_col_max, (const float* s, int64_t nr, int64_t nc, float* rm, float* m), (s, nr, nc, rm, m))

@@ -73,11 +73,12 @@ void row_col_max(const float* s, int64_t nr, int64_t nc, float* rm, float* m);
 void row_col_max(const double* s, int64_t nr, int64_t nc, double* rm, double* m);
 // The nr rows of a tile s (row stride ld, n columns), both ways: r[i], t[i], c[i] as exp_sums gives them
 // for row i with max mi[i], and added to rr[j], tt[j], cc[j] the terms of column j against its max m[j]
-// (one load of each logit for its two terms). work: 2 n scratch values.
+// (one load of each logit for its two terms). work: n scratch values; lower: a lower bound of the tile's
+// logits (-inf if none is known), which may spare the flush's test.
 void row_col_exp_sums(const float* s, int64_t ld, int64_t nr, int64_t n, const float* mi, const float* m, float* r,
-                      float* t, float* c, float* rr, float* tt, float* cc, float* work);
+                      float* t, float* c, float* rr, float* tt, float* cc, float* work, float lower);
 void row_col_exp_sums(const double* s, int64_t ld, int64_t nr, int64_t n, const double* mi, const double* m, double* r,
-                      double* t, double* c, double* rr, double* tt, double* cc, double* work);
+                      double* t, double* c, double* rr, double* tt, double* cc, double* work, double lower);
 
 // The nr x nc logit tile s = a b^T (row-major) of C-channel features stored channel-major: a(i, c) =
 // a[c * ld + i], b(j, c) = b[c * ld + j], 1 <= C <= 8, and its maxima as row_col_max gives them. Channels
@@ -181,9 +182,10 @@ void merge_columns(EntropyState<double>* cols, const double* m, const double* rr
 // Folds the rows of an nr x nc row-major logit tile s (nr > 0) into rows[0..nr) and, with `cols`, its
 // columns into cols[0..nc) (column j holds logits of row cols[j]), with one pass for the exp sums of both
 // (row_col_exp_sums). With cols, rm and m are the tile's row and column maxima (as row_col_max or
-// small_logits give them); without, they are not read. scratch: 4 nr + 5 nc elements.
+// small_logits give them) and lower a lower bound of its logits (-inf if none is known); without, they are
+// not read. scratch: 4 nr + 4 nc elements.
 template <typename T>
-void fold_tile(const T* s, int64_t nr, int64_t nc, const T* rm, const T* m, EntropyState<T>* rows,
+void fold_tile(const T* s, int64_t nr, int64_t nc, const T* rm, const T* m, T lower, EntropyState<T>* rows,
                EntropyState<T>* cols, T* scratch) {
   if (!cols) {
     for (int64_t i = 0; i < nr; ++i) rows[i].update(s + i * nc, nc);
@@ -193,7 +195,7 @@ void fold_tile(const T* s, int64_t nr, int64_t nc, const T* rm, const T* m, Entr
   T *rr = cb + nr, *tt = rr + nc, *cc = tt + nc, *work = cc + nc;
   for (int64_t i = 0; i < nr; ++i) mi[i] = rm[i] > rows[i].m ? rm[i] : rows[i].m;
   std::fill(rr, rr + 3 * nc, T(0));
-  row_col_exp_sums(s, nc, nr, nc, mi, m, rb, tb, cb, rr, tt, cc, work);
+  row_col_exp_sums(s, nc, nr, nc, mi, m, rb, tb, cb, rr, tt, cc, work, lower);
   for (int64_t i = 0; i < nr; ++i) rows[i].add_sums(rm[i], rb[i], tb[i], cb[i]);
   merge_columns(cols, m, rr, tt, cc, nc);
 }

@@ -37,6 +37,16 @@ void entropy_global_kernel(const at::Tensor& f, at::Tensor& out) {
   const bool small = C <= SMALL_C;
   const at::Tensor fc = small ? f.transpose(1, 2).contiguous() : at::Tensor();  // (B, C, N) for small_logits
   const int64_t tiles = (N + TS - 1) / TS;
+  // For small_logits' tiles, the largest feature norm of each tile of rows: |s_ij| <= |f_i| |f_j| bounds a
+  // tile's logits from below (1e-4 above the rounding of C <= 8 products), which lets fold_tile skip
+  // the flush's test where no gap can reach -87 (as on image-level maps).
+  std::vector<T> tnorm(small ? B * tiles : 0, T(0));
+  for (int64_t b = 0; small && b < B; ++b)
+    for (int64_t i = 0; i < N; ++i) {
+      T n2 = 0;
+      for (int64_t c = 0; c < C; ++c) n2 += fc.data_ptr<T>()[(b * C + c) * N + i] * fc.data_ptr<T>()[(b * C + c) * N + i];
+      tnorm[b * tiles + i / TS] = std::max(tnorm[b * tiles + i / TS], std::sqrt(n2) * T(1.0001));
+    }
   const int64_t sb = (tiles + MAX_SLOTS - 1) / MAX_SLOTS * TS;  // superblock edge, a multiple of TS
   const int64_t ns = (N + sb - 1) / sb;                         // superblocks = slots per row
   std::vector<std::array<int64_t, 3>> tasks;                    // (b, I, J), off-diagonal ones first
@@ -68,14 +78,16 @@ void entropy_global_kernel(const at::Tensor& f, at::Tensor& out) {
           const int64_t nj = std::min(TS, N - j0);
           at::Tensor s = tile.narrow(0, 0, ni * nj).view({ni, nj});
           T* sp = s.data_ptr<T>();
+          T lower = -std::numeric_limits<T>::infinity();
           if (small) {
             const T* fcb = fc.data_ptr<T>() + b * C * N;
             small_logits(fcb + i0, fcb + j0, N, C, ni, nj, sp, rm, m);
+            lower = -tnorm[b * tiles + i0 / TS] * tnorm[b * tiles + j0 / TS];
           } else {
             at::mm_out(s, q, fb.narrow(0, j0, nj).t());
             if (j0 != i0) row_col_max(sp, ni, nj, rm, m);
           }
-          fold_tile(sp, ni, nj, rm, m, rows + i0, j0 != i0 ? cols + j0 : nullptr, m + edge);
+          fold_tile(sp, ni, nj, rm, m, lower, rows + i0, j0 != i0 ? cols + j0 : nullptr, m + edge);
         }
       }
     }
