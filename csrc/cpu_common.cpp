@@ -319,11 +319,11 @@ QSATTN_V4 static inline __attribute__((always_inline)) void chunk(__mmask16 k, i
 }
 
 // The rows of an nr x n tile (row stride ld) with maxima mi, and with Cols its columns too, as
-// row_col_exp_sums_impl sums them; with Reuse, one exp per logit (chunk), b = e^{M - m_j}.
+// row_col_exp_sums_impl sums them; with Reuse, one exp per logit (chunk), b = e^{M - m_j}, a = e^{m_i - M}.
 template <bool Cols, bool Reuse, bool Flush>
 QSATTN_V4 static inline __attribute__((always_inline)) void sums(const float* s, int64_t ld, int64_t nr, int64_t n,
                                                                 const float* mi, const float* m, float M,
-                                                                const float* b, float* rp,
+                                                                const float* b, const float* a, float* rp,
                                                                 float* tp, float* cp, float* rr, float* tt,
                                                                 float* cc) {
   const int64_t whole = n / 16 * 16;
@@ -332,13 +332,13 @@ QSATTN_V4 static inline __attribute__((always_inline)) void sums(const float* s,
   for (int64_t i = 0; i < nr; ++i) {
     const float* row = s + i * ld;
     const __m512 mv = _mm512_set1_ps(mi[i]);
-    const __m512 a = Reuse ? exp_where(0xFFFF, _mm512_set1_ps(mi[i] - M)) : _mm512_setzero_ps();
+    const __m512 ai = Reuse ? _mm512_set1_ps(a[i]) : _mm512_setzero_ps();
     __m512 r = _mm512_setzero_ps(), t = r;
     int64_t nbelow = 0;
     for (int64_t j = 0; j < whole; j += 16)
-      chunk<Cols, Reuse, Flush, true>(0xFFFF, j, row, mv, m, a, b, r, t, nbelow, rr, tt, cc);
+      chunk<Cols, Reuse, Flush, true>(0xFFFF, j, row, mv, m, ai, b, r, t, nbelow, rr, tt, cc);
     if (whole < n)
-      chunk<Cols, Reuse, Flush, false>(lanes(n - whole), whole, row, mv, m, a, b, r, t, nbelow, rr, tt, cc);
+      chunk<Cols, Reuse, Flush, false>(lanes(n - whole), whole, row, mv, m, ai, b, r, t, nbelow, rr, tt, cc);
     rp[i] = _mm512_reduce_add_ps(r), tp[i] = _mm512_reduce_add_ps(t), cp[i] = static_cast<float>(n - nbelow);
   }
 }
@@ -346,7 +346,7 @@ QSATTN_V4 static inline __attribute__((always_inline)) void sums(const float* s,
 }  // namespace v4
 
 QSATTN_V4 static void exp_sums_v4(const float* s, int64_t n, float m, float* rr, float* tt, float* cc) {
-  v4::sums<false, false, true>(s, n, 1, n, &m, nullptr, 0, nullptr, rr, tt, cc, nullptr, nullptr, nullptr);
+  v4::sums<false, false, true>(s, n, 1, n, &m, nullptr, 0, nullptr, nullptr, rr, tt, cc, nullptr, nullptr, nullptr);
 }
 
 // The column factors e^{M - m_j} of the tile constant M = max_j m_j need M - m_j <= kReuseSpan and
@@ -363,17 +363,22 @@ QSATTN_V4 static void row_col_exp_sums_v4(const float* s, int64_t ld, int64_t nr
   for (int64_t i = 1; i < nr; ++i) ilo = std::min(ilo, mi[i]), ihi = std::max(ihi, mi[i]);
   const bool flush = !(lower - std::max(ihi, M) >= kEntropyExpMin);  // else no gap of the tile is below -87
   if (M - mlo > kReuseSpan || ihi - M > kReuseSpan || M - ilo > kReuseSpan)
-    return flush ? v4::sums<true, false, true>(s, ld, nr, n, mi, m, M, nullptr, rp, tp, cp, rr, tt, cc)
-                 : v4::sums<true, false, false>(s, ld, nr, n, mi, m, M, nullptr, rp, tp, cp, rr, tt, cc);
-  for (int64_t j = 0; j < n; j += 16) {  // work[j] = e^{M - m_j}
+    return flush ? v4::sums<true, false, true>(s, ld, nr, n, mi, m, M, nullptr, nullptr, rp, tp, cp, rr, tt, cc)
+                 : v4::sums<true, false, false>(s, ld, nr, n, mi, m, M, nullptr, nullptr, rp, tp, cp, rr, tt, cc);
+  float *b = work, *a = work + n;  // e^{M - m_j}, e^{m_i - M}
+  const __m512 Mv = _mm512_set1_ps(M);
+  for (int64_t j = 0; j < n; j += 16) {
     const __mmask16 k = v4::lanes(n - j);
-    const __m512 d = _mm512_sub_ps(_mm512_set1_ps(M), _mm512_maskz_loadu_ps(k, m + j));
-    _mm512_mask_storeu_ps(work + j, k, v4::exp_where(0xFFFF, d));
+    _mm512_mask_storeu_ps(b + j, k, v4::exp_where(0xFFFF, _mm512_sub_ps(Mv, _mm512_maskz_loadu_ps(k, m + j))));
+  }
+  for (int64_t i = 0; i < nr; i += 16) {
+    const __mmask16 k = v4::lanes(nr - i);
+    _mm512_mask_storeu_ps(a + i, k, v4::exp_where(0xFFFF, _mm512_sub_ps(_mm512_maskz_loadu_ps(k, mi + i), Mv)));
   }
   if (flush)
-    v4::sums<true, true, true>(s, ld, nr, n, mi, m, M, work, rp, tp, cp, rr, tt, cc);
+    v4::sums<true, true, true>(s, ld, nr, n, mi, m, M, b, a, rp, tp, cp, rr, tt, cc);
   else
-    v4::sums<true, true, false>(s, ld, nr, n, mi, m, M, work, rp, tp, cp, rr, tt, cc);
+    v4::sums<true, true, false>(s, ld, nr, n, mi, m, M, b, a, rp, tp, cp, rr, tt, cc);
 }
 
 QSATTN_V4 static float probe_pass_v4(const float* x, int64_t n) {  // n: a multiple of 16

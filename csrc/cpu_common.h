@@ -73,7 +73,7 @@ void row_col_max(const float* s, int64_t nr, int64_t nc, float* rm, float* m);
 void row_col_max(const double* s, int64_t nr, int64_t nc, double* rm, double* m);
 // The nr rows of a tile s (row stride ld, n columns), both ways: r[i], t[i], c[i] as exp_sums gives them
 // for row i with max mi[i], and added to rr[j], tt[j], cc[j] the terms of column j against its max m[j]
-// (one load of each logit for its two terms). work: n scratch values; lower: a lower bound of the tile's
+// (one load of each logit for its two terms). work: n + nr scratch values; lower: a lower bound of the tile's
 // logits (-inf if none is known), which may spare the flush's test.
 void row_col_exp_sums(const float* s, int64_t ld, int64_t nr, int64_t n, const float* mi, const float* m, float* r,
                       float* t, float* c, float* rr, float* tt, float* cc, float* work, float lower);
@@ -183,7 +183,7 @@ void merge_columns(EntropyState<double>* cols, const double* m, const double* rr
 // columns into cols[0..nc) (column j holds logits of row cols[j]), with one pass for the exp sums of both
 // (row_col_exp_sums). With cols, rm and m are the tile's row and column maxima (as row_col_max or
 // small_logits give them) and lower a lower bound of its logits (-inf if none is known); without, they are
-// not read. scratch: 4 nr + 4 nc elements.
+// not read. scratch: 5 nr + 4 nc elements.
 template <typename T>
 void fold_tile(const T* s, int64_t nr, int64_t nc, const T* rm, const T* m, T lower, EntropyState<T>* rows,
                EntropyState<T>* cols, T* scratch) {
