@@ -54,6 +54,7 @@ def worker(cfg: dict) -> dict:
     """harness.workload(backend, "<op>_<mode>") timed step by step, each step followed by the matmul and
     exp rates measured right after it."""
     what, dev = f"{cfg['op']}_{cfg['mode']}", cfg["device"]
+    set_cpu_level(cfg.get("cpu_level"))
     fn = harness.workload(cfg["backend"], what, k=cfg["k"])
     harness.runner(fn, *harness.inputs(what, cfg["C"], 8, cfg["B"], dev, cfg["backward"]), cfg["backward"])()  # initialisation
     run = harness.runner(fn, *harness.inputs(what, cfg["C"], cfg["H"], cfg["B"], dev, cfg["backward"]),
@@ -66,6 +67,15 @@ def worker(cfg: dict) -> dict:
         rates.append(harness.matmul_gflops(dev, repeats=1))   # the rates right after this step
         exp_rates.append(harness.exp_gexps(dev, repeats=1))
     return dict(peak_extra_bytes=peak, times_s=times, matmul_gflops_paired=rates, exp_gexps_paired=exp_rates)
+
+
+def set_cpu_level(level):
+    """Runs the native CPU loops (and the exp probe) at instruction-set level ``level`` (0 x86-64, 1 -v3,
+    2 -v4; None: the detected one)."""
+    if level is not None:
+        from qsattn_fast import _C
+        if _C.set_cpu_level(level) != level:
+            raise SystemExit(f"--cpu-level {level}: this CPU runs at most level {_C.set_cpu_level(-1)}")
 
 
 # ---------------------------------------------------------------- driver
@@ -94,6 +104,9 @@ def main(argv=None) -> int:
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--budget", type=float, default=20.0, help="seconds per measurement after 2 repeats")
     ap.add_argument("--out", help="JSON path (default benchmarks/results/report-<device>-<date>.json)")
+    ap.add_argument("--cpu-level", type=int, choices=[0, 1, 2],
+                    help="run the native CPU loops at x86-64 (0), -v3 = AVX2 (1) or -v4 = AVX-512 (2) "
+                         "instead of the detected level, to compare them on one machine")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
@@ -105,6 +118,7 @@ def main(argv=None) -> int:
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     shapes = args.shapes or [parse_shape(s) for s in (QUICK_SHAPES if args.quick else DEFAULT_SHAPES)]
     names = args.backends or harness.peers(device)
+    set_cpu_level(args.cpu_level)
     env = harness.environment(device)
     rate_before, exp_before = harness.matmul_gflops(device), harness.exp_gexps(device)
     rows = []
@@ -113,7 +127,8 @@ def main(argv=None) -> int:
             if harness.workload(name, f"{args.op}_{shape['mode']}") is not None]
     for shape, name, backward in todo:
         cfg = dict(shape, op=args.op, backend=name, device=device, backward=backward,
-                   k=min(args.k, shape["N"]), repeats=args.repeats, budget_s=args.budget)
+                   k=min(args.k, shape["N"]), repeats=args.repeats, budget_s=args.budget,
+                   cpu_level=args.cpu_level)
         print(f"[{len(rows) + 1}/{len(todo)}] {shape['mode']} C={shape['C']} N={shape['N']} B={shape['B']} "
               f"{name} {'fwd+bwd' if backward else 'fwd'}", file=sys.stderr, flush=True)
         res = run_one(cfg)
