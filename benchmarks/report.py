@@ -107,10 +107,15 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu-level", type=int, choices=[0, 1, 2],
                     help="run the native CPU loops at x86-64 (0), -v3 = AVX2 (1) or -v4 = AVX-512 (2) "
                          "instead of the detected level, to compare them on one machine")
+    ap.add_argument("--plot", metavar="JSON", help="only draw the time/memory figure of a report's JSON (beside it, .png)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
+        return 0
+    if args.plot:
+        from qsattn_fast.train.viz import redraw
+        print(f"wrote {redraw(args.plot, lambda data, png: plot(data['results'], data['environment'], png))}")
         return 0
 
     import torch
@@ -152,8 +157,43 @@ def main(argv=None) -> int:
     with open(out, "w") as fh:
         json.dump(dict(environment=env, results=rows), fh, indent=1)
     print(table(rows, env))
-    print(f"\nwrote {out}")
+    png = os.path.splitext(out)[0] + ".png"
+    plot(rows, env, png)
+    print(f"\nwrote {out} and {png}")
     return 0
+
+
+def plot(rows: list[dict], env: dict, path: str) -> None:
+    """Time and extra peak memory against N, log-log, one line per backend, mode, C and B (fwd+bwd where
+    measured, else fwd): the reference is the released code's footprint. Written to ``path`` as PNG."""
+    from qsattn_fast.train.viz import figure, save_figure
+    lines: dict[tuple, list] = {}
+    for r in rows:
+        if "median_s" in r:
+            lines.setdefault((r["backend"], r["mode"], r["C"], r["B"]), {})[(r["N"], r["backward"])] = r
+    fig, axes = figure(1, 2, panel=(5.2, 4.0))
+    styles = {}
+    for (name, mode, C, B), pts in sorted(lines.items()):
+        back = any(bw for _, bw in pts)
+        ns = sorted(n for n, bw in pts if bw == back)
+        style = styles.setdefault(name, f"C{len(styles)}")
+        single = len(ns) == 1    # one shape of this kind: a marker of its own, no line
+        marker = {"global": "D", "local": "s", "local_global": "^"}[mode] if single else "o"
+        kw = dict(color=style, marker=marker, markersize=7 if single else 3.5, linestyle="none" if single else "-",
+                  label=f"{name}, {mode}, C={C}" + (f", B={B}" if B > 1 else ""))
+        axes[0, 0].plot(ns, [pts[n, back]["median_s"] * 1e3 for n in ns], **kw)
+        axes[0, 1].plot(ns, [max(pts[n, back]["peak_extra_bytes"], 1) / 2**20 for n in ns], **kw)
+    what = "fwd+bwd" if any(r.get("backward") for r in rows) else "fwd"
+    for ax, label in zip(axes[0], (f"{what} time (ms)", "extra peak memory (MiB)")):
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("N = H x W positions")
+        ax.set_ylabel(label)
+        ax.grid(alpha=0.3, which="both")
+    axes[0, 0].legend(fontsize="x-small")
+    fig.suptitle(f"{env['device_name']} ({env['torch_threads']} threads), torch {env['torch']}: "
+                 f"{rows[0]['op'] if rows else ''}", fontsize="medium")
+    save_figure(fig, path)
 
 
 def table(rows: list[dict], env: dict) -> str:

@@ -32,13 +32,13 @@ import sys
 import time
 
 import torch
-from PIL import Image, ImageDraw
 
 from bench_train_step import interleaved_times
 from harness import environment
 from qsattn_fast.train import options
 from qsattn_fast.train.data import synthetic_pair
 from qsattn_fast.train.trainer import build_model
+from qsattn_fast.train.viz import figure, redraw, save_figure
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = {
@@ -218,37 +218,21 @@ def table(summary) -> str:
     return head + "\n".join(rows)
 
 
-def plot(runs, summary, path, size=(1800, 420)):
-    """One panel per measure (last epoch): each configuration's seeds as dots over its mean bar."""
-    img = Image.new("RGB", size, (255, 255, 255))
-    draw = ImageDraw.Draw(img)
+def plot(runs, summary, path):
+    """One panel per measure at the last epoch: each configuration's mean over seeds as a bar, its seeds
+    as dots; written to ``path`` as PNG (matplotlib)."""
     configs = list(summary)
-    pw = size[0] // len(MEASURES)
-    top, bottom, left = 30, 110, 50
-    for p, (m, hint) in enumerate(MEASURES):
-        x_off = p * pw
-        vals = [r["evals"][-1][m] for r in runs.values()]
-        y1 = max(vals) * 1.1 + 1e-12
-        ph = size[1] - top - bottom
-        draw.text((x_off + left, 8), f"{m} ({hint})", fill=(0, 0, 0))
-        draw.rectangle((x_off + left, top, x_off + pw - 10, top + ph), outline=(0, 0, 0))
-        for t in range(5):
-            v = y1 * t / 4
-            y = top + ph - v / y1 * ph
-            draw.text((x_off + 4, y - 6), f"{v:.2g}", fill=(0, 0, 0))
-        bw = (pw - left - 10) / len(configs)
+    fig, axes = figure(1, len(MEASURES), panel=(3.2, 3.4))
+    for ax, (m, hint) in zip(axes[0], MEASURES):
+        ax.bar(range(len(configs)), [summary[c]["last"][m]["mean"] for c in configs], color="C0", alpha=0.35)
         for i, c in enumerate(configs):
-            cx = x_off + left + bw * (i + 0.5)
-            mean = summary[c]["last"][m]["mean"]
-            draw.rectangle((cx - bw * 0.3, top + ph - mean / y1 * ph, cx + bw * 0.3, top + ph), fill=(190, 210, 235))
-            for r in runs.values():
-                if r["config"] == c:
-                    y = top + ph - r["evals"][-1][m] / y1 * ph
-                    draw.ellipse((cx - 3, y - 3, cx + 3, y + 3), fill=(31, 119, 180))
-            for j, part in enumerate(c.split("_")):
-                draw.text((cx - bw * 0.45, top + ph + 6 + 12 * j), part, fill=(0, 0, 0))
-    draw.text((left, size[1] - 18), "at the last epoch; dots: seeds, bars: mean over seeds", fill=(0, 0, 0))
-    img.save(path)
+            seeds = [r["evals"][-1][m] for r in runs.values() if r["config"] == c]
+            ax.plot([i] * len(seeds), seeds, "o", color="C0", markersize=4)
+        ax.set_xticks(range(len(configs)), configs, rotation=60, ha="right", fontsize="small")
+        ax.set_title(f"{m}\n({hint})", fontsize="medium")
+        ax.grid(axis="y", alpha=0.3)
+    fig.suptitle("at the last epoch: bars the mean over seeds, dots the seeds")
+    save_figure(fig, path)
 
 
 def parse(argv=None):
@@ -262,11 +246,15 @@ def parse(argv=None):
     p.add_argument("--timing_rounds", type=int, default=5, help="interleaved rounds of the step-time measurement")
     p.add_argument("--runs", default=os.path.join(HERE, "study-runs"), help="folder of the runs")
     p.add_argument("--out", default=os.path.join(HERE, "results", f"study-synthetic-cpu-{date}.json"))
+    p.add_argument("--replot", metavar="JSON", help="only redraw the PNG beside a study's JSON")
     return p.parse_args(argv)
 
 
 def main(argv=None):
     args = parse(argv)
+    if args.replot:
+        print(f"study: wrote {redraw(args.replot, lambda data, png: plot(data['runs'], data['summary'], png))}")
+        return None
     date = datetime.date.today().isoformat()
     if len(args.seeds) < 2:
         print("study: one seed gives no spread; use several for conclusions", file=sys.stderr)

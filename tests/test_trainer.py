@@ -152,12 +152,14 @@ def test_demo_path_tiny(tmp_path, capsys):
         assert {f"{which}_net_G.pth", f"{which}_net_F.pth", f"{which}_net_D.pth", f"{which}_state.pth"} <= names
     assert {"loss_log.jsonl", "loss_plot.png", "opt.json", "eval_log.jsonl"} <= names
     samples = sorted(os.listdir(run / "samples"))
-    assert len(samples) == 4  # steps 2, 4, 6 of 6, and the test translations after the last epoch
-    grid = Image.open(run / "samples" / samples[-2])
+    assert len(samples) == 5  # steps 2, 4, 6 of 6, and the selection and test translations after the last epoch
+    grid = Image.open(run / "samples" / samples[-3])
     assert grid.size == (4 * 130 + 2, 20 + 130 + 2)  # real A | fake B | real B | idt B: 32 px x 4, 2-px gaps, header
     assert samples[-1] == "test_epoch002.png"
     assert Image.open(run / "samples" / samples[-1]).size == (3 * 130 + 2, 20 + 5 * 130 + 2)  # 5 items, 3 columns
-    assert Image.open(run / "loss_plot.png").size == (800, 450)
+    assert samples[-2] == "selection_epoch002.png"   # image | global entropy, for layers 12 and 16
+    assert Image.open(run / "samples" / samples[-2]).size == (2 * 420, 2 * 360)
+    assert Image.open(run / "loss_plot.png").size == (1200, 300)   # D, G and NCE losses
     assert json.load(open(run / "opt.json"))["model"] == "qs"
     out = capsys.readouterr().out
     assert "done" in out and "held-out test split (5 synthetic pairs, 32x32) after epoch 2" in out
@@ -431,3 +433,30 @@ def test_a_log_file_gets_one_line_per_logged_step_not_progress_bars(tmp_path, ca
     assert [line.split()[3] for line in lines] == ["1", "2", "4", "6", "8"]      # steps 1, then every 2 images
     assert lines[0].startswith("epoch 1/2 step 1 (1/4)") and "G_GAN" in lines[0] and "NCE" in lines[0]
     assert len(read_log(tmp_path / "run")) == 5
+
+
+def test_tensorboard_logs_losses_evaluations_and_pictures(tmp_path):
+    """--tensorboard (qs, an evaluation after the last epoch): every logged loss and the learning rate per
+    step, the evaluation's numbers, the sample grid, the test grid and the selection picture."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    argv = tiny(tmp_path, "--model", "qs", "--tensorboard", "--eval_freq", "2", "--eval_num_test", "3",
+                "--eval_metrics", "synthetic", "--display_freq", "4")
+    assert trainer.main(argv) == 0
+    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    tags = acc.Tags()
+    logged = read_log(tmp_path / "run")
+    assert {f"loss/{k}" for k in logged[0]["losses"]} | {"lr"} <= set(tags["scalars"])
+    assert [e.step for e in acc.Scalars("loss/G_GAN")] == [r["step"] for r in logged]
+    assert np.allclose([e.value for e in acc.Scalars("loss/NCE")], [r["losses"]["NCE"] for r in logged])
+    assert {"eval/shape_iou", "eval/background_error"} <= set(tags["scalars"])
+    assert {"samples", "test translations", "selection"} <= set(tags["images"])
+    assert (tmp_path / "run" / "samples" / "selection_epoch002.png").exists()
+
+
+def test_tensorboard_without_the_package_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)   # import fails as if not installed
+    assert trainer.main(tiny(tmp_path, "--tensorboard")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "qsattn-train: error: --tensorboard needs the tensorboard package: pip install tensorboard"
+    assert not (tmp_path / "run" / "opt.json").exists()

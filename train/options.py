@@ -22,7 +22,7 @@ MODEL_DEFAULTS = {
     "cycle_gan": dict(),
 }
 
-# The README's demo (docs/demo.md): the synthetic recolour task, 48x48 crops, small networks, QS-Attn
+# The demo (docs/demo.md): the synthetic recolour task, 48x48 crops, small networks, QS-Attn
 # (global), 1100 steps, then the 100 held-out pairs are evaluated (eval_freq = the last epoch).
 # normG none: an instance-normalised generator cannot see an image's global colour offset (each channel's
 # mean and scale are normalised away after the first conv); without norms the generator keeps the
@@ -131,7 +131,7 @@ def build_parser() -> Parser:
     g.add_argument("--qs_window", type=int, default=7, help="local attention window")
     _bool(g, "--qs_detach_attention", "build the attention from detached source features: the source encoder "
           "gets no gradient through the attention rows (off: the paper's and the released code's semantics; "
-          "on: a cheaper step, see the README)", default=False)
+          "on: a cheaper step, see docs/performance.md)", default=False)
     g = p.add_argument_group("CycleGAN (--model cycle_gan)")
     g.add_argument("--lambda_A", type=float, default=10.0, help="weight of the cycle loss |G_B(G_A(A)) - A|")
     g.add_argument("--lambda_B", type=float, default=10.0, help="weight of the cycle loss |G_A(G_B(B)) - B|")
@@ -178,6 +178,8 @@ def build_parser() -> Parser:
     g.add_argument("--save_latest_freq", type=int, default=5000, help="save latest_net_*.pth every this many images")
     g.add_argument("--display_freq", type=int, default=400, help="write a sample grid and the loss plot every this many images")
     g.add_argument("--print_freq", type=int, default=100, help="log losses every this many images")
+    _bool(g, "--tensorboard", "also log losses, learning rate, evaluations, sample grids and (qs) the selection "
+          "picture to <checkpoints_dir>/<name>/tensorboard (needs the tensorboard package)", default=False)
     g.add_argument("--max_steps", type=int, default=0, help="stop after this many steps in total (0: no limit)")
     g = p.add_argument_group("evaluation (qsattn-eval's metrics on the test split during training)")
     g.add_argument("--eval_freq", type=int, default=0,

@@ -11,8 +11,10 @@ code's ties, see :meth:`.model.CUTModel.selection_stats`); with
 ``--eval_freq N``: ``eval_log.jsonl`` (the test split's metrics every N epochs and after the last, see
 :class:`.evaluation.TestSetEvaluator`), ``samples/test_epoch<N>.png`` (the first 8 test translations),
 ``eval_best.json`` and ``best_net_G.pth`` (cycle_gan: ``best_net_G_A.pth``; the epoch with the lowest
-primary metric: papers report the best epoch, the last one is in the log); the last evaluation's
-numbers are printed at the end.
+primary metric: papers report the best epoch, the last one is in the log), and for ``--model qs``
+``samples/selection_epoch<N>.png`` (QS-Attn's selection on the first test image, :mod:`.viz`); the last
+evaluation's numbers are printed at the end. ``--tensorboard``: the same losses, learning rate,
+evaluations and pictures under ``tensorboard/``.
 
 Resume exactness: data order and augmentation depend only on (seed, epoch, position) (see
 :mod:`.data`); the learning rate only on the epoch; flips (cut/fastcut/qs) and the image pools' draws
@@ -39,14 +41,14 @@ import torch.distributed as dist
 
 from . import checkpoint as ckpt
 from .cycle_gan import CycleGANModel
-from .data import EpochSampler, SyntheticDataset, UnalignedDataset
+from .data import EpochSampler, SyntheticDataset, UnalignedDataset, dequantize
 from .device import pick_device
 from .evaluation import TestSetEvaluator, jsonable
 from .cli import one_line_errors
 from .model import CUTModel
 from .metrics import MEANINGS
 from .options import DEMO_TARGETS, parse
-from .viz import plot_losses, save_grid
+from .viz import plot_losses, plot_selection, save_grid, selection_maps
 
 LOG_NAME = "loss_log.jsonl"
 EVAL_LOG = "eval_log.jsonl"
@@ -89,6 +91,15 @@ def _set_rng_state(state, device):
         torch.cuda.set_rng_state(state["cuda"][0], device)
 
 
+def open_tensorboard(log_dir: str):
+    """A TensorBoard writer into ``log_dir``; ValueError (one line) when the tensorboard package is missing."""
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError as e:
+        raise ValueError("--tensorboard needs the tensorboard package: pip install tensorboard") from e
+    return SummaryWriter(log_dir)
+
+
 class Trainer:
     """Builds everything from the parsed options and runs the epochs (:meth:`run`)."""
 
@@ -109,6 +120,7 @@ class Trainer:
         self.save_dir = os.path.join(opt.checkpoints_dir, opt.name)
         self.log_path = os.path.join(self.save_dir, LOG_NAME)
         self.dataset = make_dataset(opt)   # validates the data (and the evaluation's) before anything is written
+        self.board = open_tensorboard(os.path.join(self.save_dir, "tensorboard")) if opt.tensorboard and self.rank == 0 else None
         self.evaluator, self.best, self.last_eval = None, None, None
         if self.rank == 0 and opt.eval_freq > 0:
             self.evaluator = TestSetEvaluator(opt, self.device, log=lambda m: print(m, file=sys.stderr))
@@ -181,7 +193,19 @@ class Trainer:
                "losses": {k: float(v) for k, v in losses.items()}}
         with open(self.log_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
+        if self.board is not None:
+            for k, v in rec["losses"].items():
+                self.board.add_scalar(f"loss/{k}", v, self.step)
+            self.board.add_scalar("lr", lr, self.step)
         return rec
+
+    def _board_image(self, tag, path):
+        """The PNG at ``path`` (a sample grid, the selection picture) to TensorBoard, if it is on."""
+        if self.board is not None:
+            import numpy as np
+            from PIL import Image
+            with Image.open(path) as img:
+                self.board.add_image(tag, np.asarray(img.convert("RGB")), self.step, dataformats="HWC")
 
     def write_plot(self):
         with open(self.log_path) as f:
@@ -267,6 +291,8 @@ class Trainer:
         finally:
             if previous is not None:
                 signal.signal(signal.SIGINT, previous)
+            if self.board is not None:
+                self.board.close()
 
     def _batches(self, loader):
         """The loader's batches; a data error (an image that verified but does not decode) saves the
@@ -310,11 +336,35 @@ class Trainer:
                     json.dump(rec, f, indent=1)
             self.last_eval = rec, os.path.join(self.save_dir, "samples", f"test_epoch{epoch:03d}.png")
             self.evaluator.save_grid(self.last_eval[1])
+            self._board_image("test translations", self.last_eval[1])
+            if self.opt.model == "qs":
+                self.save_selection(epoch)
+            if self.board is not None:
+                for k, v in numbers.items():
+                    if isinstance(v, float):
+                        self.board.add_scalar(f"eval/{k}", v, self.step)
             shown = ", ".join(f"{k} {v:.4g}" for k, v in numbers.items() if isinstance(v, float))
             print(f"qsattn-train: eval epoch {epoch}: {shown} (best {primary}: epoch {self.best['epoch']})",
                   file=sys.stderr)
         if self.world > 1:
             dist.barrier()
+
+    @torch.no_grad()
+    def save_selection(self, epoch):
+        """samples/selection_epochNNN.png: QS-Attn's selection (train/viz.py, the paper's Figure 2) on the
+        first test image, per QS layer, through G's encoder in eval mode."""
+        opt, net = self.opt, self.model.netG
+        layers = [opt.nce_layers_list[i] for i in sorted(self.model.netF.qs_positions(len(opt.nce_layers_list)))]
+        x = dequantize(self.evaluator.sources[:1]).to(self.device)
+        was = net.training
+        net.eval()
+        try:
+            maps = selection_maps(net, x, layers, opt.qs_mode, opt.num_patches, opt.qs_window, opt.qs_backend)
+        finally:
+            net.train(was)
+        path = os.path.join(self.save_dir, "samples", f"selection_epoch{epoch:03d}.png")
+        plot_selection(x[0], maps, path, title=f"epoch {epoch}: QS-Attn's selection ({opt.qs_mode}) on test image 0")
+        self._board_image("selection", path)
 
     def _print_summary(self):
         """After the last epoch: the held-out measures of the last evaluation, what they mean, and the
@@ -349,8 +399,9 @@ class Trainer:
                       file=sys.stderr, flush=True)
         if self._every(opt.display_freq):
             visuals = self.model.visuals()
-            save_grid([t[:4] for t in visuals.values()], os.path.join(self.save_dir, "samples",
-                      f"epoch{self.epoch:03d}_step{self.step:07d}.png"), list(visuals))
+            grid = os.path.join(self.save_dir, "samples", f"epoch{self.epoch:03d}_step{self.step:07d}.png")
+            save_grid([t[:4] for t in visuals.values()], grid, list(visuals))
+            self._board_image("samples", grid)
             self.write_plot()
         if self._every(opt.save_latest_freq):
             self.save("latest")

@@ -1,20 +1,50 @@
-"""PNG outputs of the trainer, drawn with Pillow: sample grids and the loss-curve plot."""
+"""Pictures of the trainer and of QS-Attn: sample grids (Pillow), the loss curves and the selection figure
+(matplotlib), and ``qsattn-viz``, which draws the selection figure of a generator checkpoint for images.
+
+The selection figure is the paper's Figure 2 for any image: per QS layer, the image with the k queries
+QS-Attn selects marked, and the row-entropy heat map of the layer's source attention (for
+``local_global`` both the local entropy, which selects, and the global one), computed by the package's
+own backends, so that every layer runs at full resolution.
+"""
 from __future__ import annotations
 
+import json
+import math
 import os
 
+import torch
 from PIL import Image, ImageDraw, ImageFont
 
 from .data import to_image
-
-COLOURS = ((31, 119, 180), (255, 127, 14), (44, 160, 44), (214, 39, 40), (148, 103, 189), (140, 86, 75),
-           (227, 119, 194), (127, 127, 127))
 
 
 def _save_png(img: Image.Image, path: str) -> None:
     tmp = f"{path}.tmp{os.getpid()}.png"
     img.save(tmp)
     os.replace(tmp, path)
+
+
+def save_figure(fig, path: str) -> None:
+    """Writes a matplotlib figure to ``path`` as PNG, atomically (a reader never sees half a file)."""
+    tmp = f"{path}.tmp{os.getpid()}.png"
+    fig.savefig(tmp, dpi=100, format="png")
+    os.replace(tmp, path)
+
+
+def redraw(json_path: str, draw) -> str:
+    """The PNG beside a results JSON (same name, .png), drawn anew by ``draw(data, png_path)``; its path."""
+    with open(json_path) as f:
+        data = json.load(f)
+    png = os.path.splitext(json_path)[0] + ".png"
+    draw(data, png)
+    return png
+
+
+def figure(rows: int, cols: int, panel=(4.0, 3.0)):
+    """A matplotlib Figure of rows x cols panels, without pyplot (no global state, no display)."""
+    from matplotlib.figure import Figure
+    fig = Figure(figsize=(panel[0] * cols, panel[1] * rows), layout="constrained")
+    return fig, fig.subplots(rows, cols, squeeze=False)
 
 
 def tile_scale(h: int, w: int, min_tile: int) -> int:
@@ -41,46 +71,180 @@ def save_grid(columns, path: str, labels=None, pad: int = 2, min_tile: int = 128
     _save_png(grid, path)
 
 
-def plot_losses(records, path: str, size=(800, 450)) -> None:
-    """Loss curves (x: step, y: loss, one coloured line per loss name) of ``records`` (dicts with a
-    ``step`` and float losses under ``losses``) as a PNG with axes, ticks and a legend."""
-    width, height = size
-    left, right, top, bottom = 60, 130, 20, 40
-    img = Image.new("RGB", size, (255, 255, 255))
-    draw = ImageDraw.Draw(img)
-    names = sorted({n for r in records for n in r["losses"]})
-    steps = [r["step"] for r in records]
-    values = [v for r in records for v in r["losses"].values()]
-    if not records or not values:
-        draw.text((left, top), "no losses yet", fill=(0, 0, 0))
-        _save_png(img, path)
-        return
-    x0, x1 = min(steps), max(max(steps), min(steps) + 1)
-    y0, y1 = min(0.0, min(values)), max(values) * 1.05 + 1e-12
-    pw, ph = width - left - right, height - top - bottom
+# ---------------------------------------------------------------- loss curves
+def loss_families(names) -> dict[str, list[str]]:
+    """Loss names grouped by family, the part before the first underscore (G_GAN and G: G; D_real and
+    D_fake: D; NCE and NCE_Y: NCE; CycleGAN's cycle_A and cycle_B: cycle), families and names sorted."""
+    out: dict[str, list[str]] = {}
+    for name in sorted(names):
+        out.setdefault(name.split("_")[0], []).append(name)
+    return dict(sorted(out.items()))
 
-    def xy(step, v):
-        return left + (step - x0) / (x1 - x0) * pw, top + (1 - (v - y0) / (y1 - y0)) * ph
 
-    draw.rectangle((left, top, left + pw, top + ph), outline=(0, 0, 0))
-    for t in range(5):
-        v = y0 + (y1 - y0) * t / 4
-        y = xy(x0, v)[1]
-        draw.line((left - 4, y, left, y), fill=(0, 0, 0))
-        draw.text((4, y - 6), f"{v:.3g}", fill=(0, 0, 0))
-        s = x0 + (x1 - x0) * t / 4
-        x = xy(s, y0)[0]
-        draw.line((x, top + ph, x, top + ph + 4), fill=(0, 0, 0))
-        draw.text((x - 10, top + ph + 8), f"{s:.0f}", fill=(0, 0, 0))
-    draw.text((left + pw // 2 - 10, height - 16), "step", fill=(0, 0, 0))
-    for k, name in enumerate(names):
-        colour = COLOURS[k % len(COLOURS)]
-        pts = [xy(r["step"], r["losses"][name]) for r in records if name in r["losses"]]
-        if len(pts) > 1:
-            draw.line(pts, fill=colour, width=2)
-        elif pts:
-            draw.ellipse((pts[0][0] - 2, pts[0][1] - 2, pts[0][0] + 2, pts[0][1] + 2), fill=colour)
-        ly = top + 16 * k
-        draw.line((left + pw + 10, ly + 6, left + pw + 30, ly + 6), fill=colour, width=3)
-        draw.text((left + pw + 36, ly), name, fill=(0, 0, 0))
-    _save_png(img, path)
+def smooth(values, weight: float) -> list[float]:
+    """Exponential moving average with debiasing (as TensorBoard's smoothing): s_t = sum_{i<=t}
+    weight^(t-i) (1 - weight) v_i / (1 - weight^(t+1))."""
+    out, acc = [], 0.0
+    for t, v in enumerate(values):
+        acc = weight * acc + (1 - weight) * v
+        out.append(acc / (1 - weight ** (t + 1)))
+    return out
+
+
+def plot_losses(records, path: str) -> None:
+    """Loss curves of ``records`` (dicts with a ``step`` and float losses under ``losses``), one panel per
+    loss family (:func:`loss_families`): each loss raw (thin) and smoothed (:func:`smooth`, over about a
+    twentieth of the points), against the step, as a PNG."""
+    families = loss_families({n for r in records for n in r["losses"]})
+    cols = min(3, max(1, len(families)))
+    fig, axes = figure(max(1, math.ceil(len(families) / cols)), cols)
+    weight = 1 - 1 / max(1.0, len(records) / 20)
+    for ax in axes.flat[len(families):]:
+        ax.set_axis_off()
+    if not families:
+        axes[0, 0].text(0.5, 0.5, "no losses yet", ha="center", va="center", transform=axes[0, 0].transAxes)
+    for ax, (family, names) in zip(axes.flat, families.items()):
+        for k, name in enumerate(names):
+            pts = [(r["step"], r["losses"][name]) for r in records if name in r["losses"]]
+            steps, values = [p[0] for p in pts], [p[1] for p in pts]
+            colour = f"C{k}"
+            ax.plot(steps, values, color=colour, alpha=0.3, linewidth=0.8)
+            ax.plot(steps, smooth(values, weight), color=colour, linewidth=1.8, label=name)
+        ax.set_title(f"{family} losses")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize="small")
+    save_figure(fig, path)
+
+
+# ---------------------------------------------------------------- QS-Attn's selection
+@torch.no_grad()
+def selection_maps(net, image: torch.Tensor, layers, mode: str = "global", k: int = 256, window: int = 7,
+                   backend: str = "auto") -> dict:
+    """QS-Attn's selection on ``image`` (1, 3, H, W) in [-1, 1] through generator ``net``'s encoder, per
+    NCE layer id of ``layers``: {"shape": (h, w), "entropy": {"global"/"local": (h*w,) row entropies},
+    "selected_by": the entropy that selects ("local" for local_global), "picked": the min(k, h*w)
+    lowest-entropy rows (flat indices n = y*w + x, ascending entropy)}."""
+    import qsattn_fast as qs
+    sel = "global" if mode == "global" else "local"
+    feats = net(image, list(layers), encode_only=True)
+    out = {}
+    for layer, f in zip(layers, feats):
+        f = f.float()
+        ent = {sel: qs.attention_entropy(f, sel, window, backend=backend, check_finite=False)[0]}
+        if mode == "local_global":
+            ent["global"] = qs.attention_entropy(f, "global", window, backend=backend, check_finite=False)[0]
+        picked = qs.select_queries(ent[sel][None], min(k, f.shape[2] * f.shape[3]), backend=backend)[0]
+        out[layer] = {"shape": tuple(f.shape[2:]), "entropy": {n: e.cpu() for n, e in ent.items()},
+                      "selected_by": sel, "picked": picked.cpu()}
+    return out
+
+
+def plot_selection(image: torch.Tensor, maps: dict, path: str, title: str | None = None):
+    """The selection figure of :func:`selection_maps`' ``maps`` for ``image`` (3, H, W) in [-1, 1]: a row
+    per layer, the image with the selected queries marked, then each entropy as a heat map over the image
+    (colour bar in nats; the selecting one with the queries marked too), each panel titled with the layer,
+    N and k; written to ``path`` as PNG. Returns the matplotlib Figure."""
+    img = (image.detach().float().cpu().clamp(-1, 1) + 1) / 2
+    H, W = img.shape[1:]
+    cols = 1 + max(len(m["entropy"]) for m in maps.values())
+    fig, axes = figure(len(maps), cols, panel=(4.2, 3.6))
+    if title:
+        fig.suptitle(title)
+    for row, (layer, m) in zip(axes, maps.items()):
+        h, w = m["shape"]
+        n, k = h * w, len(m["picked"])
+        ys, xs = (m["picked"] // w).numpy(), (m["picked"] % w).numpy()
+        px, py = (xs + 0.5) * W / w, (ys + 0.5) * H / h      # centres of the selected positions, in pixels
+
+        def mark(ax):
+            ax.scatter(px, py, s=14, facecolors="none", edgecolors="cyan", linewidths=0.9)
+
+        row[0].imshow(img.permute(1, 2, 0).numpy(), extent=(0, W, H, 0))
+        mark(row[0])
+        row[0].set_title(f"layer {layer}: the k = {k} of N = {h}x{w} = {n}\nqueries of lowest {m['selected_by']} entropy",
+                         fontsize="medium")
+        for ax, (name, e) in zip(row[1:], m["entropy"].items()):
+            im = ax.imshow(e.reshape(h, w).double().numpy(), cmap="magma", extent=(0, W, H, 0), interpolation="nearest")
+            if name == m["selected_by"]:
+                mark(ax)
+            fig.colorbar(im, ax=ax, shrink=0.85, label="row entropy (nats)")
+            ax.set_title(f"layer {layer}: {name} entropy, N = {n}, k = {k}", fontsize="medium")
+        for ax in row[1 + len(m["entropy"]):]:
+            ax.set_axis_off()
+        for ax in row:
+            ax.set_xticks([])
+            ax.set_yticks([])
+    save_figure(fig, path)
+    return fig
+
+
+def run_selection_options(checkpoint: str) -> dict:
+    """What a run's ``opt.json`` (beside the checkpoint's generator) says of QS-Attn: NCE layers, QS
+    layers (the last two NCE layers when it names none), mode, window and k; CUT's defaults without it."""
+    from .translate import resolve_checkpoint
+    folder = os.path.dirname(resolve_checkpoint(checkpoint))
+    opt_file = os.path.join(folder, "opt.json")
+    opt = {}
+    if os.path.isfile(opt_file):
+        with open(opt_file) as f:
+            opt = json.load(f)
+    nce = list(opt.get("nce_layers_list") or [0, 4, 8, 12, 16])
+    return {"nce_layers": nce, "qs_layers": list(opt.get("qs_layers_list") or nce[-2:]),
+            "mode": opt.get("qs_mode", "global"), "window": opt.get("qs_window", 7), "k": opt.get("num_patches", 256)}
+
+
+def build_parser():
+    from .cli import Parser, add_debug_flag
+    p = Parser(prog="qsattn-viz", description="QS-Attn's selection (the paper's Figure 2) for images: per QS "
+               "layer, the row-entropy heat map and the k lowest-entropy queries, through a generator's encoder.")
+    p.add_argument("inputs", nargs="+", help="image files or folders")
+    p.add_argument("--checkpoint", default=os.path.join("checkpoints", "demo"),
+                   help="generator file or experiment folder (ours or CUT's; default: the demo's)")
+    p.add_argument("--layers", help="NCE layer ids, e.g. 12,16, or all (default: the run's QS layers)")
+    p.add_argument("--mode", choices=["global", "local", "local_global"], help="default: the run's qs_mode")
+    p.add_argument("--k", type=int, help="queries to select (default: the run's num_patches)")
+    p.add_argument("--window", type=int, help="local window (default: the run's qs_window)")
+    p.add_argument("--size", type=int, default=256, help="images are resized to size x size (a multiple of 4)")
+    p.add_argument("--output", default=os.path.join("results", "selection"), help="folder for <name>_selection.png")
+    p.add_argument("--backend", default="auto", choices=["auto", "reference", "torch", "triton", "native"])
+    p.add_argument("--gpu_ids", default="auto", help="auto (a GPU if there is one), -1 (CPU) or a GPU id")
+    add_debug_flag(p)
+    return p
+
+
+def main(argv=None) -> int:
+    from .cli import one_line_errors
+    from .data import load_image, to_tensor
+    from .device import pick_device
+    from .translate import collect_inputs, load_generator
+    p = build_parser()
+    a = p.parse_args(argv)
+    if a.size % 4 or a.size < 8:
+        p.error(f"--size {a.size}: expected a multiple of 4, at least 8")
+    if a.k is not None and a.k < 1:
+        p.error(f"--k {a.k}: expected at least 1")
+    if a.layers is not None and a.layers.strip() != "all" and not all(x.strip().isdigit() for x in a.layers.split(",")):
+        p.error(f"--layers {a.layers!r}: expected comma-separated layer ids or all")
+
+    def work() -> int:
+        run = run_selection_options(a.checkpoint)
+        layers = sorted(set(run["qs_layers"] if a.layers is None else run["nce_layers"] if a.layers.strip() == "all"
+                            else [int(x) for x in a.layers.split(",")]))
+        mode, k, window = a.mode or run["mode"], a.k or run["k"], a.window or run["window"]
+        device = pick_device(a.gpu_ids)
+        net = load_generator(a.checkpoint).to(device)
+        bad = [i for i in layers if not 0 <= i < len(net.model)]
+        if bad:
+            raise ValueError(f"--layers {bad}: the generator has layers 0..{len(net.model) - 1}")
+        paths = collect_inputs(a.inputs)
+        os.makedirs(a.output, exist_ok=True)
+        for i, path in enumerate(paths):
+            x = to_tensor(load_image(path).resize((a.size, a.size), Image.BICUBIC))[None].to(device)
+            maps = selection_maps(net, x, layers, mode, k, window, a.backend)
+            out = os.path.join(a.output, os.path.splitext(os.path.basename(path))[0] + "_selection.png")
+            plot_selection(x[0], maps, out, title=f"{os.path.basename(path)}: QS-Attn's selection ({mode})")
+            print(f"[{i + 1}/{len(paths)}] {out}", flush=True)
+        return 0
+
+    return one_line_errors("qsattn-viz", work, a.debug)
