@@ -1,33 +1,38 @@
-"""One command for a GPU machine (H100/H200): build the CUDA extension, run the tests, run compute-sanitizer
-over every kernel, take the GPU report and the training-step times; each stage within a time budget.
+"""One command for a GPU machine (H100/H200) that fits a session's device time: build the CUDA extension,
+check every op on CUDA, run compute-sanitizer over every kernel, take the GPU report and the training-step
+times, in that order of priority, each stage's results written as soon as it ends.
 
-    python benchmarks/gpu_check.py --stage build test    # install for sm_90, check the CUDA ops, pytest
-    python benchmarks/gpu_check.py --stage sanitize      # memcheck, racecheck, synccheck, initcheck
-    python benchmarks/gpu_check.py --stage report step   # gpu_report.py; bench_train_step.py fp32 and bf16
-    python benchmarks/gpu_check.py --dry-run             # what it would run; touches neither GPU nor files
+    python benchmarks/gpu_check.py --all --budget 480     # everything, within 8 minutes (docs/gpu.md)
+    python benchmarks/gpu_check.py --stage report step    # a second, shorter command for what was cut
+    python benchmarks/gpu_check.py --all --dry-run        # the plan and its timeouts; touches neither GPU nor files
 
-Stages (default ``all``, in this order):
+Stages (``--all``, in this order):
   build     pip install --no-build-isolation --no-deps --no-index -e . with QSATTN_FORCE_CUDA=1,
-            TORCH_CUDA_ARCH_LIST=9.0, MAX_JOBS=<cpus>; then checks that every operator qsattn::<op>.native has a
-            CUDA kernel in qsattn_fast._C, and prints python -m qsattn_fast.info.
-  test      python -m pytest -q tests (CUDA visible), junit XML; counts and failing tests into the summary.
-  sanitize  benchmarks/gpu_sanitize_driver.py once plainly (it fails fast and warms Triton's cache), then under
-            compute-sanitizer --tool memcheck, racecheck, synccheck, initcheck, with
-            PYTORCH_NO_CUDA_MEMORY_CACHING=1 so that every tensor is its own allocation (out-of-bounds
-            accesses and uninitialised reads are then seen per tensor); per tool: exit code, the
-            "ERROR SUMMARY: n errors" count, the first error lines, the output's tail.
-  report    benchmarks/gpu_report.py at its defaults (S1-S5, every peer and precision), JSON.
-  step      benchmarks/bench_train_step.py --gpu_ids 0 (cut and qs with every available backend), fp32 and
-            --bf16, JSON.
+            TORCH_CUDA_ARCH_LIST=9.0, MAX_JOBS=<cpus> (ninja compiles the sources in parallel); then checks
+            that every operator qsattn::<op>.native has a CUDA kernel in qsattn_fast._C, and prints
+            python -m qsattn_fast.info.
+  test      the conformance suite on CUDA (tests/test_conformance.py: every op x backend against the
+            reference, opcheck, gradients), junit XML; counts and failing tests into the summary.
+  sanitize  benchmarks/gpu_sanitize_driver.py --smallest once plainly (it fails fast and compiles the Triton
+            kernels), then under compute-sanitizer --tool memcheck and racecheck (--tools adds synccheck,
+            initcheck), with PYTORCH_NO_CUDA_MEMORY_CACHING=1 so that every tensor is its own allocation;
+            per tool: exit code, the "ERROR SUMMARY: n errors" count, the first error lines, the tail. Where
+            the sanitizer refuses the device, that is recorded and the next stage runs.
+  report    benchmarks/gpu_report.py at S1 and S3, fp32-faithful (tf32x3; ieee for the other peers) and
+            bf16, JSON.
+  step      benchmarks/bench_train_step.py --gpu_ids 0 at 256x256: cut against qs (global, auto backend) on
+            the last two layers and on all five, with peak memory; then one 512x512 all-layer step with its
+            peak memory.
 
 Every command runs as a subprocess with a timeout (``--timeout NAME=SECONDS``), all within ``--budget``
-seconds for this invocation (default 570, under a 10-minute command limit); a command that no longer
-fits is skipped, and a failing stage never stops the next. Full logs go to files; stdout gets one line
-per command and a closing table. Output folder: ``--out``, else ``$OUT`` (what a GPU runner copies back),
-else benchmarks/results/gpu-check-<UTC date>; ``summary.json`` there (device, driver, versions, commit;
-per stage its commands, exit codes, seconds and key numbers) is merged with one already present, so the
-three commands above can share a folder. Exit status 0 when every stage run passed. nvidia-smi is only
-queried; nothing changes the GPU's settings.
+seconds for this invocation (default 480: 8 minutes of a 10-minute command limit, leaving the machine's
+start and the copy back); a command that no longer fits is skipped (the summary says so, and the table
+names the ``--stage`` command that runs what was cut), and a failing stage never stops the next. Full logs
+go to files; stdout gets one line per command and a closing table. Output folder: ``--out``, else ``$OUT``
+(what a GPU runner copies back), else benchmarks/results/gpu-check-<UTC date>; ``summary.json`` there
+(device, driver, versions, commit; per stage its commands, exit codes, seconds and key numbers) is written
+after every stage and merged with one already present, so several commands can share a folder. Exit
+status 0 when every stage run passed. nvidia-smi is only queried; nothing changes the GPU's settings.
 """
 from __future__ import annotations
 
@@ -52,11 +57,15 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 ROOT = os.path.dirname(HERE)
 PY = sys.executable
 STAGES = ("build", "test", "sanitize", "report", "step")
-TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
+TOOLS = ("memcheck", "racecheck")                 # the default ones; --tools may add the others
+ALL_TOOLS = ("memcheck", "racecheck", "synccheck", "initcheck")
 #: Seconds per command (--timeout NAME=SECONDS): build = pip install; plain = the driver without a sanitizer
-#: (it compiles the Triton kernels); tool = each compute-sanitizer tool; step = each precision.
-TIMEOUTS = {"build": 300, "test": 420, "plain": 180, "tool": 100, "report": 330, "step": 120}
-CHECK_S = 120                      # the build's op check and info
+#: (it compiles the Triton kernels); tool = each compute-sanitizer tool; step = the 256x256 comparison,
+#: step512 = the 512x512 all-layer step. With the op check and info (CHECK_S each, a few seconds in
+#: practice) the sum is about the default budget; a slow build pushes the last commands out, not the first.
+TIMEOUTS = {"build": 150, "test": 75, "plain": 45, "tool": 40, "report": 60, "step": 60, "step512": 45}
+BUDGET_S = 480
+CHECK_S = 30                       # the build's op check and info (an import each: seconds)
 MIN_STEP_S = 20                    # a command given less than this is skipped rather than started
 SANITIZER_ERROR_RC = 99            # compute-sanitizer's exit status when it found errors
 DRIVER = os.path.join("benchmarks", "gpu_sanitize_driver.py")
@@ -127,7 +136,7 @@ def find_tool(name: str):
 
 
 # ------------------------------------------------------------------ the stages' commands
-def plan(stage: str, out: str, timeouts: dict) -> list[Command]:
+def plan(stage: str, out: str, timeouts: dict, tools=TOOLS) -> list[Command]:
     """The commands of one stage."""
     t = timeouts.get(stage)
     if stage == "build":
@@ -139,22 +148,28 @@ def plan(stage: str, out: str, timeouts: dict) -> list[Command]:
                         CHECK_S, "build_cuda_ops.log"),
                 Command("info", [PY, "-m", "qsattn_fast.info"], CHECK_S, "build_info.log")]
     if stage == "test":
-        return [Command("pytest", [PY, "-m", "pytest", "-q", "-rfE", "tests",
+        return [Command("pytest", [PY, "-m", "pytest", "-q", "-rfE", os.path.join("tests", "test_conformance.py"),
                                    f"--junitxml={os.path.join(out, 'pytest.xml')}"], t, "test_pytest.log")]
     if stage == "sanitize":
         sanitizer = find_tool("compute-sanitizer")
         blocked = None if sanitizer else "compute-sanitizer not found (PATH, $CUDA_HOME/bin, /usr/local/cuda*/bin)"
         env = {"PYTORCH_NO_CUDA_MEMORY_CACHING": "1"}
-        return [Command("plain", [PY, DRIVER], timeouts["plain"], "sanitize_plain.log")] + [
+        run = [PY, DRIVER, "--smallest"]
+        return [Command("plain", run, timeouts["plain"], "sanitize_plain.log")] + [
             Command(tool, [sanitizer or "compute-sanitizer", "--tool", tool, "--error-exitcode",
-                           str(SANITIZER_ERROR_RC), "--show-backtrace", "device", PY, DRIVER], timeouts["tool"],
-                    f"sanitize_{tool}.log", env, blocked) for tool in TOOLS]
+                           str(SANITIZER_ERROR_RC), "--show-backtrace", "device", *run], timeouts["tool"],
+                    f"sanitize_{tool}.log", env, blocked) for tool in tools]
     if stage == "report":
-        return [Command("gpu_report", [PY, os.path.join("benchmarks", "gpu_report.py"),
+        return [Command("gpu_report", [PY, os.path.join("benchmarks", "gpu_report.py"), "--shapes", "S1", "S3",
+                                       "--precisions", "tf32x3", "bf16", "--repeats", "5",
                                        "--out", os.path.join(out, "gpu_report.json")], t, "report.log")]
-    step = [PY, os.path.join("benchmarks", "bench_train_step.py"), "--gpu_ids", "0"]
-    return [Command(prec, step + flag + ["--json", os.path.join(out, f"train_step_{prec}.json")], t,
-                    f"step_{prec}.log") for prec, flag in (("fp32", []), ("bf16", ["--bf16"]))]
+    step = [PY, os.path.join("benchmarks", "bench_train_step.py"), "--gpu_ids", "0", "--backends", "auto",
+            "--mode", "global", "--memory"]
+    return [Command("256", step + ["--size", "256", "--qs_layers", "default", "all", "--steps", "20", "--warmup",
+                                   "5", "--json", os.path.join(out, "train_step_256.json")], t, "step_256.log"),
+            Command("512", step + ["--size", "512", "--qs_layers", "all", "--steps", "3", "--warmup", "1",
+                                   "--json", os.path.join(out, "train_step_512.json")], timeouts["step512"],
+                    "step_512.log")]
 
 
 # ------------------------------------------------------------------ running
@@ -294,12 +309,14 @@ def key_step(recs: list, out: str) -> tuple[dict, str, bool]:
         if not data:
             parts.append(f"{rec['name']}: no JSON")
             continue
-        rows = {("cut" if r["model"] == "cut" else f"qs/{r['backend']}"): r for r in data["rows"]}
-        key[rec["name"]] = {name: dict(median_ms=r["median_ms"], vs_cut=r["vs_cut"], error=r.get("error"))
-                            for name, r in rows.items()}
+        rows = {("cut" if r["model"] == "cut" else f"qs {r['layers']} {r['mode']}"): r
+                for r in data["rows"] if r["what"] == "step"}
+        key[rec["name"]] = {name: dict(median_ms=r["median_ms"], vs_cut=r["vs_cut"], error=r.get("error"),
+                                       peak_extra_bytes=r.get("peak_extra_bytes")) for name, r in rows.items()}
         cut = rows.get("cut", {}).get("median_ms", float("nan"))
-        parts.append(f"{rec['name']}: cut {cut:.1f} ms, " + ", ".join(
-            f"{name} {r['vs_cut']:.2f}x" for name, r in rows.items() if name != "cut"))
+        parts.append(f"{rec['name']}x{rec['name']}: cut {cut:.1f} ms, " + ", ".join(
+            f"{name} {r['vs_cut']:.2f}x" + (f" {r['peak_extra_bytes'] / 2**30:.2f} GiB" if r.get("peak_extra_bytes") else "")
+            for name, r in rows.items() if name != "cut"))
     return key, "; ".join(parts), len(key) == len(recs)
 
 
@@ -377,18 +394,29 @@ def table(stages: dict) -> str:
                      for r in rows)
 
 
-def dry_run(stages: list, out: str, timeouts: dict, budget: float) -> int:
+def dry_run(stages: list, out: str, timeouts: dict, budget: float, tools=TOOLS) -> int:
+    """Prints the plan: every command with its environment, timeout and log, and when each would start
+    if every earlier one used its whole timeout (commands past the budget would be skipped)."""
     print(f"dry run: nothing is executed; output folder {out} (summary.json, logs)")
     print(f"budget {budget:.0f} s for this invocation" if budget else "no overall budget")
     print("would first probe: python (torch, triton, CUDA versions; device), nvidia-smi --query-gpu=name,"
           f"driver_version,memory.total, nvcc --version, compute-sanitizer --version; commit {git_commit()}")
+    clock, cut = 0.0, []
     for stage in stages:
         print(f"\n== {stage}")
-        for cmd in plan(stage, out, timeouts):
+        for cmd in plan(stage, out, timeouts, tools):
+            late = budget and clock + MIN_STEP_S > budget
             print(f"  {cmd.name}: {cmd.show()}")
             print(f"    env: {' '.join(f'{k}={v}' for k, v in cmd.env.items()) or '(inherited)'}; "
-                  f"timeout {cmd.timeout:.0f} s; log {os.path.join(out, cmd.log)}"
-                  + (f"\n    not run, recorded as failed: {cmd.blocked}" if cmd.blocked else ""))
+                  f"timeout {cmd.timeout:.0f} s; starts by {clock:.0f} s at the latest; log {os.path.join(out, cmd.log)}"
+                  + (f"\n    not run, recorded as failed: {cmd.blocked}" if cmd.blocked else "")
+                  + ("\n    past the budget if everything before it runs to its timeout" if late else ""))
+            if late and stage not in cut:
+                cut.append(stage)
+            clock += cmd.timeout
+    print(f"\nevery timeout used: {clock:.0f} s" + (f" against a budget of {budget:.0f} s" if budget else ""))
+    if cut:
+        print(f"then run the rest: python benchmarks/gpu_check.py --stage {' '.join(cut)} --out {out}")
     return 0
 
 
@@ -397,18 +425,20 @@ def main(argv=None) -> int:
                                  formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog="\n\n".join(__doc__.split("\n\n")[2:]))
     ap.add_argument("--stage", nargs="+", choices=STAGES + ("all",), default=["all"])
+    ap.add_argument("--all", action="store_true", help="every stage, in priority order (the same as --stage all)")
+    ap.add_argument("--tools", nargs="+", choices=ALL_TOOLS, default=list(TOOLS), help="compute-sanitizer tools")
     ap.add_argument("--out", help="output folder (default $OUT, else benchmarks/results/gpu-check-<UTC date>)")
     ap.add_argument("--timeout", action="append", default=[], metavar="NAME=SECONDS",
                     help=f"a per-command timeout (defaults {TIMEOUTS})")
-    ap.add_argument("--budget", type=float, default=570, help="seconds for this whole invocation; 0: no limit")
+    ap.add_argument("--budget", type=float, default=BUDGET_S, help="seconds for this whole invocation; 0: no limit")
     ap.add_argument("--dry-run", action="store_true", help="print the commands, env, timeouts and paths; run nothing")
     args = ap.parse_args(argv)
-    stages = list(STAGES) if "all" in args.stage else [s for s in STAGES if s in args.stage]
+    stages = list(STAGES) if args.all or "all" in args.stage else [s for s in STAGES if s in args.stage]
     timeouts = parse_timeouts(args.timeout)
     date = datetime.datetime.now(datetime.timezone.utc).strftime("%Y-%m-%d")
     out = os.path.abspath(args.out or os.environ.get("OUT") or os.path.join(HERE, "results", f"gpu-check-{date}"))
     if args.dry_run:
-        return dry_run(stages, out, timeouts, args.budget)
+        return dry_run(stages, out, timeouts, args.budget, args.tools)
 
     t0 = time.monotonic()
     deadline = t0 + args.budget if args.budget else None
@@ -424,7 +454,7 @@ def main(argv=None) -> int:
     done = {}
     for stage in stages:
         start = time.monotonic()
-        recs = [execute(cmd, out, deadline, t0, stage) for cmd in plan(stage, out, timeouts)]
+        recs = [execute(cmd, out, deadline, t0, stage) for cmd in plan(stage, out, timeouts, args.tools)]
         key, result, good = KEYS[stage](recs, out)
         statuses = {r["status"] for r in recs}
         status = ("skipped" if statuses == {"skipped"} else "timeout" if "timeout" in statuses
@@ -436,6 +466,10 @@ def main(argv=None) -> int:
         with open(summary_path, "w") as fh:               # after every stage: a later timeout loses nothing
             json.dump(summary, fh, indent=1)
     print("\n" + table(done))
+    rest = [stage for stage, d in done.items() if any(c["status"] in ("skipped", "timeout") for c in d["commands"])]
+    if rest:
+        print(f"\ncut by the budget or a timeout; run the rest with: python benchmarks/gpu_check.py --stage "
+              f"{' '.join(rest)} --out {out}")
     print(f"\nwrote {summary_path}")
     return 0 if all(s["status"] == "ok" for s in done.values()) else 1
 

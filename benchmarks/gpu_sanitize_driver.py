@@ -155,8 +155,10 @@ def main(argv=None) -> int:
     ap.add_argument("--dtypes", nargs="+", choices=DTYPES, default=list(DTYPES))
     ap.add_argument("--device", choices=("cuda", "cpu"), default="cuda",
                     help="cpu: native C++ kernels and the Triton interpreter, to check the driver without a GPU")
+    ap.add_argument("--smallest", action="store_true", help=f"only the smallest size, {SIZES[0]}")
     args = ap.parse_args(argv)
-    cases = [c for c in CASES if c.backend in args.backends and c.op in args.ops and c.dtype in args.dtypes]
+    cases = [c for c in CASES if c.backend in args.backends and c.op in args.ops and c.dtype in args.dtypes
+             and (not args.smallest or c.shape == SIZES[0][0])]
     if args.list:
         print("\n".join(c.name for c in cases))
         return 0

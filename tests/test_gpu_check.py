@@ -33,8 +33,45 @@ def test_dry_run_names_every_stage_and_tool_and_writes_nothing(tmp_path):
         assert f"== {stage}" in res.stdout
     for tool in gpu_check.TOOLS:
         assert f"--tool {tool}" in res.stdout
-    assert "QSATTN_FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0" in res.stdout and "--bf16" in res.stdout
+    assert "QSATTN_FORCE_CUDA=1 TORCH_CUDA_ARCH_LIST=9.0" in res.stdout and "--precisions tf32x3 bf16" in res.stdout
+    assert "tests/test_conformance.py" in res.stdout and "--size 512" in res.stdout and "--smallest" in res.stdout
     assert str(out) in res.stdout and not out.exists()
+
+
+def test_the_plan_fits_its_budget_in_priority_order(capsys):
+    """--all --budget 480: the commands' timeouts in stage order; a worst case past the budget names the
+    --stage command for the rest, and the rest begins with the last stages (priority order)."""
+    assert gpu_check.main(["--all", "--budget", "480", "--dry-run", "--out", "/nonexistent/x"]) == 0
+    text = capsys.readouterr().out
+    total = sum(c.timeout for st in gpu_check.STAGES for c in gpu_check.plan(st, "/x", gpu_check.TIMEOUTS))
+    assert f"every timeout used: {total:.0f} s against a budget of 480 s" in text
+    stages = [ln[3:] for ln in text.splitlines() if ln.startswith("== ")]
+    assert stages == list(gpu_check.STAGES)
+    rest = next(ln for ln in text.splitlines() if ln.startswith("then run the rest"))
+    cut = rest.split("--stage ")[1].split(" --out")[0].split()
+    assert cut == list(gpu_check.STAGES[len(gpu_check.STAGES) - len(cut):])     # the tail of the order
+    assert gpu_check.BUDGET_S == 480 and total < 1.25 * 480
+
+
+def test_smallest_keeps_one_size_of_every_case(capsys):
+    driver.main(["--list"])
+    every = capsys.readouterr().out.splitlines()
+    driver.main(["--list", "--smallest"])
+    small = capsys.readouterr().out.splitlines()
+    B, C, H, W = driver.SIZES[0][0]
+    assert small and all(f"B{B} C{C} {H}x{W}" in line for line in small) and len(small) * 2 == len(every)
+
+
+def test_step_results_are_parsed(tmp_path):
+    rows = [dict(model="cut", backend="-", layers="-", mode="-", what="step", median_ms=30.0, vs_cut=1.0,
+                 peak_extra_bytes=2**30),
+            dict(model="qs", backend="auto", layers="all", mode="global", what="step", median_ms=60.0, vs_cut=2.0,
+                 peak_extra_bytes=3 * 2**30),
+            dict(model="qs", backend="auto", layers="all", mode="global", what="ops fwd", median_ms=9.0, vs_cut=0.3)]
+    (tmp_path / "train_step_256.json").write_text(__import__("json").dumps(dict(rows=rows)))
+    key, text, good = gpu_check.key_step([dict(name="256"), dict(name="512")], str(tmp_path))
+    assert not good and "512: no JSON" in text and "qs all global 2.00x 3.00 GiB" in text
+    assert key["256"]["qs all global"] == dict(median_ms=60.0, vs_cut=2.0, error=None, peak_extra_bytes=3 * 2**30)
 
 
 def test_cases_cover_every_registered_op_of_both_backends():
