@@ -31,7 +31,7 @@ inline int num_threads() { return at::get_num_threads(); }
 // joins): this keeps subnormal numbers, which are ~100x slower in MKL's sgemm, out of the attention
 // rows and their products. The entropy sums take
 // kEntropyExpMin instead: a peaked row's entropy consists of exactly such tiny terms, and flushing them
-// at -64 tied every row whose logit gap exceeds 64 (README, "Selection ties").
+// at -64 tied every row whose logit gap exceeds 64 (docs/known-issues.md, "Selection ties").
 constexpr float kEntropyExpMin = -87.0f;  // e^-87 ~ 1.6e-38: the smallest normal floats, no subnormal
 __attribute__((always_inline)) inline float exp_unflushed(float x) {  // x >= -87.3: a normal result
   const float shifter = 12582912.0f;  // 1.5 * 2^23: adding it rounds to the nearest integer

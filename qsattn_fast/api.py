@@ -80,7 +80,7 @@ def query_selected_attention(feat_src, values, k=256, mode="global", window=7, *
 
     ``mode``: "global" (select and route globally), "local" (select and route within the window),
     "local_global" (select by the local entropy, route with the global rows). ``variant="official"``
-    reproduces the released code's local layout (reference backend only; see README).
+    reproduces the released code's local layout (reference backend only; see docs/known-issues.md).
     feat_src (B, C, H, W), values (B, C_v, H, W)... -> (idx (B, k) int64, tuple of (B, k, C_v)).
     """
     window, precision, variant, values = _prepare(feat_src, mode, chk.MODES_QSATTN, window, precision, variant,

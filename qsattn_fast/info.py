@@ -17,14 +17,24 @@ def _probe_devices() -> list[str]:
     return devices
 
 
+def _extension() -> str:
+    """Whether qsattn_fast._C is built, and the instruction-set level its CPU loops run at."""
+    if importlib.util.find_spec("qsattn_fast._C") is None:
+        return "not built"
+    try:
+        from qsattn_fast import _C
+    except ImportError as e:
+        return f"built, not loadable ({e})"
+    return f"built; CPU loops at {_C.cpu_isa()}"
+
+
 def report() -> str:
     """A human-readable summary of the installation (what the ``info`` module prints)."""
     lines = [
         f"qsattn_fast {__version__}",
         f"python {platform.python_version()}, torch {torch.__version__}, "
         f"triton {'importable' if importlib.util.find_spec('triton') else 'not installed'}",
-        f"compiled extension qsattn_fast._C: "
-        f"{'built' if importlib.util.find_spec('qsattn_fast._C') else 'not built'}",
+        f"compiled extension qsattn_fast._C: {_extension()}",
         f"cuda: {torch.cuda.get_device_name(0) if torch.cuda.is_available() else 'not available'}",
         f"auto priority: {' > '.join(AUTO_PRIORITY)} (reference is never picked by auto)",
         "",

@@ -60,7 +60,7 @@ class QSPatchSampler(nn.Module):
     rows, so the source encoder is backpropagated too. CUT's PatchNCE detaches the pooled source (the
     keys), so with True the source encoder gets no gradient from the QS layers; the routing ops still hand
     a zero gradient to a value whose output got none, so to skip the source encoder's backward encode the
-    source without a graph, as the trainer does (see README, "What a QS step costs")."""
+    source without a graph, as the trainer does (see docs/performance.md, "What a QS step costs")."""
 
     def __init__(self, use_mlp=True, nc=256, qs_layers=None, mode="global", window=7, backend="auto",
                  precision=None, variant="paper", init_type="xavier", init_gain=0.02, check_finite=True,

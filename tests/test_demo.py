@@ -1,4 +1,4 @@
-"""The README's demo runs and both backends select the same queries on the example feature map."""
+"""The demo (qsattn_fast.demo) runs and both backends select the same queries on the example feature map."""
 from qsattn_fast import demo
 
 

@@ -11,6 +11,10 @@ def test_info_lists_backends_and_availability():
     for name in qsattn_fast.backends():
         assert f"  {name} " in out
     assert "cpu   available" in out and "compiled extension qsattn_fast._C:" in out
+    from qsattn_fast import native
+    if native.LOAD_ERROR is None:
+        from qsattn_fast import _C
+        assert f"compiled extension qsattn_fast._C: built; CPU loops at {_C.cpu_isa()}" in out
     assert f"limits on cuda: window <= {qsattn_fast.backends()['native'].limits['cuda']['window']}" in out
 
 

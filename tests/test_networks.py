@@ -146,7 +146,7 @@ def test_patch_nce_loss_matches_a_loop(batch, P, C, all_neg):
 
 
 def test_torch_instance_norm_layout_bug_is_detected_and_our_norms_hold_either_way(record_property):
-    """Reports whether the installed torch has the channels-last instance_norm gradient bug (README,
+    """Reports whether the installed torch has the channels-last instance_norm gradient bug (docs/known-issues.md,
     "Known PyTorch issues"; present in 2.13.0 CPU), and checks that the trainer's norm layers give the
     finite-difference-correct input gradient for contiguous, channels-last and transposed incoming
     gradients at batch 1 and 2, whichever way torch behaves; forward values equal torch's own layer."""

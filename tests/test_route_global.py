@@ -63,7 +63,7 @@ def test_source_features_as_value(dtype):
 def test_one_hot_rows_gradient_noise_is_bounded():
     """256-channel features make every selected row one-hot, so the exact gradient through the attention
     is 0; the kernel keeps dS = P * (dP - rowsum(dO * O)), whose rounding noise at each row's max stays
-    within the float32 tolerance of the gradient's norm (measured ~1e-5; README, Precision)."""
+    within the float32 tolerance of the gradient's norm (measured ~1e-5; docs/backends.md, Precision)."""
     x = features(1, 256, 8, 8, torch.float32, scale=1.0)
     compare(x, random_idx(1, 64, 16), [None, torch.randn(1, 7, 8, 8)], torch.float32)
 

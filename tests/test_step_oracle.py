@@ -10,7 +10,7 @@ order) and the parameter values from the model, and takes as given the step's di
 patch ids, selected queries, the flip), which the model records. The selected queries are checked
 for validity against the oracle's own entropies, and the oracle's gradients once against central
 finite differences. On torch 2.13.0 CPU the B=1 steps of cut, fastcut and qs on the torch and
-reference backends failed this before the norm layers were made layout-safe (README, "Known PyTorch
+reference backends failed this before the norm layers were made layout-safe (docs/known-issues.md, "Known PyTorch
 issues")."""
 import functools
 import math

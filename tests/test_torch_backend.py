@@ -92,7 +92,7 @@ def test_one_hot_rows_gradient_noise_is_bounded():
     """256-channel features make every selected row one-hot, so the exact gradient through the attention
     is 0; the torch backend keeps dS = P * (dP - rowsum(dO * O)), whose rounding noise at each row's max
     stays within 1e-4 of the gradient's norm when the map is also routed as a value (measured ~1e-5;
-    README, Precision: exactness would cost this backend 1.4-2.8 % of its backward)."""
+    docs/backends.md, Precision: exactness would cost this backend 1.4-2.8 % of its backward)."""
     x, t = features(1, 256, 8, 8, scale=1.0), features(1, 7, 8, 8)
     idx = torch.randperm(64)[None, :16]
     w1, w2 = torch.randn(1, 16, 256, dtype=torch.float64), torch.randn(1, 16, 7, dtype=torch.float64)

@@ -1,4 +1,4 @@
-"""``qsattn-eval``: the command line of :mod:`.evaluation` (the protocol is there and in the README)."""
+"""``qsattn-eval``: the command line of :mod:`.evaluation` (the protocol is there and in docs/evaluation.md)."""
 from __future__ import annotations
 
 import json

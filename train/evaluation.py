@@ -2,7 +2,7 @@
 (:class:`TestSetEvaluator`): FID, KID and SWD between real and translated images, and the synthetic
 task's own measures. Errors are exceptions (ValueError, FileNotFoundError,
 :class:`.inception.InceptionUnavailable`); only the command lines turn them into exit codes.
-The protocol (also in the README):
+The protocol (also in docs/evaluation.md):
 
 * Images: every file with an image extension under the folder (recursively, sorted by path; the first
   ``--max_images``), decoded by Pillow to 8-bit RGB. Use lossless files (PNG): JPEG changes FID, and a

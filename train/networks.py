@@ -71,7 +71,7 @@ class _ContiguousGradNorm:
     """Mixin for normalisation layers: the gradient that reaches the layer's backward is made
     contiguous (a no-op when it already is). On torch 2.13.0 CPU ``F.instance_norm`` returns a wrong
     input gradient at batch 1 when the incoming gradient has channels-last strides, which the patch
-    sampler's transposed views produce (README, "Known PyTorch issues"); a contiguous gradient is
+    sampler's transposed views produce (docs/known-issues.md); a contiguous gradient is
     correct on every version. Forward values, parameters and buffers are those of the torch layer."""
 
     def forward(self, x):
