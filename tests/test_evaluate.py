@@ -59,6 +59,13 @@ def test_synthetic_task_and_period_scale_reach_the_split_and_its_measures(tmp_pa
     assert "synthetic_period_scale" in capsys.readouterr().err
 
 
+def test_no_progress_bars_when_stderr_is_not_a_terminal(split, capsys):
+    """Redirected to a log (as under pytest), qsattn-eval writes its numbers, not carriage-return redraws."""
+    rc = cli.main(["--real", str(split / "testB"), "--fake", str(split / "testA"), "--metrics", "swd"])
+    io = capsys.readouterr()
+    assert rc == 0 and "swd" in io.out and "\r" not in io.err and "img/s" not in io.err
+
+
 def test_fid_kid_swd_of_two_folders(split, tmp_path, capsys, random_inception_weights):
     shutil.copytree(split / "testB", tmp_path / "copyB")
     common = ["--inception-weights", random_inception_weights, "--kid_subsets", "4", "--batch_size", "4"]

@@ -52,7 +52,7 @@ def build_parser() -> Parser:
                         "it is square, else 256)")
     p.add_argument("--kid_subsets", type=int, default=100, help="KID: number of random subsets")
     p.add_argument("--kid_subset_size", type=int, default=1000, help="KID: images per subset (at most n)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--quiet", action="store_true", help="no progress bars (there are none when stderr is not a terminal)")
     add_debug_flag(p)
     return p
 
@@ -74,7 +74,7 @@ def main(argv=None) -> int:
                        synthetic_task=a.synthetic_task, synthetic_period_scale=a.synthetic_period_scale,
                        inception_weights=a.inception_weights, max_images=a.max_images, batch_size=a.batch_size,
                        device=a.device, seed=a.seed, swd_size=a.swd_size, kid_subsets=a.kid_subsets,
-                       kid_subset_size=a.kid_subset_size, progress=not a.quiet)
+                       kid_subset_size=a.kid_subset_size, progress=not a.quiet and sys.stderr.isatty())
         print(format_table(res["metrics"]))
         if a.json:
             with open(a.json, "w") as f:
