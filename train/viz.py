@@ -157,8 +157,10 @@ def plot_selection(image: torch.Tensor, maps: dict, path: str, title: str | None
         ys, xs = (m["picked"] // w).numpy(), (m["picked"] % w).numpy()
         px, py = (xs + 0.5) * W / w, (ys + 0.5) * H / h      # centres of the selected positions, in pixels
 
+        size = min(14.0, max(2.0, (200 / max(h, w)) ** 2))      # a circle about a cell wide in a ~280 px panel
+
         def mark(ax):
-            ax.scatter(px, py, s=14, facecolors="none", edgecolors="cyan", linewidths=0.9)
+            ax.scatter(px, py, s=size, facecolors="none", edgecolors="cyan", linewidths=0.9 if size > 6 else 0.6)
 
         row[0].imshow(img.permute(1, 2, 0).numpy(), extent=(0, W, H, 0))
         mark(row[0])
@@ -248,3 +250,7 @@ def main(argv=None) -> int:
         return 0
 
     return one_line_errors("qsattn-viz", work, a.debug)
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
