@@ -22,6 +22,8 @@ is a conservative floor).
 """
 from __future__ import annotations
 
+from qsattn_fast.ops import split_mode
+
 
 def _attended(mode: str, N: int, window: int) -> int:
     if mode not in ("global", "local"):
@@ -44,8 +46,7 @@ def route_flops(mode: str, C: int, N: int, k: int, cv: int, B: int = 1, window: 
 def qsattn_flops(mode: str, C: int, N: int, k: int, cv: int, B: int = 1, window: int = 7,
                  backward: bool = False) -> int:
     """The whole step in ``mode`` (global, local, local_global)."""
-    select_mode = "global" if mode == "global" else "local"
-    route_mode = "local" if mode == "local" else "global"
+    select_mode, route_mode = split_mode(mode)
     return (entropy_flops(select_mode, C, N, B, window)
             + route_flops(route_mode, C, N, k, cv, B, window, backward))
 
@@ -59,8 +60,7 @@ def entropy_floor(mode: str, C: int, N: int, B: int = 1, window: int = 7) -> tup
 def qsattn_floor(mode: str, C: int, N: int, k: int, cv: int, B: int = 1, window: int = 7,
                  backward: bool = False) -> tuple[int, int]:
     """(FLOPs of the products that must be formed, exponentials) of the whole step in ``mode``."""
-    select_mode = "global" if mode == "global" else "local"
-    route_mode = "local" if mode == "local" else "global"
+    select_mode, route_mode = split_mode(mode)
     products, exps = entropy_floor(select_mode, C, N, B, window)
     products += route_flops(route_mode, C, N, k, cv, B, window, backward)
     exps += B * k * _attended(route_mode, N, window) * (2 if backward else 1)

@@ -57,6 +57,12 @@ def op(name: str, backend: str) -> torch._ops.OpOverload:
     return getattr(getattr(torch.ops.qsattn, name), backend)
 
 
+def split_mode(mode: str) -> tuple[str, str]:
+    """(selection mode, routing mode) of a QS-Attn ``mode``: global -> (global, global), local -> (local,
+    local), local_global -> (local, global): the local entropy selects, the global rows route."""
+    return ("global" if mode == "global" else "local"), ("local" if mode == "local" else "global")
+
+
 def acc_dtype(dtype: torch.dtype) -> torch.dtype:
     """The accumulation dtype of the results: float64 for float64 inputs, float32 otherwise."""
     return torch.float64 if dtype == torch.float64 else torch.float32

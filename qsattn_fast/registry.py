@@ -37,7 +37,7 @@ class Request:
 def request(op: str, feat: torch.Tensor, mode: str | None = None, precision: str | None = None,
             variant: str = "paper", window: int | None = None) -> Request:
     """The Request of an op on ``feat`` (B, C, H, W); ``window`` is kept only for modes that attend locally."""
-    local = mode == "local" or mode == "local_global"      # local_global: the local entropy selects
+    local = mode is not None and "local" in ops.split_mode(mode)
     return Request(op, feat.device.type, feat.dtype, mode, precision, variant, window if local else None,
                    feat.shape[1], feat.shape[2] * feat.shape[3])
 
@@ -123,8 +123,7 @@ class Backend:
 
     def qsattn(self, feat, values, k, mode, window, precision, variant):
         """Entropy -> selection -> routing; a backend may override this to share work between steps."""
-        sel_mode = "global" if mode == "global" else "local"
-        route_mode = "local" if mode == "local" else "global"
+        sel_mode, route_mode = ops.split_mode(mode)
         with torch.no_grad():
             ent = self.entropy(feat, sel_mode, window, precision, variant)
         idx = self.select(ent, k)

@@ -22,6 +22,7 @@ from torch import nn
 
 from ._common import rows
 from .api import query_selected_attention, route
+from .ops import split_mode
 
 
 def _init_weights(module: nn.Module, init_type: str, gain: float) -> None:
@@ -142,6 +143,5 @@ class QSPatchSampler(nn.Module):
             idx, routed = query_selected_attention(src, list(group), k=k, **self.qs_kwargs)
             return list(routed), idx, (src, idx)
         src, idx = src_state
-        mode = "local" if self.qs_kwargs["mode"] == "local" else "global"
-        routed = route(src, idx, list(group), **{**self.qs_kwargs, "mode": mode})
+        routed = route(src, idx, list(group), **{**self.qs_kwargs, "mode": split_mode(self.qs_kwargs["mode"])[1]})
         return list(routed), idx, src_state

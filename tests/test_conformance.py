@@ -104,12 +104,12 @@ def test_qsattn_against_reference(backend, mode, B, C, H, W, dtype, tol):
     k = min(13, H * W)
     idx, (a, b) = q.query_selected_attention(on(x), [on(x), on(t)], k=k, mode=mode, window=5, backend=backend)
     idx, a, b = idx.cpu(), a.cpu(), b.cpu()
-    sel_mode = "global" if mode == "global" else "local"
+    sel_mode = ops.split_mode(mode)[0]
     ref_ent = q.attention_entropy(x.double(), sel_mode, 5, backend="reference")
     assert_valid_selection(idx, ref_ent, k, tol=max(tol, 1e-4) * float(ref_ent.abs().max()))
     own = q.attention_entropy(on(x), sel_mode, 5, backend=backend).cpu()
     assert torch.equal(idx, torch.argsort(own, dim=1, stable=True)[:, :k])
-    ra, rb = q.route(x.double(), idx, [x.double(), t.double()], "local" if mode == "local" else "global", 5,
+    ra, rb = q.route(x.double(), idx, [x.double(), t.double()], ops.split_mode(mode)[1], 5,
                      backend="reference")
     assert a.dtype == dtype and a.shape == (B, k, C) and b.shape == (B, k, C + 2)
     assert rel_err(a, ra) < tol and rel_err(b, rb) < tol
@@ -133,7 +133,7 @@ def test_gradients_against_reference(backend, mode, dtype, tol):
         assert torch.equal(idx, q.query_selected_attention(x, [x, t], k=9, mode=mode, window=3,
                                                            backend="reference")[0])
     xr, tr = x.double().requires_grad_(), t.double().requires_grad_()
-    ra, rb = q.route(xr, idx, [xr, tr], "local" if mode == "local" else "global", 3, backend="reference")
+    ra, rb = q.route(xr, idx, [xr, tr], ops.split_mode(mode)[1], 3, backend="reference")
     ref = torch.autograd.grad((ra * w1).sum() + (rb * w2).sum(), (xr, tr))
     assert rel_err(a.cpu(), ra) < tol and rel_err(b.cpu(), rb) < tol
     assert all(rel_err(g.cpu(), r) < tol for g, r in zip(mine, ref))

@@ -11,6 +11,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 import qsattn_fast as q
+from qsattn_fast import ops
 
 _PATH = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "benchmarks", "flop_model.py")
 _spec = importlib.util.spec_from_file_location("flop_model", _PATH)
@@ -87,8 +88,9 @@ def test_floor_counts_the_exponentials_and_half_the_global_logits(mode):
     N, cv = H * W, C + 2
     x = torch.randn(B, C, H, W, dtype=torch.float64)
     idx = torch.stack([torch.randperm(N)[:k] for _ in range(B)])
-    select_mode, route_mode = ("global", "global") if mode == "global" else ("local", "local" if mode == "local"
-                                                                              else "global")
+    select_mode, route_mode = {"global": ("global", "global"), "local": ("local", "local"),
+                               "local_global": ("local", "global")}[mode]     # as the paper defines the modes
+    assert ops.split_mode(mode) == (select_mode, route_mode)
     with SoftmaxElements() as sm:
         q.attention_entropy(x, select_mode, window, backend="reference")
         if route_mode == "local":

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import qsattn_fast as q
+from qsattn_fast.ops import split_mode
 from qsattn_fast import native
 from qsattn_fast.registry import Request, resolve
 
@@ -62,15 +63,15 @@ def test_cuda_kernels_against_reference(mode):
     x, t = features(2, 37, 19, 23, scale=0.4), features(2, 11, 19, 23)
     xc, tc = x.cuda().requires_grad_(), t.cuda().requires_grad_()
     idx_c, out_c = q.query_selected_attention(xc, [xc, tc], k=40, mode=mode, backend="native")
-    sel_mode = "global" if mode == "global" else "local"
+    sel_mode = split_mode(mode)[0]
     ref_ent = q.attention_entropy(x.double(), sel_mode, backend="reference")
     assert_valid_selection(idx_c.cpu(), ref_ent, 40, tol=2e-4 * float(ref_ent.abs().max()))
-    ra = q.route(x.double(), idx_c.cpu(), [x.double(), t.double()], "local" if mode == "local" else "global",
+    ra = q.route(x.double(), idx_c.cpu(), [x.double(), t.double()], split_mode(mode)[1],
                  backend="reference")
     assert all(rel_err(o.cpu(), r) < 2e-4 for o, r in zip(out_c, ra))
     sum((o * o).sum() for o in out_c).backward()
     rx, rt = x.double().requires_grad_(), t.double().requires_grad_()
-    ro = q.route(rx, idx_c.cpu(), [rx, rt], "local" if mode == "local" else "global", backend="reference")
+    ro = q.route(rx, idx_c.cpu(), [rx, rt], split_mode(mode)[1], backend="reference")
     sum((o * o).sum() for o in ro).backward()
     assert rel_err(xc.grad.cpu(), rx.grad) < 2e-4 and rel_err(tc.grad.cpu(), rt.grad) < 2e-4
 

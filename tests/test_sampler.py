@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import qsattn_fast as q
+from qsattn_fast.ops import split_mode
 from qsattn_fast.sampler import QSPatchSampler, l2_normalize
 
 from conftest import features, rel_err
@@ -154,7 +155,7 @@ def test_detach_attention_keeps_only_the_value_gradients(mode):
     assert all(torch.equal(a, b) for a, b in zip(via_tgt[5:], via_tgt_d[5:]))      # the target's own gradient
     assert via_tgt[4].abs().sum() > 0                                           # through the attention rows
     assert all(g is None or not g.any() for g in via_tgt_d[:5])                 # detached: none
-    route_mode = "local" if mode == "local" else "global"
+    route_mode = split_mode(mode)[1]
     for i in (3, 4):  # the source as a value only: routed by attention rows that carry no gradient
         value = src[i].detach().requires_grad_()
         (routed,) = q.route(src[i].detach(), ids[i], [value], mode=route_mode, backend="torch")

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from qsattn_fast.train import networks, options
+from qsattn_fast.ops import split_mode
 from qsattn_fast.train.data import SyntheticDataset
 from qsattn_fast.train.cycle_gan import CycleGANModel
 from qsattn_fast.train.model import CUTModel
@@ -171,7 +172,7 @@ class Oracle:
         for i, (fk, fq) in enumerate(zip(feat_k, feat_q)):
             B, C = fk.shape[:2]
             if i in qs:
-                route_mode = "local" if opt.qs_mode == "local" else "global"
+                route_mode = split_mode(opt.qs_mode)[1]
                 att = fk.detach() if opt.qs_detach_attention else fk  # the maps the attention is built from
                 pooled = [_route(att[b], ids[i][b], [fk[b], fq[b]], route_mode, opt.qs_window) for b in range(B)]
                 k, q = (torch.cat([p[j] for p in pooled]) for j in (0, 1))
@@ -280,7 +281,7 @@ def assert_grads_match(got, want, tol):
 def check_selection(model, draws, fk_by_call):
     """Each QS layer's selected queries are distinct and valid against the oracle's entropies."""
     opt = model.opt
-    sel_mode = "global" if opt.qs_mode == "global" else "local"
+    sel_mode = split_mode(opt.qs_mode)[0]
     k = opt.num_patches
     for ids, feats in zip(draws["ids"], fk_by_call):
         for i in draws["qs_layers"]:

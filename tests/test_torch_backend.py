@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import qsattn_fast as q
+from qsattn_fast.ops import split_mode
 from qsattn_fast import torch_backend
 
 from conftest import assert_valid_selection, features, rel_err
@@ -54,9 +55,9 @@ def test_qsattn_fp32_against_reference(block, mode, B, C, H, W):
     x, t = features(B, C, H, W), features(B, C + 2, H, W)
     k = min(13, H * W)
     idx, (a, b) = q.query_selected_attention(x, [x, t], k=k, mode=mode, window=5, backend="torch")
-    ref_ent = q.attention_entropy(x.double(), "global" if mode == "global" else "local", 5, backend="reference")
+    ref_ent = q.attention_entropy(x.double(), split_mode(mode)[0], 5, backend="reference")
     assert_valid_selection(idx, ref_ent, k, tol=1e-4 * float(ref_ent.abs().max()))
-    ra, rb = q.route(x.double(), idx, [x.double(), t.double()], "local" if mode == "local" else "global", 5,
+    ra, rb = q.route(x.double(), idx, [x.double(), t.double()], split_mode(mode)[1], 5,
                      backend="reference")
     assert a.dtype == torch.float32 and a.shape == (B, k, C) and b.shape == (B, k, C + 2)
     assert rel_err(a, ra) < 2e-4 and rel_err(b, rb) < 2e-4

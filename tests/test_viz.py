@@ -9,6 +9,7 @@ import torch
 from PIL import Image
 
 import qsattn_fast as qs
+from qsattn_fast.ops import split_mode
 from qsattn_fast.train.data import to_image
 from qsattn_fast.train.networks import define_G
 from qsattn_fast.train.viz import loss_families, main, plot_losses, plot_selection, save_grid, selection_maps, smooth
@@ -76,7 +77,7 @@ def test_selection_maps_are_the_apis_selection(mode, tmp_path):
     layers, k = [4, 8], 9
     maps = selection_maps(net, x, layers, mode, k, window=5, backend="torch")
     feats = net(x, layers, encode_only=True)
-    sel = "global" if mode == "global" else "local"
+    sel = split_mode(mode)[0]
     for layer, f in zip(layers, feats):
         m = maps[layer]
         assert m["shape"] == tuple(f.shape[2:]) and m["selected_by"] == sel

@@ -25,6 +25,7 @@ import torch.distributed as dist
 import qsattn_fast as qs
 from qsattn_fast import QSPatchSampler
 from qsattn_fast._common import rows
+from qsattn_fast.ops import split_mode
 from qsattn_fast.reference import local_attention
 
 from . import networks
@@ -248,7 +249,7 @@ class CUTModel(GANModel):
         opt = self.opt
         if opt.model != "qs":
             return {}
-        sel_mode = "global" if opt.qs_mode == "global" else "local"
+        sel_mode = split_mode(opt.qs_mode)[0]
         with self.autocast:
             feats = self.netG(self.real_A, opt.nce_layers_list, encode_only=True)
         out = {}

@@ -126,7 +126,8 @@ def selection_maps(net, image: torch.Tensor, layers, mode: str = "global", k: in
     "selected_by": the entropy that selects ("local" for local_global), "picked": the min(k, h*w)
     lowest-entropy rows (flat indices n = y*w + x, ascending entropy)}."""
     import qsattn_fast as qs
-    sel = "global" if mode == "global" else "local"
+    from qsattn_fast.ops import split_mode
+    sel = split_mode(mode)[0]
     feats = net(image, list(layers), encode_only=True)
     out = {}
     for layer, f in zip(layers, feats):
