@@ -13,6 +13,7 @@ import torch
 import triton
 import triton.language as tl
 
+from qsattn_fast._checks import PRECISIONS
 from qsattn_fast.ops import acc_dtype, as_grad, implement  # noqa: F401  (the kernels register as the triton implementations)
 
 #: True when the kernels were decorated under TRITON_INTERPRET=1 (they then run on CPU tensors).
@@ -22,7 +23,7 @@ TRITON_DEVICES = ("CUDA", "CPU") if INTERPRET else ("CUDA",)
 
 #: tl.dot ``input_precision`` per public precision name (fp32 inputs). "bf16" rounds the operands to
 #: bfloat16 and accumulates in fp32. The default (None) is the fp32-faithful "tf32x3" on GPUs.
-_DOT_PRECISION = {None: "tf32x3", "ieee": "ieee", "tf32x3": "tf32x3", "tf32": "tf32", "bf16": "bf16"}
+_DOT_PRECISION = {None: "tf32x3", **{p: p for p in PRECISIONS}}
 
 
 def dot_precision(dtype: torch.dtype, precision: str | None) -> str:

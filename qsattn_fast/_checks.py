@@ -12,6 +12,8 @@ MODES_ROUTE = ("global", "local")
 MODES_QSATTN = ("global", "local", "local_global")
 VARIANTS = ("paper", "official")
 PRECISIONS = ("ieee", "tf32x3", "tf32", "bf16")
+#: Every backend's name (``backend=`` also takes "auto"); all but ``reference`` implement the ops' overloads.
+BACKENDS = ("reference", "torch", "triton", "native")
 FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 

@@ -4,11 +4,6 @@ from __future__ import annotations
 import torch
 
 
-def compute_dtype(dtype: torch.dtype) -> torch.dtype:
-    """Accumulation dtype: float32 for half types, the dtype itself otherwise."""
-    return torch.float32 if dtype in (torch.float16, torch.bfloat16) else dtype
-
-
 def rows(feat: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> (B, N, C) with N = H*W, row n = h*W + w (a view, not a copy)."""
     return feat.flatten(2).transpose(1, 2)

@@ -24,6 +24,8 @@ from __future__ import annotations
 
 import torch
 
+from ._checks import BACKENDS
+
 #: The schema of every op (arguments and results), the same for every implementation.
 SCHEMAS = {
     # (B, N) entropy of each row of softmax(f f^T).
@@ -44,7 +46,7 @@ SCHEMAS = {
 }
 
 #: The backends that implement every op of SCHEMAS (``reference`` materialises N x N and is plain PyTorch).
-IMPLEMENTATIONS = ("native", "triton", "torch")
+IMPLEMENTATIONS = tuple(b for b in BACKENDS if b != "reference")
 
 _LIB = torch.library.Library("qsattn", "DEF")
 for _op, _schema in SCHEMAS.items():

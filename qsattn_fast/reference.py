@@ -11,7 +11,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._common import compute_dtype, rows, stable_select
+from ._common import rows, stable_select
+from .ops import acc_dtype
 from .registry import Backend, register_backend
 
 
@@ -34,7 +35,7 @@ def _select(entropy: torch.Tensor, k: int, variant: str) -> torch.Tensor:
 
 def global_attention(feat: torch.Tensor) -> torch.Tensor:
     """(B, C, H, W) -> A = softmax(F F^T) row-wise, (B, N, N)."""
-    f = rows(feat.to(compute_dtype(feat.dtype)))
+    f = rows(feat.to(acc_dtype(feat.dtype)))
     return torch.softmax(f @ f.transpose(1, 2), dim=-1)
 
 
@@ -44,7 +45,7 @@ def local_attention(feat: torch.Tensor, window: int, variant: str) -> torch.Tens
     ``official``: the released code's layout and operations in its order (one bmm of the (B*N, w2, C)
     keys by the (B*N, C, 1) queries), so that its float32 rounding, and hence its order among
     near-tied entropies, is the released code's."""
-    x = feat.to(compute_dtype(feat.dtype))
+    x = feat.to(acc_dtype(feat.dtype))
     B, C, H, W = x.shape
     w2, n = window * window, H * W
     cols = F.unfold(x, window, padding=window // 2)                  # (B, C*w2, N), row = c*w2 + p

@@ -16,6 +16,7 @@ import sys
 
 import torch
 
+from ._checks import PRECISIONS
 from .registry import Backend, register_backend
 
 _KERNELS = "qsattn_fast.kernels"
@@ -34,7 +35,7 @@ class TritonBackend(Backend):
     summary = "fused Triton kernels (CUDA; CPU tensors only under TRITON_INTERPRET=1)"
     devices = ("cuda", "cpu")
     dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-    precisions = ("ieee", "tf32x3", "tf32", "bf16")
+    precisions = PRECISIONS
     kernel_dtypes = dtypes                       # half operands go to the tensor cores as they are
     _missing: str | None = None
     _checked = False

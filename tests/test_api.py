@@ -168,3 +168,17 @@ def test_official_global_runs_on_any_backend():
     a = q.query_selected_attention(x, v, k=5, variant="official", backend="torch")
     b = q.query_selected_attention(x, v, k=5, backend="torch")
     assert torch.equal(a[0], b[0]) and torch.equal(a[1][1], b[1][1])
+
+
+def test_backend_and_precision_names_have_one_source():
+    """qsattn_fast/_checks.py lists the backends and precisions; the registry, the op overloads, auto's
+    order, the Triton backend and the trainer's options take them from there."""
+    from qsattn_fast import _checks, ops
+    from qsattn_fast.registry import AUTO_PRIORITY
+    from qsattn_fast.train import options
+    assert tuple(q.backends()) and set(q.backends()) == set(_checks.BACKENDS)
+    assert set(ops.IMPLEMENTATIONS) == set(_checks.BACKENDS) - {"reference"} and set(AUTO_PRIORITY) <= set(_checks.BACKENDS)
+    assert q.backends()["triton"].precisions == _checks.PRECISIONS
+    acts = {a.dest: a for a in options.build_parser()._actions}
+    assert acts["qs_backend"].choices == ["auto", *_checks.BACKENDS]
+    assert acts["qs_precision"].choices == list(_checks.PRECISIONS)

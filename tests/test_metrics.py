@@ -165,3 +165,9 @@ def test_synthetic_measures_reject_bad_shapes():
         M.synthetic_measures(a[:, :2], a, b, mask)
     with pytest.raises(ValueError, match="mask"):
         M.synthetic_measures(a, a, b, mask[:1])
+
+
+def test_every_synthetic_task_has_its_measures():
+    from qsattn_fast.train.data import SYNTHETIC_TASKS
+    from qsattn_fast.train.metrics import TASK_MEASURES
+    assert list(TASK_MEASURES) == list(SYNTHETIC_TASKS)

@@ -189,6 +189,7 @@ def paired_measures(fake, real_a, real_b, mask, margin: int = 1) -> dict:
             "detail_error": float(detail_err), "background_error": _background_error(fake, real_a, mask, margin)}
 
 
+#: The measures of each task of data.SYNTHETIC_TASKS (the task names' one list; tests check the two agree).
 TASK_MEASURES = {"recolour": paired_measures, "stripes": stripe_measures}
 
 # What each synthetic measure means, as the trainer prints it: (better, meaning).
@@ -205,6 +206,7 @@ MEANINGS = {
 
 def synthetic_measures(fake, real_a, real_b, mask, task: str = "recolour", margin: int = 1) -> dict:
     """The measures of the synthetic ``task`` (:data:`TASK_MEASURES`) of translations ``fake``."""
-    if task not in TASK_MEASURES:
-        raise ValueError(f"synthetic task: expected one of {', '.join(TASK_MEASURES)}, got {task!r}")
+    from .data import SYNTHETIC_TASKS
+    if task not in SYNTHETIC_TASKS:
+        raise ValueError(f"synthetic task: expected one of {', '.join(SYNTHETIC_TASKS)}, got {task!r}")
     return TASK_MEASURES[task](fake, real_a, real_b, mask, margin)

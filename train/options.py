@@ -12,6 +12,8 @@ from __future__ import annotations
 import argparse
 import math
 
+from qsattn_fast._checks import BACKENDS, PRECISIONS
+
 from .cli import Parser, add_debug_flag
 from .data import SYNTHETIC_TASKS
 
@@ -122,9 +124,9 @@ def build_parser() -> Parser:
                    help="attention for query selection and routing")
     g.add_argument("--qs_layers", default="",
                    help="NCE layers with QS-Attn, e.g. 12,16, or all (default: the last two)")
-    g.add_argument("--qs_backend", default="auto", choices=["auto", "reference", "torch", "triton", "native"],
+    g.add_argument("--qs_backend", default="auto", choices=["auto", *BACKENDS],
                    help="QS-Attn backend (auto: the fastest available, never reference)")
-    g.add_argument("--qs_precision", default=None, choices=["ieee", "tf32x3", "tf32", "bf16"],
+    g.add_argument("--qs_precision", default=None, choices=list(PRECISIONS),
                    help="matrix precision for fp32 features (default: the backend's fp32-faithful one)")
     g.add_argument("--qs_variant", default="paper", choices=["paper", "official"],
                    help="official: the released code's local layout (reference backend only)")

@@ -198,6 +198,8 @@ def run_selection_options(checkpoint: str) -> dict:
 
 
 def build_parser():
+    from qsattn_fast._checks import BACKENDS
+
     from .cli import Parser, add_debug_flag
     p = Parser(prog="qsattn-viz", description="QS-Attn's selection (the paper's Figure 2) for images: per QS "
                "layer, the row-entropy heat map and the k lowest-entropy queries, through a generator's encoder.")
@@ -210,7 +212,7 @@ def build_parser():
     p.add_argument("--window", type=int, help="local window (default: the run's qs_window)")
     p.add_argument("--size", type=int, default=256, help="images are resized to size x size (a multiple of 4)")
     p.add_argument("--output", default=os.path.join("results", "selection"), help="folder for <name>_selection.png")
-    p.add_argument("--backend", default="auto", choices=["auto", "reference", "torch", "triton", "native"])
+    p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS])
     p.add_argument("--gpu_ids", default="auto", help="auto (a GPU if there is one), -1 (CPU) or a GPU id")
     add_debug_flag(p)
     return p
