@@ -319,10 +319,11 @@ QSATTN_V4 static inline __attribute__((always_inline)) void chunk(__mmask16 k, i
 }
 
 // The rows of an nr x n tile (row stride ld) with maxima mi, and with Cols its columns too, as
-// row_col_exp_sums_impl sums them; with Reuse, one exp per logit (chunk), b = e^{M - m_j}, a = e^{m_i - M}.
+// row_col_exp_sums_impl sums them; with Reuse, one exp per logit (chunk), b = e^{M - m_j}, a = e^{m_i - M}
+// for the tile constant M.
 template <bool Cols, bool Reuse, bool Flush>
 QSATTN_V4 static inline __attribute__((always_inline)) void sums(const float* s, int64_t ld, int64_t nr, int64_t n,
-                                                                const float* mi, const float* m, float M,
+                                                                const float* mi, const float* m,
                                                                 const float* b, const float* a, float* rp,
                                                                 float* tp, float* cp, float* rr, float* tt,
                                                                 float* cc) {
@@ -346,7 +347,7 @@ QSATTN_V4 static inline __attribute__((always_inline)) void sums(const float* s,
 }  // namespace v4
 
 QSATTN_V4 static void exp_sums_v4(const float* s, int64_t n, float m, float* rr, float* tt, float* cc) {
-  v4::sums<false, false, true>(s, n, 1, n, &m, nullptr, 0, nullptr, nullptr, rr, tt, cc, nullptr, nullptr, nullptr);
+  v4::sums<false, false, true>(s, n, 1, n, &m, nullptr, nullptr, nullptr, rr, tt, cc, nullptr, nullptr, nullptr);
 }
 
 // The column factors e^{M - m_j} of the tile constant M = max_j m_j need M - m_j <= kReuseSpan and
@@ -363,8 +364,8 @@ QSATTN_V4 static void row_col_exp_sums_v4(const float* s, int64_t ld, int64_t nr
   for (int64_t i = 1; i < nr; ++i) ilo = std::min(ilo, mi[i]), ihi = std::max(ihi, mi[i]);
   const bool flush = !(lower - std::max(ihi, M) >= kEntropyExpMin);  // else no gap of the tile is below -87
   if (M - mlo > kReuseSpan || ihi - M > kReuseSpan || M - ilo > kReuseSpan)
-    return flush ? v4::sums<true, false, true>(s, ld, nr, n, mi, m, M, nullptr, nullptr, rp, tp, cp, rr, tt, cc)
-                 : v4::sums<true, false, false>(s, ld, nr, n, mi, m, M, nullptr, nullptr, rp, tp, cp, rr, tt, cc);
+    return flush ? v4::sums<true, false, true>(s, ld, nr, n, mi, m, nullptr, nullptr, rp, tp, cp, rr, tt, cc)
+                 : v4::sums<true, false, false>(s, ld, nr, n, mi, m, nullptr, nullptr, rp, tp, cp, rr, tt, cc);
   float *b = work, *a = work + n;  // e^{M - m_j}, e^{m_i - M}
   const __m512 Mv = _mm512_set1_ps(M);
   for (int64_t j = 0; j < n; j += 16) {
@@ -376,9 +377,9 @@ QSATTN_V4 static void row_col_exp_sums_v4(const float* s, int64_t ld, int64_t nr
     _mm512_mask_storeu_ps(a + i, k, v4::exp_where(0xFFFF, _mm512_sub_ps(_mm512_maskz_loadu_ps(k, mi + i), Mv)));
   }
   if (flush)
-    v4::sums<true, true, true>(s, ld, nr, n, mi, m, M, b, a, rp, tp, cp, rr, tt, cc);
+    v4::sums<true, true, true>(s, ld, nr, n, mi, m, b, a, rp, tp, cp, rr, tt, cc);
   else
-    v4::sums<true, true, false>(s, ld, nr, n, mi, m, M, b, a, rp, tp, cp, rr, tt, cc);
+    v4::sums<true, true, false>(s, ld, nr, n, mi, m, b, a, rp, tp, cp, rr, tt, cc);
 }
 
 QSATTN_V4 static float probe_pass_v4(const float* x, int64_t n) {  // n: a multiple of 16

@@ -25,7 +25,8 @@ inline at::Tensor blas_rows(const at::Tensor& t) {
 inline int num_threads() { return at::get_num_threads(); }
 
 // exp(x) for float to ~1 ulp, written so that GCC vectorises loops calling it (no libm call, no
-// branch; at x86-64-v4 the entropy's loops write the same math with intrinsics): x = n ln2 + r with |r| <= ln2/2 (ln2 in two parts, Cody and Waite), e^r = 1 + r + r^2 P(r)
+// branch; at x86-64-v4 the entropy's loops write the same math with intrinsics): x = n ln2 + r with
+// |r| <= ln2/2 (ln2 in two parts, Cody and Waite), e^r = 1 + r + r^2 P(r)
 // with Cephes' degree-5 minimax P, 2^n from the exponent bits. exp(x) for x < lo is returned as 0.
 // The routing kernels keep lo = -64 (e^-64 ~ 1.6e-28 is below the float resolution of any sum it
 // joins): this keeps subnormal numbers, which are ~100x slower in MKL's sgemm, out of the attention

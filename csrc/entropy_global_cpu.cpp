@@ -41,11 +41,16 @@ void entropy_global_kernel(const at::Tensor& f, at::Tensor& out) {
   // tile's logits from below (1e-4 above the rounding of C <= 8 products), which lets fold_tile skip
   // the flush's test where no gap can reach -87 (as on image-level maps).
   std::vector<T> tnorm(small ? B * tiles : 0, T(0));
+  const T* fcp = small ? fc.data_ptr<T>() : nullptr;
   for (int64_t b = 0; small && b < B; ++b)
     for (int64_t i = 0; i < N; ++i) {
       T n2 = 0;
-      for (int64_t c = 0; c < C; ++c) n2 += fc.data_ptr<T>()[(b * C + c) * N + i] * fc.data_ptr<T>()[(b * C + c) * N + i];
-      tnorm[b * tiles + i / TS] = std::max(tnorm[b * tiles + i / TS], std::sqrt(n2) * T(1.0001));
+      for (int64_t c = 0; c < C; ++c) {
+        const T x = fcp[(b * C + c) * N + i];
+        n2 += x * x;
+      }
+      T& top = tnorm[b * tiles + i / TS];
+      top = std::max(top, std::sqrt(n2) * T(1.0001));
     }
   const int64_t sb = (tiles + MAX_SLOTS - 1) / MAX_SLOTS * TS;  // superblock edge, a multiple of TS
   const int64_t ns = (N + sb - 1) / sb;                         // superblocks = slots per row
