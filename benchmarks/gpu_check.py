@@ -11,7 +11,7 @@ Stages (``--all``, in this order):
             TORCH_CUDA_ARCH_LIST=9.0, MAX_JOBS=<cpus> (ninja compiles the sources in parallel); then checks
             that every operator qsattn::<op>.native has a CUDA kernel in qsattn_fast._C, and prints
             python -m qsattn_fast.info.
-  test      the conformance suite on CUDA (tests/test_conformance.py: every op x backend against the
+  test      the conformance suite on CUDA (tests/ops/test_conformance.py: every op x backend against the
             reference, opcheck, gradients), junit XML; counts and failing tests into the summary.
   sanitize  benchmarks/gpu_sanitize_driver.py --smallest once plainly (it fails fast and compiles the Triton
             kernels), then under compute-sanitizer --tool memcheck and racecheck (--tools adds synccheck,

@@ -64,7 +64,7 @@ def entropy_global(f: torch.Tensor, precision: str | None) -> torch.Tensor:
     x = f.transpose(1, 2)                    # (B, C, N), read through strides
     out = torch.empty(B, N, dtype=acc_dtype(f.dtype), device=f.device)
     # GPU: 64 x 64 tiles, 32 channels, 8 warps: no register spills at fp32/tf32x3 on sm_90
-    # (tests/aot_compile.py), query blocks halved until the grid fills the GPU; the interpreter takes
+    # (tests/support/aot_compile.py), query blocks halved until the grid fills the GPU; the interpreter takes
     # blocks of up to 128 (fewer interpreted steps).
     bm = bn = block(N, 16, 128 if INTERPRET else 64)
     bm = fill_sms(bm, lambda m: B * triton.cdiv(N, m), f.device)

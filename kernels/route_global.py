@@ -173,7 +173,7 @@ def _route_bwd_kernel(x_ptr, idx_ptr, v0_ptr, v1_ptr, lse_ptr, d_ptr, go0_ptr, g
 
 
 #: GPU tiles per kernel: the largest found without register spills at fp32/tf32x3 on sm_90 with 8 warps
-#: (ahead-of-time compilation, tests/aot_compile.py); BV/BO: value / output channel blocks.
+#: (ahead-of-time compilation, tests/support/aot_compile.py); BV/BO: value / output channel blocks.
 _GPU_TILES = {"fwd": dict(BM=64, BN=64, BC=16, BV=64), "bwd": dict(BM=32, BN=32, BC=16, BO=64)}
 
 

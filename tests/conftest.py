@@ -1,9 +1,15 @@
-"""Shared test helpers: fresh random seeds (printed, so a failure can be replayed) and error measures."""
+"""Shared fixtures: fresh random seeds (printed, so a failure can be replayed), the native loops at every
+CPU level, random Inception weights. Helper modules live in tests/support (imported as ``support``)."""
 import os
 import random
 
 import pytest
 import torch
+
+try:   # Triton and the kernels first, with the interpreter on where no GPU is (support/triton_env.py): a test
+    from support import triton_env  # noqa: F401  module that imports triton earlier would leave it off.
+except pytest.skip.Exception:       # triton missing: the triton tests skip on their own import
+    pass
 
 
 @pytest.fixture(autouse=True)
@@ -38,31 +44,6 @@ def cpu_level(request):
         yield _C.cpu_isa()
     finally:
         _C.set_cpu_level(-1)
-
-
-def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
-    """||out - ref|| / ||ref|| in float64 (NaN in out never passes)."""
-    out, ref = out.detach().double(), ref.detach().double()
-    if not torch.isfinite(out).all():
-        return float("inf")
-    return float((out - ref).norm() / ref.norm().clamp_min(1e-300))
-
-
-def features(B, C, H, W, dtype=torch.float32, scale=0.5, requires_grad=False):
-    """Random NCHW features; ``scale`` sets how peaked the attention rows are (logits ~ scale^2 * C)."""
-    x = (torch.randn(B, C, H, W, dtype=torch.float64) * scale).to(dtype)
-    return x.requires_grad_(requires_grad)
-
-
-def assert_valid_selection(idx, ref_entropy, k, tol):
-    """docs/design.md §8: k distinct indices per image whose reference entropy is <= the reference k-th
-    smallest + tol (near-ties may legitimately swap)."""
-    assert idx.shape == (ref_entropy.shape[0], k) and idx.dtype == torch.int64
-    kth = ref_entropy.sort(dim=1).values[:, k - 1:k]
-    for b in range(idx.shape[0]):
-        assert idx[b].unique().numel() == k, "selected indices are not distinct"
-    picked = ref_entropy.gather(1, idx)
-    assert bool((picked <= kth + tol).all()), f"selected entropies exceed the k-th smallest by {float((picked - kth).max())}"
 
 
 @pytest.fixture(scope="session")

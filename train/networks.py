@@ -2,7 +2,7 @@
 
 The module layout (``nn.Sequential`` named ``model``, the anti-aliasing filters as buffers ``filt``)
 gives the same ``state_dict`` keys and shapes as CUT's ``models/networks.py``, so generator and
-discriminator checkpoints move both ways (``tests/data/cut_state_dict_keys.json`` lists them).
+discriminator checkpoints move both ways (``tests/support/data/cut_state_dict_keys.json`` lists them).
 
 Generator (``resnet_<n>blocks``, 256x256 input, ngf 64): index 0 reflection pad (3x262x262), 1-3 conv7
 + norm + ReLU, 4-7 conv3 + norm + ReLU + blur-downsample (128x128x128 after 7; 4 is 128x256x256),

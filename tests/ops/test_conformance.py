@@ -1,0 +1,281 @@
+"""One conformance suite for every registered backend (xformers style): each test runs once per backend
+of ``qsattn_fast.backends()`` other than ``reference`` (the ground truth every backend is held to) and
+skips, with the backend's own reasons, where ``why_not`` refuses the request. Entropies, selections,
+routed outputs and gradients in every mode (fp32 relative to the float64 reference, float64 equal to it,
+float64 gradcheck), k = N, ties, window borders, half inputs and bad inputs; B = 1..3 and N never a
+multiple of a block. Backend-specific behaviour stays in the backend's own test file."""
+import pytest
+import torch
+
+import qsattn_fast as q
+from qsattn_fast import ops
+from qsattn_fast._common import rows
+from qsattn_fast.registry import request
+
+from support.numerics import assert_valid_selection, features, rel_err
+
+try:                                  # the Triton kernels: compiled on a GPU, else under the interpreter
+    from support.triton_env import DEVICE
+except pytest.skip.Exception:         # triton missing: the triton backend skips with its own reason
+    DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
+
+BACKENDS = [name for name in q.backends() if name != "reference"]
+MODES = ["global", "local", "local_global"]
+SHAPES = [(1, 8, 7, 9), (2, 5, 6, 11), (3, 3, 5, 5)]      # N = 63, 66, 25
+
+
+def runs(backend, op, x, mode=None, window=7):
+    """Skip unless ``backend`` takes the request (forced, as the tests call it)."""
+    why = q.backends()[backend].why_not(request(op, x, mode, window=window))
+    if why:
+        pytest.skip(f"{backend}: {'; '.join(why)}")
+
+
+def on(x):
+    return x.to(DEVICE)
+
+
+@pytest.mark.parametrize("backend", ops.IMPLEMENTATIONS)
+def test_every_backend_implements_every_op_of_the_contract(backend):
+    """qsattn::<op>.<backend> exists for every op with the contract's schema and has a kernel for the
+    device the backend runs on here."""
+    x = on(features(1, 3, 2, 2))
+    runs(backend, "qsattn", x, "global")
+    key = x.device.type.upper()
+    for name, schema in ops.SCHEMAS.items():
+        overload = ops.op(name, backend)
+        assert str(overload._schema) == f"qsattn::{name}.{backend}{schema}"
+        assert torch._C._dispatch_has_kernel_for_dispatch_key(f"qsattn::{name}.{backend}", key), (name, key)
+
+
+def op_samples(dtype=torch.float64):
+    """(op name, arguments) of every op on rows(.) views of NCHW maps, as the backends call them; the
+    backward ops get the forward's own outputs. N = 35 (5 x 7), k = 6, two value maps."""
+    x, t = features(2, 3, 5, 7, dtype), features(2, 2, 5, 7, dtype)
+    f, v = rows(on(x)), [rows(on(x)), rows(on(t))]
+    idx = on(torch.stack([torch.randperm(35)[:6], torch.randperm(35)[:6]]))
+    ent = on(torch.rand(2, 35, dtype=dtype))
+    samples = [("entropy_global", (f, None)), ("entropy_local", (f, 5, 7, 3)), ("select", (ent, 6)),
+               ("route_global", (f, idx, v[:1], None))]
+    for mode, tail in (("global", (None,)), ("local", (5, 7, 3))):
+        samples.append((f"route_{mode}", (f, idx, v, *tail)))
+        samples.append((f"route_{mode}_backward", (f, idx, v, [on(torch.randn(2, 6, c, dtype=dtype)) for c in (3, 2)],
+                                                   on(torch.randn(2, 6, dtype=dtype)),
+                                                   [on(torch.randn(2, 6, c, dtype=dtype)) for c in (3, 2)], *tail)))
+    return samples
+
+
+@pytest.mark.parametrize("backend", ops.IMPLEMENTATIONS)
+@pytest.mark.parametrize("name,args", op_samples(), ids=[name for name, _ in op_samples()])
+
+
+def test_opcheck(backend, name, args):
+    """torch.library.opcheck of each implementation: schema, fake kernel (shapes, dtypes, strides),
+    autograd registration, and AOT dispatch (the routing ops' shared autograd glue)."""
+    runs(backend, "qsattn", on(features(2, 3, 5, 7, torch.float64)), "global")
+    if name.endswith("_backward"):         # the saved out/lse of a real forward, so the recomputation is consistent
+        out, lse = ops.op(name[:-len("_backward")], backend)(*args[:3], *args[6:])
+        args = (*args[:3], [o.detach() for o in out], lse.detach(), *args[5:])
+    if name.startswith("route") and not name.endswith("_backward"):
+        args = (args[0].detach().requires_grad_(), args[1], [a.detach().requires_grad_() for a in args[2]], *args[3:])
+    torch.library.opcheck(ops.op(name, backend), args)
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["global", "local"])
+
+
+@pytest.mark.parametrize("B,C,H,W", SHAPES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-12)])
+
+
+def test_entropy(backend, mode, B, C, H, W, dtype, tol):
+    x = features(B, C, H, W, dtype, scale=1.0)
+    runs(backend, "entropy", on(x), mode)
+    got = q.attention_entropy(on(x), mode, 5, backend=backend).cpu()
+    ref = q.attention_entropy(x.double(), mode, 5, backend="reference")
+    assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32) and got.shape == (B, H * W)
+    assert rel_err(got, ref) < tol
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", MODES)
+
+
+@pytest.mark.parametrize("B,C,H,W", SHAPES)
+@pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-12)])
+
+
+def test_qsattn_against_reference(backend, mode, B, C, H, W, dtype, tol):
+    """The selection is the stable argsort of the backend's own entropies and valid against the
+    reference's; the routed values equal the reference routing of that selection."""
+    x, t = features(B, C, H, W, dtype), features(B, C + 2, H, W, dtype)
+    runs(backend, "qsattn", on(x), mode, 5)
+    k = min(13, H * W)
+    idx, (a, b) = q.query_selected_attention(on(x), [on(x), on(t)], k=k, mode=mode, window=5, backend=backend)
+    idx, a, b = idx.cpu(), a.cpu(), b.cpu()
+    sel_mode = ops.split_mode(mode)[0]
+    ref_ent = q.attention_entropy(x.double(), sel_mode, 5, backend="reference")
+    assert_valid_selection(idx, ref_ent, k, tol=max(tol, 1e-4) * float(ref_ent.abs().max()))
+    own = q.attention_entropy(on(x), sel_mode, 5, backend=backend).cpu()
+    assert torch.equal(idx, torch.argsort(own, dim=1, stable=True)[:, :k])
+    ra, rb = q.route(x.double(), idx, [x.double(), t.double()], ops.split_mode(mode)[1], 5,
+                     backend="reference")
+    assert a.dtype == dtype and a.shape == (B, k, C) and b.shape == (B, k, C + 2)
+    assert rel_err(a, ra) < tol and rel_err(b, rb) < tol
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", MODES)
+
+
+@pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-8), (torch.float32, 1e-4)])
+def test_gradients_against_reference(backend, mode, dtype, tol):
+    """Outputs and gradients (source and value maps) against the float64 reference routing of the
+    backend's selection, which in float64 is the reference's own selection."""
+    B, C, H, W = 2, 6, 5, 7
+    x, t = features(B, C, H, W, dtype), features(B, 4, H, W, dtype)
+    runs(backend, "qsattn", on(x), mode, 3)
+    w1, w2 = torch.randn(B, 9, C, dtype=torch.float64), torch.randn(B, 9, 4, dtype=torch.float64)
+    xs, ts = on(x).requires_grad_(), on(t).requires_grad_()
+    idx, (a, b) = q.query_selected_attention(xs, [xs, ts], k=9, mode=mode, window=3, backend=backend)
+    mine = torch.autograd.grad((a.double().cpu() * w1).sum() + (b.double().cpu() * w2).sum(), (xs, ts))
+    idx = idx.cpu()
+    if dtype == torch.float64:
+        assert torch.equal(idx, q.query_selected_attention(x, [x, t], k=9, mode=mode, window=3,
+                                                           backend="reference")[0])
+    xr, tr = x.double().requires_grad_(), t.double().requires_grad_()
+    ra, rb = q.route(xr, idx, [xr, tr], ops.split_mode(mode)[1], 3, backend="reference")
+    ref = torch.autograd.grad((ra * w1).sum() + (rb * w2).sum(), (xr, tr))
+    assert rel_err(a.cpu(), ra) < tol and rel_err(b.cpu(), rb) < tol
+    assert all(rel_err(g.cpu(), r) < tol for g, r in zip(mine, ref))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["global", "local"])
+
+
+def test_route_gradcheck(backend, mode):
+    x = features(2, 3, 3, 5, torch.float64)
+    runs(backend, "route", on(x), mode, 3)
+    x, t = on(x).requires_grad_(), on(features(2, 2, 3, 5, torch.float64)).requires_grad_()
+    idx = on(torch.stack([torch.randperm(15)[:6], torch.randperm(15)[:6]]))
+    fast = backend == "triton" and DEVICE == "cpu"    # the interpreter: a random projection, not every column
+    assert torch.autograd.gradcheck(lambda a, b: q.route(a, idx, [a, b], mode, 3, backend=backend), (x, t),
+                                    fast_mode=fast)
+
+
+@pytest.mark.parametrize("backend", ops.IMPLEMENTATIONS)
+@pytest.mark.parametrize("mode", ["global", "local"])
+
+
+def test_routing_returns_each_rows_log_sum_exp(backend, mode):
+    """lse, what every routing saves for its backward, is the log-sum-exp of each selected attention row
+    (local: over the zero-padded 3 x 3 window, out-of-map keys with logit 0)."""
+    x = features(2, 6, 5, 7, torch.float64)
+    runs(backend, "route", on(x), mode, 3)
+    idx = torch.stack([torch.randperm(35)[:8] for _ in range(2)])
+    tail = (None,) if mode == "global" else (5, 7, 3)
+    _, lse = ops.op(f"route_{mode}", backend)(rows(on(x)), on(idx), [rows(on(x))], *tail)
+    q = rows(x).gather(1, idx[..., None].expand(-1, -1, 6))
+    if mode == "global":
+        s = q @ x.flatten(2)
+    else:
+        keys = torch.nn.functional.unfold(x, 3, padding=1).view(2, 6, 9, 35)
+        s = torch.einsum("bcpk,bkc->bkp", keys.gather(3, idx[:, None, None].expand(-1, 6, 9, -1)), q)
+    assert rel_err(lse.cpu(), torch.logsumexp(s, -1)) < 1e-12
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", ["global", "local"])
+
+
+def test_three_value_maps(backend, mode):
+    """A list of three value maps (the Triton backward reads two in place and concatenates the rest) routes
+    like the reference, outputs and gradients."""
+    x = features(2, 4, 3, 5, torch.float64)
+    runs(backend, "route", on(x), mode, 3)
+    vals = [features(2, c, 3, 5, torch.float64) for c in (2, 5, 1)]
+    idx = torch.stack([torch.randperm(15)[:7], torch.randperm(15)[:7]])
+    ws = [torch.randn(2, 7, c, dtype=torch.float64) for c in (4, 2, 5, 1)]
+    got, ref = [], []
+    for be, dev, out in ((backend, DEVICE, got), ("reference", "cpu", ref)):
+        ins = [m.to(dev).requires_grad_() for m in (x, *vals)]
+        routed = q.route(ins[0], idx.to(dev), ins, mode, 3, backend=be)
+        loss = sum((r.cpu() * w).sum() for r, w in zip(routed, ws))
+        out.extend([*(r.detach().cpu() for r in routed), *(g.cpu() for g in torch.autograd.grad(loss, ins))])
+    assert all(rel_err(a, b) < 1e-10 for a, b in zip(got, ref))
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("mode", MODES)
+
+
+def test_k_equals_n(backend, mode):
+    x = features(2, 4, 3, 4, torch.float64)
+    runs(backend, "qsattn", on(x), mode)
+    idx, (out,) = q.query_selected_attention(on(x), [on(x)], k=12, mode=mode, backend=backend)
+    assert all(sorted(row.tolist()) == list(range(12)) for row in idx.cpu())
+    _, (ref,) = q.query_selected_attention(x, [x], k=12, mode=mode, backend="reference")
+    assert rel_err(out.cpu(), ref) < 1e-12
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_ties_broken_by_lower_index(backend):
+    """Repeated feature vectors give exactly equal entropies: the selection is the stable argsort."""
+    base = features(1, 4, 1, 5, torch.float64)
+    x = base.repeat(2, 1, 3, 1)                           # every column repeated on 3 rows: 3-way ties
+    x[1] = x[1].flip(-1)
+    runs(backend, "entropy", on(x), "global")
+    ent = q.attention_entropy(on(x), "global", backend=backend)
+    idx = q.select_queries(ent, 7, backend=backend).cpu()
+    ent = ent.cpu()
+    assert torch.equal(idx, torch.argsort(ent, dim=1, stable=True)[:, :7])
+    picked = ent.gather(1, idx)
+    assert bool((picked[:, 1:] == picked[:, :-1]).any())       # the selection did cross exact ties
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_local_borders(backend):
+    """Corners and edges, windows up to larger than the map: out-of-map keys are zeros with logit 0."""
+    x, v = features(2, 3, 4, 5, torch.float64), features(2, 2, 4, 5, torch.float64)
+    idx = torch.tensor([[0, 4, 15, 19, 7], [19, 0, 10, 9, 2]])
+    for window in (3, 7, 9):
+        runs(backend, "route", on(x), "local", window)
+        out = q.route(on(x), on(idx), [on(x), on(v)], "local", window, backend=backend)
+        ref = q.route(x, idx, [x, v], "local", window, backend="reference")
+        assert all(rel_err(o.cpu(), r) < 1e-12 for o, r in zip(out, ref))
+        ent = q.attention_entropy(on(x), "local", window, backend=backend).cpu()
+        assert rel_err(ent, q.attention_entropy(x, "local", window, backend="reference")) < 1e-12
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+
+
+def test_half_inputs_accumulate_in_fp32(backend, dtype):
+    x, t = features(2, 8, 5, 6, dtype), features(2, 8, 5, 6, dtype)
+    runs(backend, "qsattn", on(x), "global")
+    idx, (a, b) = q.query_selected_attention(on(x), [on(x), on(t)], k=10, backend=backend)
+    ra, rb = q.route(x.double(), idx.cpu(), [x.double(), t.double()], backend="reference")
+    assert a.dtype == dtype and q.attention_entropy(on(x), backend=backend).dtype == torch.float32
+    tol = 1e-2 if dtype == torch.bfloat16 else 2e-3
+    assert rel_err(a.cpu(), ra) < tol and rel_err(b.cpu(), rb) < tol
+
+
+@pytest.mark.parametrize("backend", BACKENDS)
+@pytest.mark.parametrize("call,words", [
+    (lambda x, be: q.query_selected_attention(x, [x], k=31, backend=be), ["k", "<= 30"]),
+    (lambda x, be: q.query_selected_attention(x.masked_fill(x > 1, float("nan")), [x], k=3, backend=be),
+     ["feat_src", "NaN"]),
+    (lambda x, be: q.query_selected_attention(x, [x[:, :, :4]], k=3, backend=be), ["values[0]"]),
+    (lambda x, be: q.route(x, torch.full((2, 3), 30, device=x.device), [x], backend=be), ["idx", "[0, 30)"]),
+    (lambda x, be: q.attention_entropy(x, "local", 4, backend=be), ["window", "odd"]),
+])
+
+
+def test_bad_inputs_are_refused_whatever_the_backend(backend, call, words):
+    x = on(features(2, 4, 5, 6, scale=1.0))
+    with pytest.raises(ValueError) as info:
+        call(x, backend)
+    assert all(w in str(info.value) for w in words), str(info.value)

@@ -1,0 +1,53 @@
+"""Radix top-k selection kernel (kernels/select.py): exactly argsort(stable=True)[:, :k] (ties, signs,
+-0.0, k = 1 and k = N), and valid selections on the entropies of real feature maps."""
+import pytest
+import torch
+
+from qsattn_fast import attention_entropy, select_queries
+
+from support.numerics import assert_valid_selection, features
+from support.triton_env import DEVICE, triton_op
+
+SELECT = triton_op("select")
+
+
+def expected(e, k):
+    return torch.argsort(e, dim=1, stable=True)[:, :k]
+
+
+@pytest.mark.parametrize("B,N,k", [(1, 1, 1), (2, 37, 5), (3, 200, 200), (2, 1000, 17), (1, 5000, 256), (3, 4099, 1)])
+def test_equals_stable_argsort_with_ties(B, N, k):
+    e = torch.randn(B, N)
+    e[:, ::2] = (e[:, ::2] * 3).round()          # many exact ties, negative values, zeros
+    if N > 3:
+        e[0, 0], e[0, 3] = -0.0, 0.0
+    got = SELECT(e.to(DEVICE), k)
+    assert got.dtype == torch.int64
+    assert torch.equal(got.cpu(), expected(e, k))
+
+
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+def test_half_entropies(dtype):
+    e = torch.rand(2, 300).to(dtype)             # half precision: plenty of ties
+    assert torch.equal(select_queries(e.to(DEVICE), 50, backend="triton").cpu(), expected(e, 50))
+
+
+def test_all_equal_and_extremes():
+    e = torch.zeros(2, 70)
+    e[1, 5], e[1, 9] = float("inf"), -float("inf")
+    assert torch.equal(SELECT(e.to(DEVICE), 70).cpu(), expected(e, 70))
+    assert torch.equal(SELECT(e.to(DEVICE), 3).cpu(), expected(e, 3))
+
+
+@pytest.mark.parametrize("mode", ["global", "local"])
+def test_valid_on_entropies(mode):
+    x = features(3, 16, 9, 11, scale=0.5).to(DEVICE)
+    ent = attention_entropy(x, mode, 5, backend="triton")
+    ref = attention_entropy(x.double().cpu(), mode, 5, backend="reference")
+    for k in (1, 40, 99):
+        assert_valid_selection(select_queries(ent, k, backend="triton").cpu(), ref, k, tol=2e-4 * float(ref.max()))
+
+
+def test_float64_entropies():
+    e = torch.randn(2, 123, dtype=torch.float64)
+    assert torch.equal(select_queries(e.to(DEVICE), 31, backend="triton").cpu(), expected(e, 31))

@@ -1,0 +1,459 @@
+"""train/trainer.py, model.py, options.py: CUT's defaults, QS-Attn backends agreeing on a training step,
+exact resume, the demo path, SIGINT, and a two-process gloo run under torchrun."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from qsattn_fast.train import options, trainer
+from qsattn_fast.train.data import SyntheticDataset
+from qsattn_fast.train.model import CUTModel, lr_factor, qs_layer_positions
+
+from support import ROOT
+from support.numerics import rel_err
+from support.training import TINY, one_thread, read_log, tiny  # noqa: F401 (fixture)
+
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+SUPPORT = str(ROOT / "tests" / "support")
+
+
+def test_cut_defaults_and_model_defaults():
+    opt = options.parse(["--dataroot", "x"])
+    assert (opt.model, opt.load_size, opt.crop_size, opt.n_epochs, opt.n_epochs_decay, opt.lr, opt.beta1,
+            opt.beta2, opt.num_patches, opt.netF_nc, opt.nce_T, opt.nce_layers, opt.gan_mode, opt.ngf, opt.ndf,
+            opt.netG, opt.normG, opt.init_type, opt.init_gain, opt.batch_size, opt.gpu_ids) == \
+        ("cut", 286, 256, 200, 200, 0.0002, 0.5, 0.999, 256, 256, 0.07, "0,4,8,12,16", "lsgan", 64, 64,
+         "resnet_9blocks", "instance", "xavier", 0.02, 1, "auto")
+    assert opt.nce_idt is True and opt.lambda_NCE == 1.0 and opt.flip_equivariance is False
+    fast = options.parse(["--dataroot", "x", "--model", "fastcut"])
+    assert (fast.nce_idt, fast.lambda_NCE, fast.flip_equivariance, fast.n_epochs, fast.n_epochs_decay) == \
+        (False, 10.0, True, 150, 50)
+    assert options.parse(["--dataroot", "x", "--CUT_mode", "FastCUT"]).model == "fastcut"
+    qs = options.parse(["--dataroot", "x", "--model", "qs", "--QS_mode", "local", "--nce_idt", "false"])
+    assert (qs.qs_mode, qs.nce_idt, qs.qs_backend) == ("local", False, "auto")
+    with pytest.raises(SystemExit):
+        options.parse(["--dataroot", "x", "--qs_layers", "3"])
+    with pytest.raises(SystemExit):
+        options.parse([])  # no --dataroot
+
+
+def test_qs_layers_map_to_sampler_positions():
+    base = ["--dataroot", "x", "--model", "qs"]
+    assert qs_layer_positions(options.parse(base)) is None  # the sampler's default: the last two
+    assert qs_layer_positions(options.parse(base + ["--qs_layers", "8,16"])) == (2, 4)
+    assert qs_layer_positions(options.parse(["--dataroot", "x", "--model", "cut", "--qs_layers", "16"])) == ()
+    assert qs_layer_positions(options.parse(base + ["--qs_layers", "all"])) == (0, 1, 2, 3, 4)
+    assert qs_layer_positions(options.parse(base + ["--qs_layers", "all", "--nce_layers", "4,16"])) == (0, 1)
+    for bad in (["--qs_layers", "al"], ["--nce_layers", "0,x"]):
+        with pytest.raises(SystemExit):
+            options.parse(base + bad)
+    with pytest.raises(ValueError, match="bf16"):
+        trainer.Trainer(options.parse(TINY + ["--bf16"]))
+
+
+def test_linear_lr_schedule_is_cuts():
+    opt = options.parse(["--dataroot", "x", "--n_epochs", "3", "--n_epochs_decay", "4"])
+    assert [lr_factor(opt, e) for e in range(1, 8)] == [1, 1, 1, 0.8, 0.6, 0.4, 0.19999999999999996]
+
+
+def _one_step(opt, seed=3):
+    torch.manual_seed(seed)
+    model = CUTModel(opt, "cpu")
+    ds = SyntheticDataset(opt.seed, 4, opt.load_size, opt.crop_size)
+    batch = torch.utils.data.default_collate([ds[(0, 11)], ds[(1, 12)]])
+    losses = model.optimize(batch)
+    grads = {k: p.grad.clone() for k, p in model.netG.named_parameters()}
+    return losses, model.last_patch_ids, grads
+
+
+@pytest.mark.parametrize("mode", ["global", "local", "local_global"])
+def test_reference_and_torch_backends_give_the_same_step(tmp_path, mode):
+    """One training step (batch 2) with --qs_backend reference and torch from the same seed: equal losses
+    (1e-4 relative), the same selected queries on the QS layers, the same generator gradients."""
+    runs = {}
+    for backend in ("reference", "torch"):
+        opt = options.parse(tiny(tmp_path, "--model", "qs", "--qs_mode", mode, "--qs_backend", backend))
+        runs[backend] = _one_step(opt)
+    (l_ref, ids_ref, g_ref), (l_t, ids_t, g_t) = runs["reference"], runs["torch"]
+    assert l_ref.keys() == l_t.keys() and "NCE_Y" in l_ref
+    for k in l_ref:
+        assert torch.allclose(l_t[k], l_ref[k], rtol=1e-4, atol=1e-6), k
+    assert len(ids_ref) == 5
+    for i in (3, 4):  # the QS layers: (B, k) selected queries per image
+        assert ids_ref[i].shape == (2, 16) and torch.equal(ids_ref[i], ids_t[i])
+    for i in (0, 1, 2):  # random layers: shared ids from the same seed
+        assert torch.equal(ids_ref[i], ids_t[i])
+    # conv biases before an instance norm have a zero true gradient: compare those in the whole vector
+    for k in [k for k in g_ref if k.endswith("weight")]:
+        assert rel_err(g_t[k], g_ref[k]) < 1e-3, k
+    assert rel_err(torch.cat([g.flatten() for g in g_t.values()]), torch.cat([g.flatten() for g in g_ref.values()])) < 1e-3
+
+
+def test_cut_model_uses_random_patches_everywhere(tmp_path):
+    opt = options.parse(tiny(tmp_path, "--model", "cut"))
+    losses, ids, _ = _one_step(opt)
+    assert all(t.dim() == 1 and t.numel() == 16 for t in ids)
+    assert all(torch.isfinite(v) for v in losses.values())
+
+
+def test_resume_is_exact(tmp_path):
+    """5 uninterrupted steps vs 3 steps + --continue_train to 5: steps 4 and 5 log the same losses
+    bit for bit (crossing an epoch boundary: 4 steps per epoch, the LR decays in epoch 2)."""
+    extra = ["--model", "qs", "--qs_backend", "torch", "--flip_equivariance", "--seed", "5"]
+    assert trainer.main(tiny(tmp_path, *extra, "--max_steps", "5", name="full")) == 0
+    assert trainer.main(tiny(tmp_path, *extra, "--max_steps", "3", name="cut")) == 0
+    state = torch.load(tmp_path / "cut" / "latest_state.pth", weights_only=True)
+    assert (state["epoch"], state["epoch_iter"], state["step"]) == (1, 3, 3)
+    assert trainer.main(tiny(tmp_path, *extra, "--max_steps", "5", "--continue_train", name="cut")) == 0
+    full, resumed = read_log(tmp_path / "full"), read_log(tmp_path / "cut")
+    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5]
+    for a, b in zip(full, resumed):
+        assert a["losses"] == b["losses"] and a["lr"] == b["lr"] and a["epoch"] == b["epoch"], a["step"]
+    assert full[4]["lr"] < full[3]["lr"]
+    g_full = torch.load(tmp_path / "full" / "latest_net_G.pth", weights_only=True)
+    g_res = torch.load(tmp_path / "cut" / "latest_net_G.pth", weights_only=True)
+    assert all(torch.equal(g_full[k], g_res[k]) for k in g_full)
+
+
+def test_continue_from_weights_without_state(tmp_path):
+    """A CUT checkpoint folder (nets only, no resume state) is loaded and training starts at --epoch_count."""
+    assert trainer.main(tiny(tmp_path, "--max_steps", "1", name="a")) == 0
+    os.remove(tmp_path / "a" / "latest_state.pth")
+    t = trainer.Trainer(options.parse(tiny(tmp_path, "--continue_train", "--epoch_count", "2", name="a")))
+    saved = torch.load(tmp_path / "a" / "latest_net_G.pth", weights_only=True)
+    assert t.epoch == 2 and all(torch.equal(v, saved[k]) for k, v in t.model.netG.state_dict().items())
+
+
+def test_demo_path_tiny(tmp_path, capsys):
+    """--demo with tiny overrides runs to the end, leaves checkpoints, sample grids and the loss plot, evaluates
+    the held-out pairs after the last epoch (the demo's eval_freq) and prints the two synthetic measures with
+    the grid of test translations."""
+    argv = ["--demo", "--checkpoints_dir", str(tmp_path), "--synthetic_size", "3", "--load_size", "36",
+            "--crop_size", "32", "--ngf", "8", "--ndf", "8", "--num_patches", "16", "--netF_nc", "16",
+            "--n_epochs", "1", "--n_epochs_decay", "1", "--display_freq", "2", "--save_epoch_freq", "1",
+            "--eval_num_test", "5"]
+    opt = options.parse(argv)
+    assert (opt.model, opt.normG, opt.eval_freq, opt.eval_metrics) == ("qs", "none", 10, "synthetic,swd")
+    assert trainer.main(argv) == 0
+    run = tmp_path / "demo"
+    names = set(os.listdir(run))
+    for which in ("latest", "1", "2"):
+        assert {f"{which}_net_G.pth", f"{which}_net_F.pth", f"{which}_net_D.pth", f"{which}_state.pth"} <= names
+    assert {"loss_log.jsonl", "loss_plot.png", "opt.json", "eval_log.jsonl"} <= names
+    samples = sorted(os.listdir(run / "samples"))
+    assert len(samples) == 5  # steps 2, 4, 6 of 6, and the selection and test translations after the last epoch
+    grid = Image.open(run / "samples" / samples[-3])
+    assert grid.size == (4 * 130 + 2, 20 + 130 + 2)  # real A | fake B | real B | idt B: 32 px x 4, 2-px gaps, header
+    assert samples[-1] == "test_epoch002.png"
+    assert Image.open(run / "samples" / samples[-1]).size == (3 * 130 + 2, 20 + 5 * 130 + 2)  # 5 items, 3 columns
+    assert samples[-2] == "selection_epoch002.png"   # image | global entropy, for layers 12 and 16
+    assert Image.open(run / "samples" / samples[-2]).size == (2 * 420, 2 * 360)
+    assert Image.open(run / "loss_plot.png").size == (1200, 300)   # D, G and NCE losses
+    assert json.load(open(run / "opt.json"))["model"] == "qs"
+    out = capsys.readouterr().out
+    assert "done" in out and "held-out test split (5 synthetic pairs, 32x32) after epoch 2" in out
+    assert "shape_iou" in out and "background_error" in out and str(run / "samples" / "test_epoch002.png") in out
+
+
+def test_sigint_saves_and_exits(tmp_path):
+    t = trainer.Trainer(options.parse(tiny(tmp_path)))
+    t._on_sigint(2, None)
+    assert t.run() == 130
+    assert t.step == 1 and os.path.exists(tmp_path / "run" / "latest_net_G.pth")
+    state = torch.load(tmp_path / "run" / "latest_state.pth", weights_only=True)
+    assert state["step"] == 1
+
+
+def test_real_sigint_saves_and_exits(tmp_path):
+    """Ctrl-C on a running qsattn-train process: it finishes the step, saves latest_* and exits 130."""
+    argv = tiny(tmp_path, "--n_epochs", "1000", "--cpu_threads", "1")
+    proc = subprocess.Popen([sys.executable, "-m", "qsattn_fast.train.trainer", *argv],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    log = tmp_path / "run" / trainer.LOG_NAME
+    deadline = time.time() + 120
+    while not (log.exists() and log.read_text().count("\n") >= 2) and time.time() < deadline and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    out, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err[-2000:]
+    assert "interrupted" in err
+    state = torch.load(tmp_path / "run" / "latest_state.pth", weights_only=True)
+    assert state["step"] >= 2 and state["step"] == read_log(tmp_path / "run")[-1]["step"]
+
+
+def test_cpu_run_never_touches_cuda(tmp_path, monkeypatch):
+    def boom(name):
+        def f(*args, **kwargs):
+            raise AssertionError(f"torch.cuda.{name} called with --gpu_ids -1")
+        return f
+    for name in ("is_available", "_lazy_init", "get_rng_state", "set_device", "synchronize", "device_count"):
+        monkeypatch.setattr(torch.cuda, name, boom(name))
+    assert trainer.main(tiny(tmp_path, "--model", "qs", "--max_steps", "2", "--save_latest_freq", "1")) == 0
+    assert trainer.main(tiny(tmp_path, "--model", "qs", "--max_steps", "3", "--continue_train")) == 0
+
+
+def test_bad_dataroot_and_cuda_request(tmp_path, capsys):
+    """The library raises; qsattn-train turns it into exit code 2 and the message."""
+    (tmp_path / "trainA").mkdir()
+    Image.new("RGB", (8, 8)).save(tmp_path / "trainA" / "a.png")
+    with pytest.raises(FileNotFoundError, match="trainB"):
+        trainer.Trainer(options.parse(tiny(tmp_path, "--dataset_mode", "unaligned", "--dataroot", str(tmp_path))))
+    assert trainer.main(tiny(tmp_path, "--dataset_mode", "unaligned", "--dataroot", str(tmp_path))) == 2
+    assert "trainB" in capsys.readouterr().err
+    if not torch.cuda.is_available():
+        assert trainer.main(tiny(tmp_path, "--gpu_ids", "0")) == 2
+        assert "CUDA is not available" in capsys.readouterr().err
+    assert trainer.training_device("-1").type == "cpu"
+
+
+def test_gpu_ids_auto_takes_the_cpu_without_cuda_and_says_so(tmp_path, monkeypatch, capsys):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    argv = [a for a in tiny(tmp_path, "--max_steps", "1") if a not in ("--gpu_ids", "-1")]
+    assert options.parse(argv).gpu_ids == "auto" and trainer.main(argv) == 0
+    assert "qsattn-train: training on cpu (CPU; --gpu_ids auto)" in capsys.readouterr().err
+
+
+def _folders(root, n=3, size=40):
+    """<root>/trainA and trainB with n random PNGs each."""
+    rng = np.random.default_rng(0)
+    for d in ("trainA", "trainB"):
+        (root / d).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(rng.integers(0, 256, (size, size, 3), dtype=np.uint8)).save(root / d / f"{i}.png")
+    return root
+
+
+def _one_line_error(capsys, *needles):
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error" in line]
+    assert len(lines) == 1 and "Traceback" not in err and all(n in lines[0] for n in needles), err
+
+
+def test_every_usage_and_path_error_is_one_line_and_exit_2(tmp_path, capsys):
+    """No folder is created before the options and the data are validated."""
+    data = _folders(tmp_path / "data")
+    cases = [(["--dataset_mode", "unaligned", "--dataroot", str(tmp_path / "none")], "not a folder"),
+             (["--dataset_mode", "unaligned"], "--dataroot is required"),
+             (["--netG", "unet"], "invalid choice"), (["--batch_size", "0"], "--batch_size"),
+             (["--dataset_mode", "unaligned", "--dataroot", str(data), "--eval_freq", "1"], "testA"),
+             (["--eval_freq", "1", "--eval_metrics", "lpips"], "lpips"),
+             (["--continue_train"], "checkpoint")]
+    for argv, needle in cases:
+        try:
+            rc = trainer.main(tiny(tmp_path / "ck", *argv))
+        except SystemExit as e:   # argparse's usage errors
+            rc = e.code
+        assert rc == 2, argv
+        _one_line_error(capsys, needle)
+        assert not (tmp_path / "ck").exists(), argv
+
+
+def test_a_corrupt_training_image_is_refused_at_start_or_skipped(tmp_path, capsys):
+    data = _folders(tmp_path / "data")
+    (data / "trainA" / "x.png").write_text("text, not an image")
+    argv = tiny(tmp_path / "ck", "--dataset_mode", "unaligned", "--dataroot", str(data), "--max_steps", "2")
+    assert trainer.main(argv) == 2
+    _one_line_error(capsys, "x.png", "--skip_bad_images", "1 of 4 images")
+    assert not (tmp_path / "ck").exists()
+    assert trainer.main(argv + ["--skip_bad_images"]) == 0
+    err = capsys.readouterr().err
+    assert "skipping 1 unreadable images" in err and "x.png" in err
+    assert (tmp_path / "ck" / "run" / "latest_net_G.pth").exists()
+
+
+def test_an_image_failing_mid_run_saves_the_steps_done(tmp_path, capsys):
+    """A JPEG truncated after its header passes the start's verification and fails when decoded: the
+    run stops with one line and exit 2, and the finished steps are saved as latest (resumable)."""
+    data = _folders(tmp_path / "data", n=2)
+    rng = np.random.default_rng(1)
+    Image.fromarray(rng.integers(0, 256, (40, 40, 3), dtype=np.uint8)).save(tmp_path / "full.jpg", quality=95)
+    raw = (tmp_path / "full.jpg").read_bytes()
+    (data / "trainA" / "z.jpg").write_bytes(raw[: len(raw) // 3])
+    argv = tiny(tmp_path / "ck", "--dataset_mode", "unaligned", "--dataroot", str(data), "--serial_batches",
+                "--n_epochs_decay", "0")
+    assert trainer.main(argv) == 2
+    _one_line_error(capsys, "z.jpg", "--continue_train", "after step 2")
+    state = torch.load(tmp_path / "ck" / "run" / "latest_state.pth", weights_only=True)
+    assert state["step"] == 2 and state["epoch_iter"] == 2
+
+
+def test_failed_construction_leaves_the_process_group(tmp_path, monkeypatch, capsys):
+    """A rank whose Trainer fails after joining the process group (here: a bad dataroot) leaves it
+    before exiting with 2, as a finished run does."""
+    group = []
+    monkeypatch.setattr(trainer.dist, "is_initialized", lambda: bool(group))
+    monkeypatch.setattr(trainer.dist, "init_process_group", lambda backend: group.append(backend))
+    monkeypatch.setattr(trainer.dist, "destroy_process_group", group.clear)
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("RANK", "1")
+    assert trainer.main(tiny(tmp_path, "--dataset_mode", "unaligned", "--dataroot", str(tmp_path / "none"))) == 2
+    assert "not a folder" in capsys.readouterr().err
+    assert group == []
+
+
+@pytest.mark.parametrize("model,loss", [("qs", "NCE"), ("cycle_gan", "cycle_A")])
+def test_two_process_gloo_ddp(tmp_path, model, loss):
+    """torchrun --nproc_per_node 2 (as ``python -m torch.distributed.run``): both processes end with
+    identical weights (averaged gradients, broadcast start) that moved from the start; rank 0 wrote
+    the checkpoints and the log, whose losses are the mean of the two ranks' own."""
+    out = tmp_path / "ranks"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", os.path.join(SUPPORT, "ddp_worker.py"), str(out),
+           *tiny(tmp_path, "--model", model, "--qs_backend", "torch", "--max_steps", "2")]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=SUPPORT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    res = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    g0, g1 = (torch.load(out / f"G{r}.pth", weights_only=True) for r in (0, 1))
+    start = torch.load(out / "G_start0.pth", weights_only=True)
+    assert all(torch.equal(g0[k], g1[k]) for k in g0)
+    assert any(not torch.equal(g0[k], start[k]) for k in g0)
+    log = read_log(tmp_path / "run")
+    assert [r["step"] for r in log] == [1, 2] and log[-1]["images"] == 4
+    own = [json.loads((out / f"losses{r}.json").read_text()) for r in (0, 1)]
+    assert own[0][0][loss] != own[1][0][loss]  # the ranks saw different data
+    for rec, l0, l1 in zip(log, *own):
+        assert rec["losses"].keys() == l0.keys()
+        assert all(rec["losses"][k] == pytest.approx((l0[k] + l1[k]) / 2, rel=1e-6) for k in l0), rec["step"]
+    assert os.path.exists(tmp_path / "run" / ("latest_net_G_A.pth" if model == "cycle_gan" else "latest_net_G.pth"))
+
+
+def test_max_dataset_size_caps_the_synthetic_set():
+    assert len(trainer.make_dataset(options.parse(TINY + ["--max_dataset_size", "3"]))) == 3
+    assert len(trainer.make_dataset(options.parse(TINY + ["--max_dataset_size", "9"]))) == 4  # --synthetic_size 4
+    with pytest.raises(SystemExit):
+        options.parse(TINY + ["--max_dataset_size", "0"])
+
+
+def test_synthetic_task_reaches_training_evaluation_and_opt_json(tmp_path):
+    from qsattn_fast.train.evaluation import TestSetEvaluator
+    recolour, stripes = (options.parse(tiny(tmp_path, "--eval_metrics", "synthetic", "--eval_num_test", "3",
+                                            "--synthetic_task", t, "--name", t)) for t in ("recolour", "stripes"))
+    assert trainer.make_dataset(recolour).task == "recolour" and trainer.make_dataset(stripes).task == "stripes"
+    assert options.parse(TINY).synthetic_task == "recolour" and options.parse(["--demo"]).synthetic_task == "recolour"
+    ev = {o.synthetic_task: TestSetEvaluator(o, torch.device("cpu")) for o in (recolour, stripes)}
+    assert not torch.equal(ev["recolour"].sources, ev["stripes"].sources)
+    identity = {t: e.run(torch.nn.Identity()) for t, e in ev.items()}
+    assert identity["stripes"]["stripe_energy"] < 1e-6 and "conformity" not in identity["stripes"]
+    assert identity["recolour"]["conformity"] == identity["recolour"]["shape_iou"] == 0
+    trainer.Trainer(stripes)
+    assert json.load(open(tmp_path / "stripes" / "opt.json"))["synthetic_task"] == "stripes"
+    with pytest.raises(SystemExit):
+        options.parse(TINY + ["--synthetic_task", "zebras"])
+
+
+def test_synthetic_period_scale_reaches_training_and_evaluation():
+    from qsattn_fast.train.evaluation import TestSetEvaluator
+    fine, coarse = (options.parse(TINY + ["--eval_metrics", "synthetic", "--eval_num_test", "3", "--synthetic_task",
+                                          "stripes", "--synthetic_period_scale", s]) for s in ("1", "2.5"))
+    assert trainer.make_dataset(coarse).period_scale == 2.5 and trainer.make_dataset(fine).period_scale == 1
+    ev_fine, ev_coarse = (TestSetEvaluator(o, torch.device("cpu")) for o in (fine, coarse))
+    assert torch.equal(ev_fine.sources, ev_coarse.sources) and torch.equal(ev_fine.mask, ev_coarse.mask)
+    assert not all(torch.equal(f, c) for f, c in zip(ev_fine.real, ev_coarse.real))
+    with pytest.raises(SystemExit):
+        options.parse(TINY + ["--synthetic_period_scale", "-1"])
+
+
+def test_qs_detach_attention_changes_only_the_gradient(tmp_path):
+    """--qs_detach_attention: the same losses and selections, the QS ops get source maps that need no gradient
+    (the source is encoded without a graph), and netG's gradient changes (the source encoder gets none through
+    the attention rows; at initialisation the rows are peaked, nearly one-hot, so that share is small: about
+    3e-6 of the gradient here)."""
+    from unittest import mock
+    from qsattn_fast import sampler
+    assert options.parse(TINY).qs_detach_attention is False
+    runs = []
+    for flag in ("false", "true"):
+        opt = options.parse(tiny(tmp_path, "--model", "qs", "--qs_detach_attention", flag))
+        with mock.patch.object(sampler, "query_selected_attention", wraps=sampler.query_selected_attention) as spy:
+            runs.append(_one_step(opt) + ([(c.args[0].requires_grad, c.args[1][0].requires_grad)
+                                           for c in spy.call_args_list],))
+    (losses, ids, grads, needs_grad), (losses_d, ids_d, grads_d, needs_grad_d) = runs
+    # (attention source, source value) of 2 QS layers x (NCE, identity NCE)
+    assert needs_grad == [(True, True)] * 4 and needs_grad_d == [(False, False)] * 4
+    assert losses.keys() == losses_d.keys() and all(torch.equal(losses[k], losses_d[k]) for k in losses)
+    assert all(torch.equal(a, b) for a, b in zip(ids, ids_d))
+    flat = [torch.cat([g.flatten() for g in gs.values()]) for gs in (grads, grads_d)]
+    assert not torch.equal(flat[1], flat[0])
+
+
+def test_tiny_args_are_valid():
+    assert options.parse(TINY).crop_size == 32
+
+
+@pytest.mark.parametrize("mode", ["global", "local"])
+def test_textbook_entropy_is_the_released_codes(mode):
+    """The released code's float32 entropy, blockwise (global) or per window (local), equals the
+    reference backend's dense -sum p log p; one-hot rows give exactly 0."""
+    from qsattn_fast.reference import global_attention, local_attention
+    from qsattn_fast.train.model import textbook_entropy
+    feat = torch.randn(2, 5, 7, 9) * torch.tensor([0.2, 6.0]).view(2, 1, 1, 1)  # mild and one-hot rows
+    p = global_attention(feat) if mode == "global" else local_attention(feat, 3, "paper")
+    want = -torch.special.xlogy(p, p).sum(-1)
+    got = textbook_entropy(feat, mode, 3, block=10)
+    assert got.shape == (2, 63) and torch.allclose(got, want, rtol=1e-5, atol=1e-6)
+    assert bool((got[0] > 0).all())
+    assert torch.equal(got[1] == 0, want[1] == 0) and bool((got[1] == 0).any())
+
+
+def test_qs_run_logs_selection_statistics(tmp_path):
+    """--model qs writes one selection record per epoch, per QS layer (12, 16), with fractions in [0, 1]
+    and ordered entropy percentiles; cut writes none."""
+    assert trainer.main(tiny(tmp_path, "--model", "qs", "--qs_backend", "torch")) == 0
+    with open(tmp_path / "run" / trainer.SELECTION_LOG) as f:
+        recs = [json.loads(line) for line in f]
+    assert [r["epoch"] for r in recs] == [1, 2] and recs[-1]["step"] == 8
+    for r in recs:
+        assert set(r["layers"]) == {"12", "16"}
+        for s in r["layers"].values():
+            assert all(0 <= s[k] <= 1 for k in ("textbook_zero_rows", "selected_textbook_zero", "selected_zero"))
+            e = s["selected_entropy"]
+            assert 0 <= e["p5"] <= e["p50"] <= e["p95"] <= e["max"]
+    assert trainer.main(tiny(tmp_path, "--model", "cut", name="cut")) == 0
+    assert not (tmp_path / "cut" / trainer.SELECTION_LOG).exists()
+
+
+def test_a_log_file_gets_one_line_per_logged_step_not_progress_bars(tmp_path, capsys):
+    """stderr is not a terminal under pytest: no carriage-return redraws; one line per --print_freq images
+    (and the first step) with the epoch, the step and the losses; the per-step JSONL is unchanged."""
+    assert trainer.main(tiny(tmp_path, "--print_freq", "2")) == 0
+    err = capsys.readouterr().err
+    assert "\r" not in err and "it/s" not in err
+    lines = [line for line in err.splitlines() if line.startswith("epoch ")]
+    assert [line.split()[3] for line in lines] == ["1", "2", "4", "6", "8"]      # steps 1, then every 2 images
+    assert lines[0].startswith("epoch 1/2 step 1 (1/4)") and "G_GAN" in lines[0] and "NCE" in lines[0]
+    assert len(read_log(tmp_path / "run")) == 5
+
+
+def test_tensorboard_logs_losses_evaluations_and_pictures(tmp_path):
+    """--tensorboard (qs, an evaluation after the last epoch): every logged loss and the learning rate per
+    step, the evaluation's numbers, the sample grid, the test grid and the selection picture."""
+    pytest.importorskip("tensorboard")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+    argv = tiny(tmp_path, "--model", "qs", "--tensorboard", "--eval_freq", "2", "--eval_num_test", "3",
+                "--eval_metrics", "synthetic", "--display_freq", "4")
+    assert trainer.main(argv) == 0
+    acc = EventAccumulator(str(tmp_path / "run" / "tensorboard"), size_guidance={"images": 0, "scalars": 0}).Reload()
+    tags = acc.Tags()
+    logged = read_log(tmp_path / "run")
+    assert {f"loss/{k}" for k in logged[0]["losses"]} | {"lr"} <= set(tags["scalars"])
+    assert [e.step for e in acc.Scalars("loss/G_GAN")] == [r["step"] for r in logged]
+    assert np.allclose([e.value for e in acc.Scalars("loss/NCE")], [r["losses"]["NCE"] for r in logged])
+    assert {"eval/shape_iou", "eval/background_error"} <= set(tags["scalars"])
+    assert {"samples", "test translations", "selection"} <= set(tags["images"])
+    assert (tmp_path / "run" / "samples" / "selection_epoch002.png").exists()
+
+
+def test_tensorboard_without_the_package_is_one_line(tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "torch.utils.tensorboard", None)   # import fails as if not installed
+    assert trainer.main(tiny(tmp_path, "--tensorboard")) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1] == "qsattn-train: error: --tensorboard needs the tensorboard package: pip install tensorboard"
+    assert not (tmp_path / "run" / "opt.json").exists()
