@@ -25,20 +25,25 @@ from .api import query_selected_attention, route
 from .ops import split_mode
 
 
-def _init_weights(module: nn.Module, init_type: str, gain: float) -> None:
-    """CUT's ``init_weights`` for Linear layers: weights by ``init_type``, biases zero."""
-    inits = {
-        "normal": lambda w: nn.init.normal_(w, 0.0, gain),
-        "xavier": lambda w: nn.init.xavier_normal_(w, gain=gain),
-        "kaiming": lambda w: nn.init.kaiming_normal_(w, a=0, mode="fan_in"),
-        "orthogonal": lambda w: nn.init.orthogonal_(w, gain=gain),
-    }
+def init_weights(net: nn.Module, init_type="xavier", init_gain=0.02) -> nn.Module:
+    """CUT's ``init_weights``: Conv*/Linear weights by ``init_type`` (normal | xavier | kaiming |
+    orthogonal, scale ``init_gain``), their biases 0; BatchNorm weights N(1, gain), biases 0. Defined
+    here, in the core, for the sampler's heads; the trainer's networks (``qsattn_fast.train``) use it too."""
+    inits = {"normal": lambda w: nn.init.normal_(w, 0.0, init_gain),
+             "xavier": lambda w: nn.init.xavier_normal_(w, gain=init_gain),
+             "kaiming": lambda w: nn.init.kaiming_normal_(w, a=0, mode="fan_in"),
+             "orthogonal": lambda w: nn.init.orthogonal_(w, gain=init_gain)}
     if init_type not in inits:
         raise ValueError(f"init_type: expected one of {', '.join(inits)}, got {init_type!r}")
-    for m in module.modules():
-        if isinstance(m, nn.Linear):
+    for m in net.modules():
+        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
             inits[init_type](m.weight.data)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias.data)
+        elif isinstance(m, nn.BatchNorm2d):
+            nn.init.normal_(m.weight.data, 1.0, init_gain)
             nn.init.zeros_(m.bias.data)
+    return net
 
 
 def l2_normalize(x: torch.Tensor) -> torch.Tensor:
@@ -80,7 +85,7 @@ class QSPatchSampler(nn.Module):
         for i, feat in enumerate(feats):
             mlp = nn.Sequential(nn.Linear(feat.shape[1], self.nc), nn.ReLU(), nn.Linear(self.nc, self.nc))
             setattr(self, f"mlp_{i}", mlp.to(feat.device))
-        _init_weights(self, self.init_type, self.init_gain)
+        init_weights(self, self.init_type, self.init_gain)
         self.mlp_init = True
 
     def qs_positions(self, n_layers: int) -> set[int]:

@@ -18,6 +18,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qsattn_fast.sampler import init_weights
+
 _BINOMIAL = {1: [1.], 2: [1., 1.], 3: [1., 2., 1.], 4: [1., 3., 3., 1.], 5: [1., 4., 6., 4., 1.],
              6: [1., 5., 10., 10., 5., 1.], 7: [1., 6., 15., 20., 15., 6., 1.]}
 _PADS = {"reflect": nn.ReflectionPad2d, "refl": nn.ReflectionPad2d, "replicate": nn.ReplicationPad2d,
@@ -208,26 +210,6 @@ class NLayerDiscriminator(nn.Module):
 
     def forward(self, x):
         return self.model(x)
-
-
-def init_weights(net: nn.Module, init_type="xavier", init_gain=0.02) -> nn.Module:
-    """CUT's ``init_weights``: Conv*/Linear weights by ``init_type`` (normal | xavier | kaiming |
-    orthogonal, scale ``init_gain``), their biases 0; BatchNorm weights N(1, gain), biases 0."""
-    inits = {"normal": lambda w: nn.init.normal_(w, 0.0, init_gain),
-             "xavier": lambda w: nn.init.xavier_normal_(w, gain=init_gain),
-             "kaiming": lambda w: nn.init.kaiming_normal_(w, a=0, mode="fan_in"),
-             "orthogonal": lambda w: nn.init.orthogonal_(w, gain=init_gain)}
-    if init_type not in inits:
-        raise ValueError(f"init_type: expected one of {', '.join(inits)}, got {init_type!r}")
-    for m in net.modules():
-        if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            inits[init_type](m.weight.data)
-            if m.bias is not None:
-                nn.init.zeros_(m.bias.data)
-        elif isinstance(m, nn.BatchNorm2d):
-            nn.init.normal_(m.weight.data, 1.0, init_gain)
-            nn.init.zeros_(m.bias.data)
-    return net
 
 
 GENERATOR_BLOCKS = {"resnet_9blocks": 9, "resnet_6blocks": 6, "resnet_4blocks": 4}
