@@ -22,11 +22,7 @@ import math
 import torch
 import torch.distributed as dist
 
-import qsattn_fast as qs
 from qsattn_fast import QSPatchSampler
-from qsattn_fast._common import rows
-from qsattn_fast.ops import split_mode
-from qsattn_fast.reference import local_attention
 
 from . import networks
 
@@ -53,23 +49,6 @@ def qs_layer_positions(opt):
     if not opt.qs_layers_list:
         return None
     return tuple(opt.nce_layers_list.index(i) for i in opt.qs_layers_list)
-
-
-def textbook_entropy(feat: torch.Tensor, mode="global", window=7, block=256) -> torch.Tensor:
-    """(B, C, H, W) -> (B, N) float32: the released code's row entropy -sum p log p (log 0 -> 0) of
-    softmax(F F^T) (global; ``block`` rows at a time, nothing N x N) or of each zero-padded window
-    (local), in float32 as the released code computes it: rows whose attention is one-hot in float32
-    give exactly 0 and tie in its sort."""
-    f = feat.detach().float()
-    if mode != "global":
-        p = local_attention(f, window, "paper")
-        return -torch.special.xlogy(p, p).sum(-1)
-    r = rows(f)
-    out = []
-    for i in range(0, r.shape[1], block):
-        p = torch.softmax(r[:, i:i + block] @ r.transpose(1, 2), -1)
-        out.append(-torch.special.xlogy(p, p).sum(-1))
-    return torch.cat(out, 1)
 
 
 class GANModel:
@@ -234,40 +213,6 @@ class CUTModel(GANModel):
                 self.optimizers[k].step()
         names = LOSS_NAMES if self.opt.nce_idt and self.opt.lambda_NCE > 0 else LOSS_NAMES[:-1]
         return {n: getattr(self, "loss_" + n).detach().float() for n in names}
-
-    @torch.no_grad()
-    def selection_stats(self) -> dict:
-        """QS-Attn's selection on the last step's source images, per QS layer (keyed by NCE layer id):
-        ``textbook_zero_rows``, the fraction of all rows whose released-code entropy
-        (:func:`textbook_entropy`) is exactly 0 (above num_patches / N, the released code picks among
-        tied rows arbitrarily); ``selected_textbook_zero``, that fraction among the rows we select;
-        ``selected_entropy`` {p5, p50, p95, max}, our (cancellation-free) entropies of the selected rows,
-        and ``selected_zero``, the fraction of those that are exactly 0 even so (every off-maximum term
-        underflows in float32, or, on the native CPU kernel, falls below its e^-87 flush: such rows tie
-        for us too and are taken in index order; docs/design.md §2).
-        Costs one encoder pass and one entropy pass per QS layer."""
-        opt = self.opt
-        if opt.model != "qs":
-            return {}
-        sel_mode = split_mode(opt.qs_mode)[0]
-        with self.autocast:
-            feats = self.netG(self.real_A, opt.nce_layers_list, encode_only=True)
-        out = {}
-        for i in sorted(self.netF.qs_positions(len(feats))):
-            f = feats[i].float()
-            ent = qs.attention_entropy(f, mode=sel_mode, window=opt.qs_window, backend=opt.qs_backend,
-                                       precision=opt.qs_precision, check_finite=False)
-            idx = qs.select_queries(ent, min(opt.num_patches, ent.shape[1]), backend=opt.qs_backend)
-            text = textbook_entropy(f, sel_mode, opt.qs_window)
-            picked = ent.gather(1, idx).double().flatten()
-            q = torch.quantile(picked, torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64, device=picked.device))
-            out[str(opt.nce_layers_list[i])] = {
-                "textbook_zero_rows": float((text == 0).double().mean()),
-                "selected_textbook_zero": float((text.gather(1, idx) == 0).double().mean()),
-                "selected_zero": float((picked == 0).double().mean()),
-                "selected_entropy": {"p5": float(q[0]), "p50": float(q[1]), "p95": float(q[2]),
-                                     "max": float(picked.max())}}
-        return out
 
     def visuals(self):
         """{name: (B, 3, H, W)} of the last step: real A, fake B, real B[, idt B]."""

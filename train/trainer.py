@@ -7,7 +7,7 @@ image, tiles of at least 128 px under a header naming the columns: real A | fake
 cycle_gan: real A | fake B | rec A | idt B | real B | fake A | rec B | idt A), ``opt.json`` (every
 option; ``qsattn-translate`` builds the generator from it);
 for ``--model qs`` ``selection_log.jsonl`` (per epoch: how QS-Attn's selection relates to the released
-code's ties, see :meth:`.model.CUTModel.selection_stats`); with
+code's ties, see :func:`.diagnostics.selection_stats`); with
 ``--eval_freq N``: ``eval_log.jsonl`` (the test split's metrics every N epochs and after the last, see
 :class:`.evaluation.TestSetEvaluator`), ``samples/test_epoch<N>.png`` (the first 8 test translations),
 ``eval_best.json`` and ``best_net_G.pth`` (cycle_gan: ``best_net_G_A.pth``; the epoch with the lowest
@@ -43,6 +43,7 @@ from . import checkpoint as ckpt
 from .cycle_gan import CycleGANModel
 from .data import EpochSampler, SyntheticDataset, UnalignedDataset, dequantize
 from .device import pick_device
+from .diagnostics import selection_stats
 from .evaluation import TestSetEvaluator, jsonable
 from .cli import one_line_errors
 from .model import CUTModel
@@ -310,9 +311,9 @@ class Trainer:
             yield batch
 
     def log_selection(self, epoch):
-        """Append the QS-Attn selection statistics of the epoch's last batch (:meth:`CUTModel.selection_stats`:
+        """Append the QS-Attn selection statistics of the epoch's last batch (:func:`.diagnostics.selection_stats`:
         how many rows the released code's float32 entropy ties at exactly 0) to selection_log.jsonl."""
-        rec = {"epoch": epoch, "step": self.step, "layers": self.model.selection_stats()}
+        rec = {"epoch": epoch, "step": self.step, "layers": selection_stats(self.model)}
         with open(os.path.join(self.save_dir, SELECTION_LOG), "a") as f:
             f.write(json.dumps(rec) + "\n")
 

@@ -393,7 +393,7 @@ def test_textbook_entropy_is_the_released_codes(mode):
     """The released code's float32 entropy, blockwise (global) or per window (local), equals the
     reference backend's dense -sum p log p; one-hot rows give exactly 0."""
     from qsattn_fast.reference import global_attention, local_attention
-    from qsattn_fast.train.model import textbook_entropy
+    from qsattn_fast.train.diagnostics import textbook_entropy
     feat = torch.randn(2, 5, 7, 9) * torch.tensor([0.2, 6.0]).view(2, 1, 1, 1)  # mild and one-hot rows
     p = global_attention(feat) if mode == "global" else local_attention(feat, 3, "paper")
     want = -torch.special.xlogy(p, p).sum(-1)
