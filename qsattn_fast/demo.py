@@ -4,7 +4,8 @@ The example is a synthetic 'image' (a disc and a square on a smooth textured bac
 fixed, seeded random convolutional encoder, so that positions differ in how distinctive they are. The
 script selects the k lowest-entropy queries with the streaming ``torch`` backend and the materialising
 ``reference`` backend, checks that both pick the same queries, prints where they lie, and reports the
-time and the extra peak memory of one forward+backward step of each.
+time and the extra peak memory of one forward+backward step of each. The training demo,
+``qsattn-train --demo``, is another thing: its settings are in ``qsattn_fast.train.demo``.
 """
 from __future__ import annotations
 

@@ -5,7 +5,7 @@ off, lambda_NCE 10, flip equivariance, 150 + 50 epochs; ``cycle_gan``: CUT's cyc
 flags lambda_A 10, lambda_B 10, lambda_identity 0.5 and pool_size 50 only it reads, and which leaves
 the base defaults as they are: no_dropout on, lsgan, 200 + 200 epochs) and QS-Attn (``--model qs``: as
 CUT, with QS-Attn on ``--qs_layers``). ``--CUT_mode FastCUT`` and ``--QS_mode`` are accepted as in those repos.
-``--demo`` switches to a small synthetic run (see :data:`DEMO_DEFAULTS`); explicit flags still win.
+``--demo`` switches to the training demo's settings (:data:`.demo.SETTINGS`); explicit flags still win.
 """
 from __future__ import annotations
 
@@ -14,6 +14,7 @@ import math
 
 from qsattn_fast._checks import BACKENDS, PRECISIONS
 
+from . import demo
 from .cli import Parser, add_debug_flag
 from .data import SYNTHETIC_TASKS
 
@@ -23,20 +24,6 @@ MODEL_DEFAULTS = {
     "qs": dict(nce_idt=True, lambda_NCE=1.0),
     "cycle_gan": dict(),
 }
-
-# The demo (docs/demo.md): the synthetic recolour task, 48x48 crops, small networks, QS-Attn
-# (global), 1100 steps, then the 100 held-out pairs are evaluated (eval_freq = the last epoch).
-# normG none: an instance-normalised generator cannot see an image's global colour offset (each channel's
-# mean and scale are normalised away after the first conv); without norms the generator keeps the
-# background's level (init_gain 1 so the un-normalised layers start with signal).
-DEMO_DEFAULTS = dict(model="qs", dataset_mode="synthetic", synthetic_task="recolour", name="demo", gpu_ids="-1",
-                     synthetic_size=110, load_size=52, crop_size=48, ngf=16, ndf=16, netG="resnet_4blocks",
-                     normG="none", init_gain=1.0, num_patches=64, netF_nc=64, lambda_NCE=2.0, n_epochs=8,
-                     n_epochs_decay=2, lr=0.0005, save_epoch_freq=5, display_freq=220, print_freq=22,
-                     save_latest_freq=550, eval_freq=10, eval_metrics="synthetic,swd", num_threads=0, cpu_threads=1)
-# What the demo must reach on the held-out pairs (trainer's summary; docs/demo.md has the measured runs).
-DEMO_TARGETS = {"conformity": ">= 0.9", "shape_iou": ">= 0.85", "background_error": "<= 0.05"}
-
 
 def str2bool(v) -> bool:
     if isinstance(v, bool):
@@ -68,8 +55,7 @@ def build_parser() -> Parser:
         description="Train CUT, FastCUT, CUT with QS-Attn (query-selected attention) or CycleGAN for unpaired "
                     "image-to-image translation. Flags and defaults are those of CUT's train.py.")
     g = p.add_argument_group("run")
-    g.add_argument("--demo", action="store_true",
-                   help="small synthetic QS-Attn run on CPU (a few minutes); other flags override its settings")
+    g.add_argument("--demo", action="store_true", help=demo.HELP)
     g.add_argument("--dataroot", default=None, help="folder with trainA/ and trainB/ (CUT's layout)")
     g.add_argument("--name", default="experiment_name", help="experiment name: checkpoints go to checkpoints_dir/name")
     g.add_argument("--checkpoints_dir", default="./checkpoints", help="where experiments are stored")
@@ -210,7 +196,7 @@ def parse(argv=None) -> argparse.Namespace:
         model = "fastcut" if first.CUT_mode.lower() == "fastcut" else "cut"
     defaults = {"n_epochs": 200, "n_epochs_decay": 200, "flip_equivariance": False, **MODEL_DEFAULTS[model]}
     if first.demo:
-        defaults.update(DEMO_DEFAULTS)
+        defaults.update(demo.SETTINGS)
     defaults["model"] = model
     parser.set_defaults(**defaults)
     opt = parser.parse_args(argv)

@@ -40,6 +40,7 @@ import torch
 import torch.distributed as dist
 
 from . import checkpoint as ckpt
+from . import demo
 from .cycle_gan import CycleGANModel
 from .data import EpochSampler, SyntheticDataset, UnalignedDataset, dequantize
 from .device import pick_device
@@ -48,7 +49,7 @@ from .evaluation import TestSetEvaluator, jsonable
 from .cli import one_line_errors
 from .model import CUTModel
 from .metrics import MEANINGS
-from .options import DEMO_TARGETS, parse
+from .options import parse
 from .viz import plot_losses, plot_selection, save_grid, selection_maps
 
 LOG_NAME = "loss_log.jsonl"
@@ -102,10 +103,12 @@ def open_tensorboard(log_dir: str):
 
 
 class Trainer:
-    """Builds everything from the parsed options and runs the epochs (:meth:`run`)."""
+    """Builds everything from the parsed options and runs the epochs (:meth:`run`). ``metric_note``: a
+    hook, metric name -> text appended to that metric's line of the final summary (the demo's targets)."""
 
-    def __init__(self, opt):
+    def __init__(self, opt, metric_note=None):
         self.opt = opt
+        self.metric_note = metric_note or (lambda metric: "")
         if opt.cpu_threads > 0:
             torch.set_num_threads(opt.cpu_threads)
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
@@ -376,11 +379,9 @@ class Trainer:
         m, ev = rec["metrics"], self.evaluator
         print(f"held-out test split ({len(ev.sources)} {'synthetic pairs' if ev.synthetic else 'images'}, "
               f"{ev.size}x{ev.size}) after epoch {rec['epoch']}:")
-        targets = DEMO_TARGETS if self.opt.demo else {}
         for k, (better, meaning) in MEANINGS.items():
             if k in m:
-                target = f"; demo target {targets[k]}" if k in targets else ""
-                print(f"  {k:<16} {m[k]:.3f}  ({better} is better) {meaning}{target}")
+                print(f"  {k:<16} {m[k]:.3f}  ({better} is better) {meaning}{self.metric_note(k)}")
         for k in ("fid", "kid", "swd"):
             if k in m:
                 print(f"  {k:<16} {m[k]:.4g}")
@@ -425,7 +426,8 @@ def main(argv=None) -> int:
     for the traceback)."""
     opt = parse(argv)
     try:
-        return one_line_errors("qsattn-train", lambda: Trainer(opt).run(), opt.debug)
+        note = demo.metric_note if opt.demo else None
+        return one_line_errors("qsattn-train", lambda: Trainer(opt, note).run(), opt.debug)
     finally:  # also when Trainer failed after joining the process group
         if dist.is_initialized():
             dist.destroy_process_group()

@@ -161,6 +161,7 @@ def test_demo_path_tiny(tmp_path, capsys):
     out = capsys.readouterr().out
     assert "done" in out and "held-out test split (5 synthetic pairs, 32x32) after epoch 2" in out
     assert "shape_iou" in out and "background_error" in out and str(run / "samples" / "test_epoch002.png") in out
+    assert "demo target >= 0.85" in out   # the demo's hook in the trainer's summary
 
 
 def test_sigint_saves_and_exits(tmp_path):
