@@ -98,6 +98,7 @@ class CycleGANModel(GANModel):
         self.rec_B = self.netG_A(self.fake_A)
 
     def compute_G_loss(self):
+        """GAN + cycle (+ identity) losses of G_A and G_B (the module docstring's loss_G)."""
         opt = self.opt
         self.loss_G_A = self.gan(self.netD_A, self.fake_B, True)
         self.loss_G_B = self.gan(self.netD_B, self.fake_A, True)
@@ -111,7 +112,14 @@ class CycleGANModel(GANModel):
             loss = loss + self.loss_idt_A + self.loss_idt_B
         return loss
 
-    def compute_D_loss(self, net_d, real, pooled_fake):
+    def compute_D_loss(self):
+        """loss_D_A + loss_D_B, each (GAN(D(real), real) + GAN(D(pooled fake), fake)) / 2 with the fakes
+        of the last :meth:`forward` through the pools (pool_B first, then pool_A)."""
+        self.loss_D_A = self._half_d_loss(self.netD_A, self.real_B, self.pool_B.query(self.fake_B))
+        self.loss_D_B = self._half_d_loss(self.netD_B, self.real_A, self.pool_A.query(self.fake_A))
+        return self.loss_D_A + self.loss_D_B
+
+    def _half_d_loss(self, net_d, real, pooled_fake):
         return (self.gan(net_d, real, True) + self.gan(net_d, pooled_fake, False)) * 0.5
 
     def optimize(self, batch) -> dict:
@@ -133,21 +141,21 @@ class CycleGANModel(GANModel):
             net.requires_grad_(True)
         self.optimizers["D"].zero_grad(set_to_none=True)
         with self.autocast:
-            self.loss_D_A = self.compute_D_loss(self.netD_A, self.real_B, self.pool_B.query(self.fake_B))
-            self.loss_D_B = self.compute_D_loss(self.netD_B, self.real_A, self.pool_A.query(self.fake_A))
-        (self.loss_D_A + self.loss_D_B).backward()
+            loss_D = self.compute_D_loss()
+        loss_D.backward()
         self._average_grads(*nets_d)
         self.optimizers["D"].step()
-        return {n: getattr(self, "loss_" + n).detach().float() for n in self._loss_names()}
+        return self._losses()
 
-    def _loss_names(self):
+    def loss_names(self):
+        """Without the identity losses (lambda_identity 0), idt_A and idt_B are left out."""
         return self.LOSS_NAMES if self.opt.lambda_identity > 0 else tuple(n for n in self.LOSS_NAMES if "idt" not in n)
 
-    def resume_state(self) -> dict:
-        """The pools' generator and images (rank 0's)."""
+    def state_for_resume(self) -> dict:
+        """The pools' generator and images."""
         return {"pool_rng": self.gen.get_state(), "pool_A": self.pool_A.state(), "pool_B": self.pool_B.state()}
 
-    def load_resume_state(self, state: dict) -> None:
+    def load_state_for_resume(self, state: dict) -> None:
         self.gen.set_state(state["pool_rng"])
         self.pool_A.load_state(state["pool_A"], self.device)
         self.pool_B.load_state(state["pool_B"], self.device)

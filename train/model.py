@@ -26,9 +26,6 @@ from qsattn_fast import QSPatchSampler
 
 from . import networks
 
-LOSS_NAMES = ("G_GAN", "D_real", "D_fake", "G", "NCE", "NCE_Y")
-
-
 def lr_factor(opt, epoch: int) -> float:
     """Learning-rate multiplier while training epoch ``epoch`` (1-based), CUT's schedules: linear
     1 - max(0, epoch - n_epochs) / (n_epochs_decay + 1); step 0.1^floor((epoch - epoch_count) /
@@ -54,11 +51,15 @@ def qs_layer_positions(opt):
 class GANModel:
     """What the models share: the options, ``device``, bfloat16 autocast, a per-process
     ``torch.Generator`` for the step's own random draws (in the resume state), the GAN loss
-    (:meth:`gan`), learning rates, inputs and gradient averaging over ``world`` processes. Subclasses build ``nets`` ({name: module}, the
-    checkpoint file names) and ``optimizers`` ({"G": ..., "D": ...}), then call :meth:`_broadcast`.
-    ``TRANSLATOR``: the net that maps the source domain to the target (evaluation, best_net_*)."""
+    (:meth:`gan`), learning rates, inputs and gradient averaging over ``world`` processes, and the
+    interface the trainer calls (:meth:`optimize`, :meth:`state_for_resume`, ...). Subclasses build
+    ``nets`` ({name: module}, the checkpoint file names) and ``optimizers`` ({"G": ..., "D": ...}), then
+    call :meth:`_broadcast`. ``TRANSLATOR``: the net that maps the source domain to the target
+    (evaluation, best_net_*). ``LOSS_NAMES``: every loss the model can log, ``loss_<name>`` attributes
+    set by the step, in CUT's order."""
 
     TRANSLATOR = "G"
+    LOSS_NAMES: tuple[str, ...] = ()
 
     def __init__(self, opt, device, world=1, rank=0):
         self.opt, self.device, self.world, self.rank = opt, torch.device(device), world, rank
@@ -105,17 +106,50 @@ class GANModel:
         for g, f in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
             g.copy_(f)
 
-    def resume_state(self) -> dict:
-        """The model's part of the resume state (rank 0's): its generator."""
-        return {"flip_rng": self.gen.get_state()}
+    def loss_names(self) -> tuple[str, ...]:
+        """The ``LOSS_NAMES`` this run computes (all of them unless a subclass leaves some out)."""
+        return self.LOSS_NAMES
 
-    def load_resume_state(self, state: dict) -> None:
-        self.gen.set_state(state["flip_rng"])
+    def _losses(self) -> dict:
+        """The last step's losses of :meth:`loss_names`, detached float32 0-d tensors."""
+        return {n: getattr(self, "loss_" + n).detach().float() for n in self.loss_names()}
+
+    def forward(self):
+        """The generators' outputs (``fake_B``, ...) on the inputs of :meth:`set_input`."""
+        raise NotImplementedError
+
+    def compute_D_loss(self):
+        """The discriminators' loss on the last :meth:`forward` (sets its ``loss_*`` parts)."""
+        raise NotImplementedError
+
+    def compute_G_loss(self):
+        """The generators' loss on the last :meth:`forward` (sets its ``loss_*`` parts)."""
+        raise NotImplementedError
+
+    def optimize(self, batch) -> dict:
+        """One training step on ``batch`` (D and G updates in CUT's order for the model); returns
+        {name: loss} for :meth:`loss_names` (detached 0-d tensors)."""
+        raise NotImplementedError
+
+    def visuals(self) -> dict:
+        """{column name: (B, C, H, W)} of the last step, for the sample grids."""
+        raise NotImplementedError
+
+    def state_for_resume(self) -> dict:
+        """The model's part of the resume state beyond nets and optimisers (rank 0's): its random
+        generator and anything else the next steps draw from, so that resuming is exact."""
+        raise NotImplementedError
+
+    def load_state_for_resume(self, state: dict) -> None:
+        """Restore what :meth:`state_for_resume` returned (``state`` may hold other keys too)."""
+        raise NotImplementedError
 
 
 class CUTModel(GANModel):
     """Networks netG, netD, netF with their Adam optimisers on ``device``; ``world`` > 1 averages
     gradients over the default process group. ``gen`` draws the flips of flip equivariance."""
+
+    LOSS_NAMES = ("G_GAN", "D_real", "D_fake", "G", "NCE", "NCE_Y")
 
     def __init__(self, opt, device, world=1, rank=0):
         super().__init__(opt, device, world, rank)
@@ -172,11 +206,13 @@ class CUTModel(GANModel):
         return total / len(feat_q)
 
     def compute_D_loss(self):
+        """(GAN(D(fake_B), fake) + GAN(D(real_B), real)) / 2, fake_B detached."""
         self.loss_D_fake = self.gan(self.netD, self.fake_B.detach(), False)
         self.loss_D_real = self.gan(self.netD, self.real_B, True)
         return (self.loss_D_fake + self.loss_D_real) * 0.5
 
     def compute_G_loss(self):
+        """lambda_GAN * GAN(D(fake_B), real) + NCE (averaged with the identity NCE under ``nce_idt``)."""
         opt = self.opt
         zero = torch.zeros((), device=self.device)
         self.loss_G_GAN = self.gan(self.netD, self.fake_B, True) * opt.lambda_GAN \
@@ -211,8 +247,18 @@ class CUTModel(GANModel):
         for k in ("G", "F"):
             if k in self.optimizers:
                 self.optimizers[k].step()
-        names = LOSS_NAMES if self.opt.nce_idt and self.opt.lambda_NCE > 0 else LOSS_NAMES[:-1]
-        return {n: getattr(self, "loss_" + n).detach().float() for n in names}
+        return self._losses()
+
+    def loss_names(self):
+        """Without the identity NCE (``nce_idt`` off or lambda_NCE 0), NCE_Y is left out."""
+        return self.LOSS_NAMES if self.opt.nce_idt and self.opt.lambda_NCE > 0 else self.LOSS_NAMES[:-1]
+
+    def state_for_resume(self) -> dict:
+        """The flips' generator."""
+        return {"flip_rng": self.gen.get_state()}
+
+    def load_state_for_resume(self, state: dict) -> None:
+        self.gen.set_state(state["flip_rng"])
 
     def visuals(self):
         """{name: (B, 3, H, W)} of the last step: real A, fake B, real B[, idt B]."""

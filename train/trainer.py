@@ -161,7 +161,7 @@ class Trainer:
         self.epoch, self.epoch_iter, self.step = state["epoch"], state["epoch_iter"], state["step"]
         if self.rank == 0:
             _set_rng_state(state["rng"], self.device)
-            self.model.load_resume_state(state)
+            self.model.load_state_for_resume(state)
         else:
             torch.manual_seed(opt.seed * 1_000_003 + self.rank + self.step)
             self.model.reseed(self.step)
@@ -174,7 +174,7 @@ class Trainer:
         state = {"optimizers": {k: o.state_dict() for k, o in self.model.optimizers.items()},
                  "epoch": self.epoch, "epoch_iter": self.epoch_iter, "step": self.step,
                  "rng": _rng_state(self.device), "lr": self.model.optimizers["G"].param_groups[0]["lr"],
-                 **self.model.resume_state()}
+                 **self.model.state_for_resume()}
         ckpt.atomic_save(state, ckpt.state_path(self.save_dir, which))
 
     # ---- logs ----------------------------------------------------------------------------------

@@ -14,7 +14,8 @@ from PIL import Image
 
 from qsattn_fast.train import options, trainer
 from qsattn_fast.train.data import SyntheticDataset
-from qsattn_fast.train.model import CUTModel, lr_factor, qs_layer_positions
+from qsattn_fast.train.cycle_gan import CycleGANModel
+from qsattn_fast.train.model import CUTModel, GANModel, lr_factor, qs_layer_positions
 
 from support import ROOT
 from support.numerics import rel_err
@@ -383,6 +384,19 @@ def test_qs_detach_attention_changes_only_the_gradient(tmp_path):
     assert all(torch.equal(a, b) for a, b in zip(ids, ids_d))
     flat = [torch.cat([g.flatten() for g in gs.values()]) for gs in (grads, grads_d)]
     assert not torch.equal(flat[1], flat[0])
+
+
+def test_both_models_implement_the_interface_the_base_class_declares():
+    """GANModel declares what the trainer calls; CUT and CycleGAN implement each with its signature."""
+    import inspect
+    declared = ("forward", "compute_D_loss", "compute_G_loss", "optimize", "visuals", "state_for_resume",
+                "load_state_for_resume")
+    for cls in (CUTModel, CycleGANModel):
+        assert cls.LOSS_NAMES
+        for name in declared:
+            assert getattr(cls, name) is not getattr(GANModel, name), (cls.__name__, name)
+            assert inspect.signature(getattr(cls, name)).parameters.keys() == \
+                inspect.signature(getattr(GANModel, name)).parameters.keys(), (cls.__name__, name)
 
 
 def test_tiny_args_are_valid():
