@@ -68,7 +68,7 @@ setup(
     install_requires=["torch>=2.4,<3", "numpy", "pillow", "tqdm", "matplotlib"],
     entry_points={"console_scripts": ["qsattn-train = qsattn_fast.train.trainer:main",
                                       "qsattn-translate = qsattn_fast.train.translate:main",
-                                      "qsattn-eval = qsattn_fast.train.evaluate:main",
+                                      "qsattn-eval = qsattn_fast.train.eval_cli:main",
                                       "qsattn-viz = qsattn_fast.train.viz:main"]},
     extras_require={
         "triton": ["triton>=3.5,<3.10"],   # CI runs 3.9 and 3.5.1; 3.4 cannot build the float64 kernels

@@ -8,7 +8,7 @@ cycle_gan_model), :mod:`.diagnostics` (QS-Attn's selection ties, ``selection_log
 :mod:`.checkpoint`, :mod:`.options`, :mod:`.demo` (``--demo``'s settings, targets and texts),
 :mod:`.trainer` (``qsattn-train``), :mod:`.translate` (``qsattn-translate``), :mod:`.viz` (PNG sample
 grids and loss plot), :mod:`.device` (the one device helper), :mod:`.evaluation` (the metrics, the
-``--eval_freq`` test split; its command line ``qsattn-eval`` is :mod:`.evaluate`) with :mod:`.metrics`
+``--eval_freq`` test split; its command line ``qsattn-eval`` is :mod:`.eval_cli`) with :mod:`.metrics`
 (FID, KID, the synthetic measures), :mod:`.swd` and :mod:`.inception` (torch-fidelity's FID Inception from
 a local weights file). Importing this package does not touch CUDA.
 """

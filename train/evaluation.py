@@ -1,4 +1,4 @@
-"""Evaluation, the library behind ``qsattn-eval`` (:mod:`.evaluate`) and ``qsattn-train --eval_freq``
+"""Evaluation, the library behind ``qsattn-eval`` (its command line, :mod:`.eval_cli`) and ``qsattn-train --eval_freq``
 (:class:`TestSetEvaluator`): FID, KID and SWD between real and translated images, and the synthetic
 task's own measures. Errors are exceptions (ValueError, FileNotFoundError,
 :class:`.inception.InceptionUnavailable`); only the command lines turn them into exit codes.

@@ -285,7 +285,7 @@ class Trainer:
                 if finished % opt.save_epoch_freq == 0 or finished == last_epoch:
                     self.save(finished)
                 if opt.eval_freq > 0 and (finished % opt.eval_freq == 0 or finished == last_epoch):
-                    self.evaluate(finished)
+                    self.run_evaluation(finished)
             if self.rank == 0:
                 self.write_plot()
                 print(f"qsattn-train: done in {time.time() - t0:.0f} s; checkpoints, samples and loss plot in "
@@ -320,7 +320,7 @@ class Trainer:
         with open(os.path.join(self.save_dir, SELECTION_LOG), "a") as f:
             f.write(json.dumps(rec) + "\n")
 
-    def evaluate(self, epoch):
+    def run_evaluation(self, epoch):
         """Rank 0: the test split's metrics after ``epoch`` (translated by the model's TRANSLATOR: G, or
         G_A), appended to eval_log.jsonl; a new best (lowest primary metric) rewrites eval_best.json and
         best_net_<TRANSLATOR>.pth. Other ranks wait."""

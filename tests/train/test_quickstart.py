@@ -7,13 +7,13 @@ import shlex
 
 import pytest
 
-from qsattn_fast.train import evaluate, trainer, translate
+from qsattn_fast.train import eval_cli, trainer, translate
 
 from support import ROOT
 from support.training import one_thread  # noqa: F401 (fixture)
 
 README = str(ROOT / "README.md")
-MAINS = {"qsattn-train": trainer.main, "qsattn-translate": translate.main, "qsattn-eval": evaluate.main}
+MAINS = {"qsattn-train": trainer.main, "qsattn-translate": translate.main, "qsattn-eval": eval_cli.main}
 TINY_DEMO = ["--synthetic_size", "4", "--load_size", "36", "--crop_size", "32", "--ngf", "8", "--ndf", "8",
              "--num_patches", "16", "--netF_nc", "16", "--n_epochs", "1", "--n_epochs_decay", "1",
              "--eval_num_test", "4", "--display_freq", "1000"]

@@ -1,4 +1,4 @@
-"""qsattn-eval end to end (train/evaluate.py, its library train/evaluation.py) and the trainer's --eval_freq, on small synthetic sets and
+"""qsattn-eval end to end (train/eval_cli.py, its library train/evaluation.py) and the trainer's --eval_freq, on small synthetic sets and
 a randomly initialised Inception (no download)."""
 import json
 import shutil
@@ -6,7 +6,7 @@ import shutil
 import pytest
 import torch
 
-from qsattn_fast.train import evaluate as cli
+from qsattn_fast.train import eval_cli as cli
 from qsattn_fast.train import evaluation as E
 from qsattn_fast.train import trainer
 from qsattn_fast.train.data import list_images

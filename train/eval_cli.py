@@ -1,4 +1,5 @@
-"""``qsattn-eval``: the command line of :mod:`.evaluation` (the protocol is there and in docs/evaluation.md)."""
+"""``qsattn-eval`` (also ``python -m qsattn_fast.train.eval_cli``): the command line of the evaluation library
+:mod:`.evaluation` (the protocol is there and in docs/evaluation.md)."""
 from __future__ import annotations
 
 import json
