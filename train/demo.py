@@ -19,7 +19,7 @@ SETTINGS = dict(model="qs", dataset_mode="synthetic", synthetic_task="recolour",
                 synthetic_size=110, load_size=52, crop_size=48, ngf=16, ndf=16, netG="resnet_4blocks",
                 normG="none", init_gain=1.0, num_patches=64, netF_nc=64, lambda_NCE=2.0, n_epochs=8,
                 n_epochs_decay=2, lr=0.0005, save_epoch_freq=5, display_freq=220, print_freq=22,
-                save_latest_freq=550, eval_freq=10, eval_metrics="synthetic,swd", num_threads=0, cpu_threads=1)
+                save_latest_freq=550, eval_freq=10, eval_metrics="synthetic,swd", num_threads=0, torch_threads=1)
 
 # What the demo must reach on the held-out pairs (docs/demo.md).
 TARGETS = {"conformity": ">= 0.9", "shape_iou": ">= 0.85", "background_error": "<= 0.05"}

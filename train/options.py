@@ -67,8 +67,9 @@ def build_parser() -> Parser:
     add_debug_flag(g)
     g.add_argument("--skip_bad_images", action="store_true",
                    help="skip training images that cannot be decoded (with a warning) instead of refusing to start")
-    g.add_argument("--cpu_threads", type=int, default=0,
-                   help="torch intra-op threads (0: torch's default); 1 is fastest for small runs on a busy machine")
+    g.add_argument("--torch_threads", "--cpu_threads", dest="torch_threads", type=int, default=0,
+                   help="torch's intra-op threads, torch.set_num_threads (0: torch's default); 1 is fastest for small "
+                        "runs on a busy machine. --cpu_threads is its old name, accepted until 0.2")
     g = p.add_argument_group("model")
     g.add_argument("--model", default=None, choices=sorted(MODEL_DEFAULTS),
                    help="cut: CUT (the default); fastcut: FastCUT; qs: CUT with QS-Attn on --qs_layers; "
@@ -139,7 +140,9 @@ def build_parser() -> Parser:
     g.add_argument("--phase", default="train", help="folder prefix: <phase>A, <phase>B")
     g.add_argument("--direction", default="AtoB", choices=["AtoB", "BtoA"], help="translation direction")
     g.add_argument("--serial_batches", action="store_true", help="take images in order (and A, B in pairs)")
-    g.add_argument("--num_threads", type=int, default=4, help="data-loading worker processes")
+    g.add_argument("--num_threads", type=int, default=4,
+                   help="data-loading worker processes (CUT's flag: the DataLoader's num_workers; 0 loads in the "
+                        "training process); torch's own threads are --torch_threads")
     g.add_argument("--batch_size", type=int, default=1, help="batch size per process")
     g.add_argument("--load_size", type=int, default=286, help="scale images to this size")
     g.add_argument("--crop_size", type=int, default=256, help="then crop to this size")

@@ -109,8 +109,8 @@ class Trainer:
     def __init__(self, opt, metric_note=None):
         self.opt = opt
         self.metric_note = metric_note or (lambda metric: "")
-        if opt.cpu_threads > 0:
-            torch.set_num_threads(opt.cpu_threads)
+        if opt.torch_threads > 0:
+            torch.set_num_threads(opt.torch_threads)
         self.world = int(os.environ.get("WORLD_SIZE", "1"))
         self.rank = int(os.environ.get("RANK", "0"))
         self.device = training_device(opt.gpu_ids, int(os.environ.get("LOCAL_RANK", "0")))

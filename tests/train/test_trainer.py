@@ -176,7 +176,7 @@ def test_sigint_saves_and_exits(tmp_path):
 
 def test_real_sigint_saves_and_exits(tmp_path):
     """Ctrl-C on a running qsattn-train process: it finishes the step, saves latest_* and exits 130."""
-    argv = tiny(tmp_path, "--n_epochs", "1000", "--cpu_threads", "1")
+    argv = tiny(tmp_path, "--n_epochs", "1000", "--torch_threads", "1")
     proc = subprocess.Popen([sys.executable, "-m", "qsattn_fast.train.trainer", *argv],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     log = tmp_path / "run" / trainer.LOG_NAME
@@ -397,6 +397,27 @@ def test_both_models_implement_the_interface_the_base_class_declares():
             assert getattr(cls, name) is not getattr(GANModel, name), (cls.__name__, name)
             assert inspect.signature(getattr(cls, name)).parameters.keys() == \
                 inspect.signature(getattr(GANModel, name)).parameters.keys(), (cls.__name__, name)
+
+
+def test_cpu_threads_is_an_alias_of_torch_threads(tmp_path):
+    """--torch_threads sets torch's intra-op threads; --cpu_threads, its old name, still does; an experiment
+    folder whose opt.json has the old key resumes and translates (opt.json is read for the generator's and
+    QS-Attn's settings only, and rewritten with the new key on resume)."""
+    from qsattn_fast.train.translate import load_generator
+    from qsattn_fast.train.viz import run_selection_options
+    assert options.parse(TINY + ["--cpu_threads", "3"]).torch_threads == 3
+    assert options.parse(TINY + ["--torch_threads", "2"]).torch_threads == 2 and options.parse(TINY).torch_threads == 0
+    assert not hasattr(options.parse(TINY), "cpu_threads") and options.parse(TINY).num_threads == 0
+    assert trainer.main(tiny(tmp_path, "--model", "qs", "--max_steps", "1")) == 0
+    path = tmp_path / "run" / "opt.json"
+    old = json.load(open(path))
+    old["cpu_threads"] = old.pop("torch_threads")
+    json.dump(old, open(path, "w"))
+    assert load_generator(str(tmp_path / "run")).training is False
+    assert run_selection_options(str(tmp_path / "run"))["qs_layers"] == [12, 16]
+    assert trainer.main(tiny(tmp_path, "--model", "qs", "--max_steps", "2", "--continue_train", "--cpu_threads", "1")) == 0
+    new = json.load(open(path))
+    assert new["torch_threads"] == 1 and "cpu_threads" not in new and read_log(tmp_path / "run")[-1]["step"] == 2
 
 
 def test_tiny_args_are_valid():
