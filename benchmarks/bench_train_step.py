@@ -17,7 +17,7 @@ then timed in interleaved rounds (one call of each per round), so that a shared 
 them alike. Rows (``what``): ``step`` for cut and for qs per backend; with ``--breakdown``, per backend
 also ``step, detached attention`` (qs with ``--qs_detach_attention``: the source encoder is not
 backpropagated through the attention rows) and the QS-Attn ops alone, ``ops fwd`` and ``ops fwd+bwd``:
-the ``query_selected_attention`` calls of one qs step (per QS layer, one for the NCE loss and one for the
+the ``qsattn`` calls of one qs step (per QS layer, one for the NCE loss and one for the
 identity loss, each routing source and target), recorded in a step and replayed on the same inputs,
 summed per step. Every qs row is repeated for each ``--qs_layers`` set (``default``: the last two NCE
 layers) and each ``--mode``. With ``--memory`` each step row also gets the extra peak memory of its first
@@ -72,7 +72,7 @@ def qsattn_calls(model, data) -> list:
     """The QS-Attn calls of one step of ``model`` on ``data`` (the step is run to record them): a list of
     (feat_src, values, kwargs), the inputs detached into leaves that need a gradient where the step's did
     (a map passed twice, as the source is, stays one leaf)."""
-    with mock.patch.object(sampler, "query_selected_attention", wraps=sampler.query_selected_attention) as spy:
+    with mock.patch.object(sampler, "qsattn", wraps=sampler.qsattn) as spy:
         model.optimize(data)
     leaves = {}
 
@@ -87,7 +87,7 @@ def run_ops(calls, backward=False, autocast=contextlib.nullcontext()):
     """Run the recorded ``calls`` once (under ``autocast``, as the step does); with ``backward``, also the
     gradient of every routed output (ones) w.r.t. the inputs that need one."""
     with autocast:
-        outs = [o for f, values, kw in calls for o in q.query_selected_attention(f, values, **kw)[1]]
+        outs = [o for f, values, kw in calls for o in q.qsattn(f, values, **kw)[1]]
     if backward:   # outputs without a graph (e.g. layer 0's routed source, the image itself) add nothing
         outs = [o for o in outs if o.requires_grad]
         inputs = list({id(t): t for f, values, _ in calls for t in (f, *values) if t.requires_grad}.values())

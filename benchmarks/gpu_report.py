@@ -9,7 +9,7 @@ Shapes (C, side, B), N = side^2, k = 256: S1 (256, 64, 1) the paper's setting; S
 S3 (256, 64, 4); S4 (128, 256, 1); S5 (3, 262, 1). For each shape, precision and peer it measures
 (CUDA events, median) every quantity of ``harness.WHATS``: the global and local entropy, the selection,
 the global and local routing of [x, t] forward and forward+backward, and the whole step
-(``query_selected_attention``) in the global, local and local_global modes forward and forward+backward;
+(``qsattn``) in the global, local and local_global modes forward and forward+backward;
 extra peak memory (``max_memory_allocated`` over the level once the inputs exist); TFLOP/s from the
 matrix-product FLOPs; and the fraction of the dense matmul rate of the same precision measured in the
 same run (fp32 ieee: TF32 off; tf32; tf32x3 = a third of the tf32 rate, three tf32 products per fp32

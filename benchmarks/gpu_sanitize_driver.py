@@ -7,7 +7,7 @@ sizes: the workload that ``benchmarks/gpu_check.py --stage sanitize`` runs under
     python benchmarks/gpu_sanitize_driver.py --device cpu --backends native   # the driver itself, no GPU
 
 The cases are data (``CASES``): backend x op x dtype x size x precision, each through the public API
-(``attention_entropy``, ``select_queries``, ``route``, ``query_selected_attention``) with a forced
+(``entropy``, ``select``, ``route``, ``qsattn``) with a forced
 backend; routing cases also run backward. Sizes are chosen to miss the kernels' block sizes: N = 35 and
 667, B = 1 and 2, C = 3 and 37 (value maps of C and 5 channels), window 7 (wider than the 5 x 7 map),
 k = N and an odd k; fp32 (Triton's global products in every precision) and bf16. A dispatch mode
@@ -38,7 +38,7 @@ BASIC = {"entropy_global": ("entropy_global",), "entropy_local": ("entropy_local
          "route_local": ("route_local", "route_local_backward")}
 KERNELS = {backend: {op: tuple(f"qsattn::{name}.{backend}" for name in names) for op, names in BASIC.items()}
            for backend in ("native", "triton")}
-#: query_selected_attention per mode: (entropy, routing) ops, as Backend.qsattn composes them.
+#: qsattn per mode: (entropy, routing) ops, as Backend.qsattn composes them.
 STEPS = {"qsattn_global": ("entropy_global", "route_global"), "qsattn_local": ("entropy_local", "route_local"),
          "qsattn_local_global": ("entropy_local", "route_global")}
 OPS = tuple(KERNELS["native"]) + tuple(STEPS)
@@ -126,9 +126,9 @@ def run_case(case: Case, device: str) -> set[str]:
     kind, _, mode = case.op.partition("_")
     with Recorder() as rec:
         if kind == "entropy":
-            outs = (q.attention_entropy(draw(B, C, H, W, scale=0.5), mode, WINDOW, **api),)
+            outs = (q.entropy(draw(B, C, H, W, scale=0.5), mode, WINDOW, **api),)
         elif kind == "select":
-            outs = (q.select_queries(draw(B, H * W), case.k, backend=case.backend),)
+            outs = (q.select(draw(B, H * W), case.k, backend=case.backend),)
         else:
             x = draw(B, C, H, W, scale=0.5).requires_grad_()
             t = draw(B, VALUE_CHANNELS, H, W).requires_grad_()
@@ -136,7 +136,7 @@ def run_case(case: Case, device: str) -> set[str]:
                 idx = torch.stack([torch.randperm(H * W, generator=gen)[:case.k] for _ in range(B)]).to(device)
                 routed = q.route(x, idx, [x, t], mode, WINDOW, **api)
             else:
-                _, routed = q.query_selected_attention(x, [x, t], case.k, mode, WINDOW, **api)
+                _, routed = q.qsattn(x, [x, t], case.k, mode, WINDOW, **api)
             sum((o.float() * (i + 1)).sum() for i, o in enumerate(routed)).backward()
             outs = (*routed, x.grad, t.grad)
     if device == "cuda":

@@ -18,7 +18,7 @@ after all runs), the conservative reading.
 Each (shape, backend, pass) runs in a fresh subprocess; its extra peak memory is that of the first step
 once the inputs exist (``qsattn_fast._memory.PeakMemory``: on CPU the rise of the reset resident-set
 high-water mark, on CUDA of ``max_memory_allocated``). The work measured is harness.py's
-``qsattn_<mode>``, one QS-Attn step as CUT+QS-Attn runs it: ``query_selected_attention(x, [x, t], k)``
+``qsattn_<mode>``, one QS-Attn step as CUT+QS-Attn runs it: ``qsattn(x, [x, t], k)``
 (select on the source, route source and target), and for forward+backward a weighted sum of both routed
 outputs backpropagated to x and t. With ``--op entropy`` it is ``entropy_<mode>``, the selection's
 entropies of x alone (forward only): the floor is then the entropy's own, and "G exp/s" its

@@ -74,7 +74,7 @@ def _grad_scores(dob, vb, rm_live, rn, N, CV, sgc, svc, svn, acc_t,
 
 
 @triton.jit
-def _route_fwd_kernel(x_ptr, idx_ptr, v_ptr, out_ptr, lse_ptr, N, C, CV, K,
+def _route_global_fwd_kernel(x_ptr, idx_ptr, v_ptr, out_ptr, lse_ptr, N, C, CV, K,
                       sxb, sxc, sxn, svb, svc, svn,
                       BM: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, BV: tl.constexpr,
                       DOT_PREC: tl.constexpr, PREC2: tl.constexpr, INTERP: tl.constexpr, WRITE_LSE: tl.constexpr):
@@ -113,7 +113,7 @@ def _route_fwd_kernel(x_ptr, idx_ptr, v_ptr, out_ptr, lse_ptr, N, C, CV, K,
 
 
 @triton.jit
-def _route_bwd_kernel(x_ptr, idx_ptr, v0_ptr, v1_ptr, lse_ptr, d_ptr, go0_ptr, go1_ptr, dk_ptr, dv0_ptr, dv1_ptr,
+def _route_global_bwd_kernel(x_ptr, idx_ptr, v0_ptr, v1_ptr, lse_ptr, d_ptr, go0_ptr, go1_ptr, dk_ptr, dv0_ptr, dv1_ptr,
                       dq_ptr, N, C, CV0, CV1, K, sxb, sxc, sxn, sv0b, sv0c, sv0n, sv1b, sv1c, sv1n,
                       BM: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, BO: tl.constexpr,
                       DOT_PREC: tl.constexpr, PREC2: tl.constexpr, INTERP: tl.constexpr):
@@ -206,7 +206,7 @@ def route_global(f: torch.Tensor, idx: torch.Tensor, v: list[torch.Tensor],
         blk, warps = _tiles("fwd", N, C, K, CV)
         blk["BM"] = fill_sms(blk["BM"], lambda m: B * triton.cdiv(K, m) * triton.cdiv(CV, blk["BV"]), f.device)
         grid = (triton.cdiv(K, blk["BM"]), triton.cdiv(CV, blk["BV"]), B)
-        _route_fwd_kernel[grid](x, idx, vv, out, lse, N, C, CV, K, *x.stride(), *vv.stride(),
+        _route_global_fwd_kernel[grid](x, idx, vv, out, lse, N, C, CV, K, *x.stride(), *vv.stride(),
                                 DOT_PREC=p1, PREC2=p2, INTERP=INTERPRET, WRITE_LSE=i == 0, num_warps=warps, **blk)
         outs.append(out)
     return outs, lse
@@ -238,7 +238,7 @@ def route_global_backward(f: torch.Tensor, idx: torch.Tensor, v: list[torch.Tens
     blk, warps = _tiles("bwd", N, C, K, max(cvs))
     bo = blk["BO"]
     grid = (triton.cdiv(N, blk["BN"]), sum(triton.cdiv(c, bo) for c in [C] + cvs), B)
-    _route_bwd_kernel[grid](x, idx, vv[0], vv[1], lse, d, gpair[0], gpair[1], dk, dv[0], dv[1], dq,
+    _route_global_bwd_kernel[grid](x, idx, vv[0], vv[1], lse, d, gpair[0], gpair[1], dk, dv[0], dv[1], dq,
                             N, C, cvs[0], cvs[1], K, *x.stride(), *vv[0].stride(), *vv[1].stride(),
                             DOT_PREC=p1, PREC2=p2, INTERP=INTERPRET, num_warps=warps, **blk)
     dk.scatter_add_(2, idx[:, None, :].expand(B, C, K), dq.transpose(1, 2))

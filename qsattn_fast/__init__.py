@@ -1,7 +1,8 @@
 """qsattn_fast: QS-Attn (query-selected attention, CVPR 2022) without the N x N matrix.
 
-Public API: :func:`attention_entropy`, :func:`select_queries`, :func:`route`,
-:func:`query_selected_attention`, :class:`QSPatchSampler`; backends in :mod:`qsattn_fast.registry`.
+Public API: :func:`entropy`, :func:`select`, :func:`route`, :func:`qsattn` (the op names of every layer
+below, docs/design.md §7), :class:`QSPatchSampler`; backends in :mod:`qsattn_fast.registry`. The 0.1 names
+``attention_entropy``, ``select_queries`` and ``query_selected_attention`` are deprecated aliases until 0.2.
 Nothing here touches CUDA at import time.
 
 OpenMP threads wait passively (``OMP_WAIT_POLICY=PASSIVE``) unless the environment says otherwise: set
@@ -16,11 +17,12 @@ if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import native, reference, torch_backend, triton_backend  # noqa: F401  (register the backends)
-from .api import attention_entropy, query_selected_attention, route, select_queries
+from .api import attention_entropy, entropy, qsattn, query_selected_attention, route, select, select_queries
 from .registry import AUTO_PRIORITY, BackendUnavailableError, backends
 from .sampler import QSPatchSampler
 
 __version__ = "0.1.0"
 
-__all__ = ["attention_entropy", "select_queries", "route", "query_selected_attention", "QSPatchSampler",
-           "backends", "AUTO_PRIORITY", "BackendUnavailableError", "__version__"]
+__all__ = ["entropy", "select", "route", "qsattn", "QSPatchSampler", "backends", "AUTO_PRIORITY",
+           "BackendUnavailableError", "__version__",
+           "attention_entropy", "select_queries", "query_selected_attention"]   # deprecated aliases (0.1 names)

@@ -10,6 +10,8 @@ import torch
 MODES_ENTROPY = ("global", "local")
 MODES_ROUTE = ("global", "local")
 MODES_QSATTN = ("global", "local", "local_global")
+#: The four ops by name (the API's functions, Request.op, the Backend methods), each with its modes.
+OP_MODES = {"entropy": MODES_ENTROPY, "select": (), "route": MODES_ROUTE, "qsattn": MODES_QSATTN}
 VARIANTS = ("paper", "official")
 PRECISIONS = ("ieee", "tf32x3", "tf32", "bf16")
 #: Every backend's name (``backend=`` also takes "auto"); all but ``reference`` implement the ops' overloads.

@@ -1,4 +1,5 @@
-"""Public API: entropy, selection, routing and the whole QS-Attn step on NCHW feature maps.
+"""Public API: ``entropy``, ``select``, ``route`` and ``qsattn`` (the whole QS-Attn step) on NCHW feature maps,
+the same four names as the op requests, the backends' methods and the benchmarks.
 
 Shapes: ``feat`` / ``feat_src`` (B, C, H, W); ``values`` one or more (B, C_v, H, W) maps with the same
 B, H, W (C_v may differ); N = H*W, row n = h*W + w. Dtypes float16, bfloat16, float32, float64, all
@@ -10,6 +11,9 @@ C=256) and, on a GPU, one device-to-host synchronisation per input; pass ``check
 loops. Shapes, dtypes, devices, k and window are always checked (no data is read for that).
 """
 from __future__ import annotations
+
+import functools
+import warnings
 
 import torch
 
@@ -35,7 +39,7 @@ def _prepare(feat_src, mode, modes, window, precision, variant, check_finite, va
     return window, precision, variant, values
 
 
-def attention_entropy(feat, mode="global", window=7, *, backend="auto", precision=None, variant="paper",
+def entropy(feat, mode="global", window=7, *, backend="auto", precision=None, variant="paper",
                       check_finite=True) -> torch.Tensor:
     """Row entropies H_i = -sum_j A_ij log A_ij of the source attention (docs/design.md §1).
 
@@ -49,7 +53,7 @@ def attention_entropy(feat, mode="global", window=7, *, backend="auto", precisio
         return be.entropy(feat, mode, window, precision, variant)
 
 
-def select_queries(entropy, k, *, backend="auto") -> torch.Tensor:
+def select(entropy, k, *, backend="auto") -> torch.Tensor:
     """The k lowest-entropy rows per image, ascending, ties broken by the lower index; equal to
     ``argsort(entropy, stable=True)[:, :k]``. entropy (B, N) -> (B, k) int64."""
     chk.check_entropy(entropy)
@@ -74,7 +78,7 @@ def route(feat_src, idx, values, mode="global", window=7, *, backend="auto", pre
     return be.route(feat_src, idx, values, mode, window, precision, variant)
 
 
-def query_selected_attention(feat_src, values, k=256, mode="global", window=7, *, backend="auto",
+def qsattn(feat_src, values, k=256, mode="global", window=7, *, backend="auto",
                              precision=None, variant="paper", check_finite=True):
     """The QS-Attn step: select k queries by the entropy of the source attention, route every value.
 
@@ -89,3 +93,20 @@ def query_selected_attention(feat_src, values, k=256, mode="global", window=7, *
     k = chk.check_k(k, H * W)
     be = resolve(backend, request("qsattn", feat_src, mode, precision, variant, window))
     return be.qsattn(feat_src, values, k, mode, window, precision, variant)
+
+
+def _alias(fn, old: str):
+    """``old``, the 0.1 name of ``fn``: calls fn with a DeprecationWarning (removed in 0.2)."""
+    @functools.wraps(fn)
+    def alias(*args, **kwargs):
+        warnings.warn(f"qsattn_fast.{old} is renamed qsattn_fast.{fn.__name__}; the old name goes in 0.2",
+                      DeprecationWarning, stacklevel=2)
+        return fn(*args, **kwargs)
+    alias.__name__ = alias.__qualname__ = old
+    alias.__doc__ = f"Deprecated alias of :func:`{fn.__name__}` (the 0.1 name; removed in 0.2)."
+    return alias
+
+
+attention_entropy = _alias(entropy, "attention_entropy")
+select_queries = _alias(select, "select_queries")
+query_selected_attention = _alias(qsattn, "query_selected_attention")

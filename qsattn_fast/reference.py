@@ -11,6 +11,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ._checks import VARIANTS
 from ._common import rows, stable_select
 from .ops import acc_dtype
 from .registry import Backend, register_backend
@@ -81,7 +82,7 @@ class ReferenceBackend(Backend):
     summary = "literal PyTorch, materialises N x N; the ground truth; also variant='official'"
     devices = ("cpu", "cuda")
     dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
-    variants = ("paper", "official")
+    variants = VARIANTS
 
     def entropy(self, feat, mode, window, precision, variant):
         attn = global_attention(feat) if mode == "global" else local_attention(feat, window, variant)

@@ -23,7 +23,7 @@ AUTO_PRIORITY = ("triton", "native", "torch")
 @dataclass(frozen=True)
 class Request:
     """What a call needs from a backend: the op, where its data lives and how it must be computed."""
-    op: str                 # "entropy" | "select" | "route" | "qsattn"
+    op: str                 # one of _checks.OP_MODES: "entropy" | "select" | "route" | "qsattn"
     device: str             # torch.device.type
     dtype: torch.dtype
     mode: str | None = None

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from ._common import rows
-from .api import query_selected_attention, route
+from .api import qsattn, route
 from .ops import split_mode
 
 
@@ -58,7 +58,7 @@ class QSPatchSampler(nn.Module):
     """CUT's patch sampler with QS-Attn on ``qs_layers`` (indices into the feature list; negative ones
     count from the end; ``None`` = the last two; ``()`` = plain CUT). ``mode``, ``window``,
     ``backend``, ``precision``, ``variant`` and ``check_finite`` are passed to
-    :func:`qsattn_fast.query_selected_attention`.
+    :func:`qsattn_fast.qsattn`.
 
     ``detach_attention=True`` builds the attention (entropy, selection, the rows Q = F[idx], K = F) from
     the detached source maps; the routed values (source and target) keep their gradients. The paper and
@@ -145,7 +145,7 @@ class QSPatchSampler(nn.Module):
         if src_state is None:
             src = group[0].detach() if self.detach_attention else group[0]   # the maps the attention is built from
             k = min(num_patches, src.shape[2] * src.shape[3])
-            idx, routed = query_selected_attention(src, list(group), k=k, **self.qs_kwargs)
+            idx, routed = qsattn(src, list(group), k=k, **self.qs_kwargs)
             return list(routed), idx, (src, idx)
         src, idx = src_state
         routed = route(src, idx, list(group), **{**self.qs_kwargs, "mode": split_mode(self.qs_kwargs["mode"])[1]})

@@ -55,7 +55,7 @@ def test_flop_model_counts_the_products_of_the_math(B, C, H, W, k, window):
     idx = torch.stack([torch.randperm(N)[:k] for _ in range(B)])
     cv = C + 2
     for mode in ("global", "local"):
-        _, n = counted(lambda: q.attention_entropy(x, mode, window, backend="reference"))
+        _, n = counted(lambda: q.entropy(x, mode, window, backend="reference"))
         assert n == fm.entropy_flops(mode, C, N, B, window)
         route = ((lambda: dense_local_route(x, idx, [x, t], window)) if mode == "local"
                  else (lambda: dense_global_route(x, idx, [x, t])))
@@ -93,7 +93,7 @@ def test_floor_counts_the_exponentials_and_half_the_global_logits(mode):
                                "local_global": ("local", "global")}[mode]     # as the paper defines the modes
     assert ops.split_mode(mode) == (select_mode, route_mode)
     with SoftmaxElements() as sm:
-        q.attention_entropy(x, select_mode, window, backend="reference")
+        q.entropy(x, select_mode, window, backend="reference")
         if route_mode == "local":
             dense_local_route(x, idx, [x], window)
         else:

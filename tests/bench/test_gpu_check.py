@@ -113,7 +113,7 @@ def test_sanitizer_and_junit_results_are_parsed(tmp_path):
     (tmp_path / "sanitize_plain.log").write_text("ok   a\n76/76 cases ok\n")
     (tmp_path / "sanitize_memcheck.log").write_text(
         "========= COMPUTE-SANITIZER\n========= Invalid __global__ read of size 4 bytes\n"
-        "=========     at _route_fwd_kernel+0x10\n========= ERROR SUMMARY: 2 errors\n")
+        "=========     at _route_global_fwd_kernel+0x10\n========= ERROR SUMMARY: 2 errors\n")
     recs = [dict(name="plain", log="sanitize_plain.log", rc=0), dict(name="memcheck", log="sanitize_memcheck.log",
                                                                      rc=gpu_check.SANITIZER_ERROR_RC)]
     key, text, clean = gpu_check.key_sanitize(recs, str(tmp_path))

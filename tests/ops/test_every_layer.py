@@ -78,13 +78,13 @@ x = (torch.randn(1, C, side, side) * C ** -0.5).requires_grad_()
 t = torch.randn(1, C, side, side, requires_grad=True)
 small = torch.randn(1, C, 8, 8)
 if backend == "reference":          # the entropy alone: one N x N matrix and its softmax
-    q.attention_entropy(small, "global", backend=backend)
+    q.entropy(small, "global", backend=backend)
     with PeakMemory() as m:
-        q.attention_entropy(x.detach(), "global", backend=backend)
+        q.entropy(x.detach(), "global", backend=backend)
 else:                               # the whole step, forward and backward
-    q.query_selected_attention(small, [small], k=8, mode=mode, backend=backend)
+    q.qsattn(small, [small], k=8, mode=mode, backend=backend)
     with PeakMemory() as m:
-        idx, (a, b) = q.query_selected_attention(x, [x, t], k=256, mode=mode, backend=backend)
+        idx, (a, b) = q.qsattn(x, [x, t], k=256, mode=mode, backend=backend)
         (a.sum() + b.sum()).backward()
     assert idx.shape == (1, 256) and x.grad is not None
 print(m.extra_bytes)

@@ -49,7 +49,7 @@ def test_package_falls_back_when_the_extension_is_missing():
         "assert q.backends()['native'].why_not(Request('qsattn', 'cpu', torch.float32, 'global'))\n"
         "assert resolve('auto', Request('qsattn', 'cpu', torch.float32, 'global')).name == 'torch'\n"
         "x = torch.randn(1, 3, 4, 5)\n"
-        "q.query_selected_attention(x, [x], k=4)\n"
+        "q.qsattn(x, [x], k=4)\n"
         "assert 'qsattn_fast._C is not built' in info.report()\n"
     )
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(sys.path))
@@ -64,9 +64,9 @@ def test_package_falls_back_when_the_extension_is_missing():
 def test_cuda_kernels_against_reference(mode):
     x, t = features(2, 37, 19, 23, scale=0.4), features(2, 11, 19, 23)
     xc, tc = x.cuda().requires_grad_(), t.cuda().requires_grad_()
-    idx_c, out_c = q.query_selected_attention(xc, [xc, tc], k=40, mode=mode, backend="native")
+    idx_c, out_c = q.qsattn(xc, [xc, tc], k=40, mode=mode, backend="native")
     sel_mode = split_mode(mode)[0]
-    ref_ent = q.attention_entropy(x.double(), sel_mode, backend="reference")
+    ref_ent = q.entropy(x.double(), sel_mode, backend="reference")
     assert_valid_selection(idx_c.cpu(), ref_ent, 40, tol=2e-4 * float(ref_ent.abs().max()))
     ra = q.route(x.double(), idx_c.cpu(), [x.double(), t.double()], split_mode(mode)[1],
                  backend="reference")
@@ -82,7 +82,7 @@ def test_cuda_kernels_against_reference(mode):
 def test_cuda_select_equals_stable_argsort():
     e = torch.randint(0, 7, (3, 4097)).float().cuda()
     for k in (1, 256, 4097):
-        assert torch.equal(q.select_queries(e, k, backend="native"), torch.argsort(e, dim=1, stable=True)[:, :k])
+        assert torch.equal(q.select(e, k, backend="native"), torch.argsort(e, dim=1, stable=True)[:, :k])
 
 
 @built
@@ -93,7 +93,7 @@ def test_torch_compile_runs_the_native_ops(mode):
     x, t = features(1, 4, 5, 6, requires_grad=True), features(1, 4, 5, 6)
 
     def step(x, t):
-        return q.query_selected_attention(x, [x, t], k=6, mode=mode, backend="native", check_finite=False)[1][1].sum()
+        return q.qsattn(x, [x, t], k=6, mode=mode, backend="native", check_finite=False)[1][1].sum()
 
     got = torch.compile(step, backend="aot_eager", fullgraph=False)(x, t)
     got.backward()

@@ -18,7 +18,7 @@ def stable(e, k):
 def test_equals_stable_argsort(B, N, dtype):
     e = torch.randn(B, N, dtype=dtype)
     for k in sorted({1, max(1, N // 7), N}):
-        assert torch.equal(q.select_queries(e, k, backend="native"), stable(e, k))
+        assert torch.equal(q.select(e, k, backend="native"), stable(e, k))
 
 
 @pytest.mark.parametrize("levels", [1, 2, 5])
@@ -39,7 +39,7 @@ def test_nan_sorts_last():
 
 def test_half_entropies_are_upcast():
     e = torch.randn(2, 99).half()
-    assert torch.equal(q.select_queries(e, 20, backend="native"), stable(e.float(), 20))
+    assert torch.equal(q.select(e, 20, backend="native"), stable(e.float(), 20))
 
 
 @pytest.mark.parametrize("k", [0, 38, -1])
@@ -51,8 +51,3 @@ def test_bad_k(k):
 def test_bad_entropy():
     with pytest.raises(RuntimeError, match="entropy: expected a 2-D tensor"):
         torch.ops.qsattn.select.native(torch.randn(37), 3)
-
-
-def test_opcheck():
-    torch.library.opcheck(torch.ops.qsattn.select.native, (torch.randn(2, 37), 5))
-    torch.library.opcheck(torch.ops.qsattn.select.native, (torch.randn(1, 9, dtype=torch.float64), 9))

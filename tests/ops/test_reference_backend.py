@@ -68,7 +68,7 @@ def test_global_matches_independent_float64(B, C, H, W):
     k = min(7, H * W)
     idx = torch.stack([torch.randperm(H * W)[:k] for _ in range(B)])
     ent, (rx, rv) = np_global(x.numpy(), idx.numpy(), [x.numpy(), v.numpy()])
-    assert rel_err(q.attention_entropy(x, "global", backend="reference"), torch.from_numpy(ent)) < 1e-9
+    assert rel_err(q.entropy(x, "global", backend="reference"), torch.from_numpy(ent)) < 1e-9
     out = q.route(x, idx, [x, v], "global", backend="reference")
     assert rel_err(out[0], torch.from_numpy(rx)) < 1e-9
     assert rel_err(out[1], torch.from_numpy(rv)) < 1e-9
@@ -82,7 +82,7 @@ def test_local_matches_independent_float64(B, C, H, W, window):
     idx = torch.stack([torch.randperm(H * W)[:k] for _ in range(B)])
     idx[:, 0] = 0                     # a corner: most of its window lies outside the map
     ent, (rx, rv) = np_local(x.numpy(), idx.numpy(), [x.numpy(), v.numpy()], window)
-    got = q.attention_entropy(x, "local", window, backend="reference")
+    got = q.entropy(x, "local", window, backend="reference")
     assert rel_err(got, torch.from_numpy(ent)) < 1e-9
     out = q.route(x, idx, [x, v], "local", window, backend="reference")
     assert rel_err(out[0], torch.from_numpy(rx)) < 1e-9
@@ -93,8 +93,8 @@ def test_qsattn_selects_argsort_of_entropy_and_routes_those_rows():
     x = features(2, 6, 5, 7, torch.float64, scale=1.0)
     for mode, sel_mode, route_mode in [("global", "global", "global"), ("local", "local", "local"),
                                        ("local_global", "local", "global")]:
-        idx, (out,) = q.query_selected_attention(x, [x], k=9, mode=mode, backend="reference")
-        ent = q.attention_entropy(x, sel_mode, backend="reference")
+        idx, (out,) = q.qsattn(x, [x], k=9, mode=mode, backend="reference")
+        ent = q.entropy(x, sel_mode, backend="reference")
         assert torch.equal(idx, torch.argsort(ent, dim=1, stable=True)[:, :9])
         assert rel_err(out, q.route(x, idx, [x], route_mode, backend="reference")[0]) < 1e-12
 
@@ -109,14 +109,14 @@ def test_qsattn_selects_argsort_of_entropy_and_routes_those_rows():
 @pytest.mark.parametrize("mode", ["local", "local_global"])
 def test_official_variant_reproduces_released_code(mode):
     src, tgt = official_example()
-    idx, (a, b) = q.query_selected_attention(src, [src, tgt], k=3, mode=mode, backend="reference",
+    idx, (a, b) = q.qsattn(src, [src, tgt], k=3, mode=mode, backend="reference",
                                              variant="official")
     assert idx.tolist() == OFFICIAL_IDS
     exp_src, exp_tgt = (torch.tensor(t, dtype=torch.float64) for t in OFFICIAL[mode])
     assert rel_err(l2_normalize(a.flatten(0, 1)), exp_src) < 1e-12
     assert rel_err(l2_normalize(b.flatten(0, 1)), exp_tgt) < 1e-12
     # ...and the paper's local math selects differently on the same input: the divergence is real.
-    paper_idx, _ = q.query_selected_attention(src, [src], k=3, mode=mode, backend="reference")
+    paper_idx, _ = q.qsattn(src, [src], k=3, mode=mode, backend="reference")
     assert paper_idx.tolist() != OFFICIAL_IDS
 
 
@@ -169,8 +169,8 @@ def test_official_float32_matches_the_released_code_among_near_ties(mode, k):
     ent, ids, outs = released_local_patch_sample(src, [src, tgt], k, mode)
     gaps = ent.sort(dim=1)[0][:, :k].diff(dim=1)
     assert (gaps < 1e-6).any()                                              # near-ties within the selected set
-    got_ent = q.attention_entropy(src, "local", backend="reference", variant="official")
-    idx, routed = q.query_selected_attention(src, [src, tgt], k=k, mode=mode, backend="reference", variant="official")
+    got_ent = q.entropy(src, "local", backend="reference", variant="official")
+    idx, routed = q.qsattn(src, [src, tgt], k=k, mode=mode, backend="reference", variant="official")
     assert torch.equal(got_ent, ent) and torch.equal(idx, ids)
     assert all(torch.equal(r.flatten(0, 1), o) for r, o in zip(routed, outs))
 
@@ -189,12 +189,12 @@ def test_official_local_layout_matches_its_index_formula():
             nb = np_neighbours(xn[b], h, w, window)          # (w2, C): nb[p, c]
             keys = np.array([[nb[(j * C + c) % w2, (j * C + c) // w2] for c in range(C)] for j in range(w2)])
             ent[b, i] = np_softmax_entropy(keys @ xn[b, :, h, w])[1]
-    got = q.attention_entropy(x, "local", window, backend="reference", variant="official")
+    got = q.entropy(x, "local", window, backend="reference", variant="official")
     assert rel_err(got, torch.from_numpy(ent)) < 1e-9
 
 
 def test_official_global_equals_paper():
     x = features(2, 4, 5, 5, torch.float64, scale=1.0)
-    a = q.query_selected_attention(x, [x], k=5, mode="global", backend="reference", variant="official")
-    b = q.query_selected_attention(x, [x], k=5, mode="global", backend="reference")
+    a = q.qsattn(x, [x], k=5, mode="global", backend="reference", variant="official")
+    b = q.qsattn(x, [x], k=5, mode="global", backend="reference")
     assert torch.equal(a[0], b[0]) and torch.equal(a[1][0], b[1][0])

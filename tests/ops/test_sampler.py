@@ -35,7 +35,7 @@ def test_qs_and_random_layers(B, mode):
         exp = head(s, i, feats[i].flatten(2).transpose(1, 2)[:, pid].flatten(0, 1))
         assert rel_err(pooled[i], exp) < 1e-6
     for i in (3, 4):                                      # QS layers: per-image selection, routed rows
-        idx, (routed,) = q.query_selected_attention(feats[i], [feats[i]], k=8, mode=mode, backend="reference")
+        idx, (routed,) = q.qsattn(feats[i], [feats[i]], k=8, mode=mode, backend="reference")
         assert torch.equal(ids[i], idx)
         assert rel_err(pooled[i], head(s, i, routed.flatten(0, 1))) < 1e-5
 

@@ -30,8 +30,8 @@ def block(monkeypatch):
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-12)])
 def test_entropy(block, mode, B, C, H, W, dtype, tol):
     x = features(B, C, H, W, dtype, scale=1.0)
-    got = q.attention_entropy(x, mode, 5, backend="torch")
-    ref = q.attention_entropy(x.double(), mode, 5, backend="reference")
+    got = q.entropy(x, mode, 5, backend="torch")
+    ref = q.entropy(x.double(), mode, 5, backend="reference")
     assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32)
     assert rel_err(got, ref) < tol
 
@@ -41,8 +41,8 @@ def test_entropy_peaked_rows_do_not_cancel():
     far below fp32's epsilon): log1p(R) - T/Z keeps them to fp32 accuracy where the textbook
     lse - sum(p*s) loses most digits (checked here too)."""
     x = features(1, 256, 6, 7, torch.float32, scale=0.3)
-    got = q.attention_entropy(x, "global", backend="torch")
-    ref = q.attention_entropy(x.double(), "global", backend="reference")
+    got = q.entropy(x, "global", backend="torch")
+    ref = q.entropy(x.double(), "global", backend="reference")
     assert float(ref.max()) < 1e-3
     assert rel_err(got, ref) < 2e-4
     f = x.flatten(2).transpose(1, 2)
@@ -58,8 +58,8 @@ def test_entropy_peaked_rows_do_not_cancel():
 def test_qsattn_fp32_against_reference(block, mode, B, C, H, W):
     x, t = features(B, C, H, W), features(B, C + 2, H, W)
     k = min(13, H * W)
-    idx, (a, b) = q.query_selected_attention(x, [x, t], k=k, mode=mode, window=5, backend="torch")
-    ref_ent = q.attention_entropy(x.double(), split_mode(mode)[0], 5, backend="reference")
+    idx, (a, b) = q.qsattn(x, [x, t], k=k, mode=mode, window=5, backend="torch")
+    ref_ent = q.entropy(x.double(), split_mode(mode)[0], 5, backend="reference")
     assert_valid_selection(idx, ref_ent, k, tol=1e-4 * float(ref_ent.abs().max()))
     ra, rb = q.route(x.double(), idx, [x.double(), t.double()], split_mode(mode)[1], 5,
                      backend="reference")
@@ -75,7 +75,7 @@ def test_float64_identical_selection_and_gradients(block, mode):
     w1, w2 = torch.randn(B, 9, C, dtype=torch.float64), torch.randn(B, 9, 4, dtype=torch.float64)
     grads = {}
     for be in ("reference", "torch"):
-        idx, (a, b) = q.query_selected_attention(x, [x, t], k=9, mode=mode, window=3, backend=be)
+        idx, (a, b) = q.qsattn(x, [x, t], k=9, mode=mode, window=3, backend=be)
         ((a * w1).sum() + (b * w2).sum()).backward()
         grads[be] = (idx, a.detach(), b.detach(), x.grad.clone(), t.grad.clone())
         x.grad = t.grad = None
@@ -113,7 +113,7 @@ def test_torch_compile_runs_the_streaming_ops():
     x, t = features(1, 4, 5, 6, requires_grad=True), features(1, 4, 5, 6)
 
     def step(x, t):
-        return q.query_selected_attention(x, [x, t], k=6, backend="torch", check_finite=False)[1][1].sum()
+        return q.qsattn(x, [x, t], k=6, backend="torch", check_finite=False)[1][1].sum()
 
     compiled = torch.compile(step, backend="aot_eager", fullgraph=False)
     got = compiled(x, t)

@@ -2,7 +2,7 @@
 import pytest
 import torch
 
-from qsattn_fast import attention_entropy
+from qsattn_fast import entropy
 from qsattn_fast._common import rows
 from qsattn_fast.reference import ReferenceBackend
 
@@ -55,7 +55,7 @@ def test_precisions(precision, tol):
     ref = ref_entropy(x)
 
     def err(p):
-        return rel_err(attention_entropy(x, "global", backend="triton", precision=p).cpu(), ref)
+        return rel_err(entropy(x, "global", backend="triton", precision=p).cpu(), ref)
 
     e = err(precision)
     assert e < tol

@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from qsattn_fast import attention_entropy, select_queries
+from qsattn_fast import entropy, select
 
 from support.numerics import assert_valid_selection, features
 from support.triton_env import DEVICE, triton_op
@@ -29,7 +29,7 @@ def test_equals_stable_argsort_with_ties(B, N, k):
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_entropies(dtype):
     e = torch.rand(2, 300).to(dtype)             # half precision: plenty of ties
-    assert torch.equal(select_queries(e.to(DEVICE), 50, backend="triton").cpu(), expected(e, 50))
+    assert torch.equal(select(e.to(DEVICE), 50, backend="triton").cpu(), expected(e, 50))
 
 
 def test_all_equal_and_extremes():
@@ -42,12 +42,12 @@ def test_all_equal_and_extremes():
 @pytest.mark.parametrize("mode", ["global", "local"])
 def test_valid_on_entropies(mode):
     x = features(3, 16, 9, 11, scale=0.5).to(DEVICE)
-    ent = attention_entropy(x, mode, 5, backend="triton")
-    ref = attention_entropy(x.double().cpu(), mode, 5, backend="reference")
+    ent = entropy(x, mode, 5, backend="triton")
+    ref = entropy(x.double().cpu(), mode, 5, backend="reference")
     for k in (1, 40, 99):
-        assert_valid_selection(select_queries(ent, k, backend="triton").cpu(), ref, k, tol=2e-4 * float(ref.max()))
+        assert_valid_selection(select(ent, k, backend="triton").cpu(), ref, k, tol=2e-4 * float(ref.max()))
 
 
 def test_float64_entropies():
     e = torch.randn(2, 123, dtype=torch.float64)
-    assert torch.equal(select_queries(e.to(DEVICE), 31, backend="triton").cpu(), expected(e, 31))
+    assert torch.equal(select(e.to(DEVICE), 31, backend="triton").cpu(), expected(e, 31))

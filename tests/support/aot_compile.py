@@ -26,11 +26,11 @@ def specs():
                    dict(x_ptr=dt, out_ptr=acc), dict(BM=64, BN=64, BC=32, DOT_PREC=prec, INTERP=False))
             common = dict(DOT_PREC=prec, PREC2=second, INTERP=False)
             tiles = route_global._GPU_TILES
-            yield (f"route_fwd/{dt}/{prec}", route_global._route_fwd_kernel,
+            yield (f"route_global_fwd/{dt}/{prec}", route_global._route_global_fwd_kernel,
                    dict(x_ptr=dt, idx_ptr="i64", v_ptr=dt, out_ptr=acc, lse_ptr=acc),
                    dict(common, WRITE_LSE=True, **tiles["fwd"]))
             bwd = dict(x_ptr=dt, idx_ptr="i64", v0_ptr=dt, v1_ptr=dt, lse_ptr=acc, d_ptr=acc, go0_ptr=acc, go1_ptr=acc)
-            yield (f"route_bwd/{dt}/{prec}", route_global._route_bwd_kernel,
+            yield (f"route_global_bwd/{dt}/{prec}", route_global._route_global_bwd_kernel,
                    dict(bwd, dk_ptr=acc, dv0_ptr=acc, dv1_ptr=acc, dq_ptr=acc), dict(common, **tiles["bwd"]))
         local = dict(WINDOW=7, W2P=64, BP=32)
         yield (f"entropy_local/{dt}", entropy_local._entropy_local_kernel, dict(x_ptr=dt, out_ptr=acc), local)
