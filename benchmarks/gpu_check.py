@@ -148,7 +148,7 @@ def plan(stage: str, out: str, timeouts: dict, tools=TOOLS) -> list[Command]:
                         CHECK_S, "build_cuda_ops.log"),
                 Command("info", [PY, "-m", "qsattn_fast.info"], CHECK_S, "build_info.log")]
     if stage == "test":
-        return [Command("pytest", [PY, "-m", "pytest", "-q", "-rfE", os.path.join("tests", "test_conformance.py"),
+        return [Command("pytest", [PY, "-m", "pytest", "-q", "-rfE", os.path.join("tests", "ops", "test_conformance.py"),
                                    f"--junitxml={os.path.join(out, 'pytest.xml')}"], t, "test_pytest.log")]
     if stage == "sanitize":
         sanitizer = find_tool("compute-sanitizer")

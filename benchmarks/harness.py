@@ -1,9 +1,10 @@
 """The one benchmark harness: what is measured and how, shared by report.py (CPU or CUDA, one process per
 measurement, time over the floor), gpu_report.py (the GPU report, every peer and precision) and the
-pytest-benchmark suites bench_<op>.py (one file per op of the API, mirrored by tests/test_<op>.py).
+pytest-benchmark suite bench_ops.py (every quantity on every peer, as tests/ops/test_conformance.py tests
+every op on every backend).
 
 A measured quantity ``what`` is an op in a mode: ``entropy_global``, ``entropy_local``, ``select``,
-``route_global``, ``route_local``, and ``qsattn_<mode>`` (``query_selected_attention``: entropy,
+``route_global``, ``route_local``, and ``qsattn_<mode>`` (``qsattn``: entropy,
 selection and routing, for ``global``, ``local``, ``local_global``). A peer is a backend of
 ``qsattn_fast.backends()`` or, on CUDA, ``sdpa``: the strongest composition of PyTorch's own fused
 attention (entropy from the memory-efficient kernel's lse, ``argsort`` selection, routing by SDPA).
@@ -24,6 +25,8 @@ import time
 import torch
 import torch.nn.functional as F
 
+from qsattn_fast._checks import OP_MODES
+
 from flop_model import entropy_floor, entropy_flops, qsattn_floor, qsattn_flops, route_flops
 
 # name: (C, side, B), N = side^2. The small ones are the CPU suites'; S1..S5 the GPU report's: S1 the
@@ -31,8 +34,8 @@ from flop_model import entropy_floor, entropy_flops, qsattn_floor, qsattn_flops,
 SHAPES = {"C64-N32x32": (64, 32, 1), "C256-N32x32": (256, 32, 1), "C64-N48x48": (64, 48, 1),
           "S1": (256, 64, 1), "S2": (256, 128, 1), "S3": (256, 64, 4), "S4": (128, 256, 1), "S5": (3, 262, 1)}
 SUITE_SHAPES = {"cpu": ["C64-N32x32", "C256-N32x32", "C64-N48x48"], "cuda": ["S1", "S2", "S3", "S4", "S5"]}
-WHATS = ("entropy_global", "entropy_local", "select", "route_global", "route_local",
-         "qsattn_global", "qsattn_local", "qsattn_local_global")
+#: The measured quantities: each op of the API in each of its modes (qsattn_fast._checks.OP_MODES).
+WHATS = tuple(f"{op}_{mode}" if mode else op for op, modes in OP_MODES.items() for mode in modes or (None,))
 K = 256
 
 
@@ -119,11 +122,11 @@ def workload(peer: str, what: str, k: int = K, precision: str | None = None):
     be = dict(backend=peer, precision=precision if peer == "triton" else None, check_finite=False)
     n_of = lambda x: x.shape[2] * x.shape[3]                    # noqa: E731  N of a (B, C, H, W) map
     if kind == "entropy":
-        return (lambda x, t: sdpa_entropy(x)) if peer == "sdpa" else (lambda x, t: q.attention_entropy(x, mode, **be))
+        return (lambda x, t: sdpa_entropy(x)) if peer == "sdpa" else (lambda x, t: q.entropy(x, mode, **be))
     if kind == "select":
         if peer == "sdpa":
             return lambda x, t: sdpa_select(x, k)
-        return lambda x, t: q.select_queries(x, min(k, x.shape[1]), backend=peer)
+        return lambda x, t: q.select(x, min(k, x.shape[1]), backend=peer)
     if kind == "route":
         def route(x, t):
             idx = selection(x.shape[0], n_of(x), min(k, n_of(x)), x.device.type)
@@ -135,7 +138,7 @@ def workload(peer: str, what: str, k: int = K, precision: str | None = None):
                 idx = sdpa_select(sdpa_entropy(x), k)
             return sdpa_route(x, idx, [x, t])
         return step
-    return lambda x, t: q.query_selected_attention(x, [x, t], k=min(k, n_of(x)), mode=mode, **be)[1]
+    return lambda x, t: q.qsattn(x, [x, t], k=min(k, n_of(x)), mode=mode, **be)[1]
 
 
 def runner(fn, x, t, backward: bool):
@@ -248,17 +251,18 @@ def suite_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def cases(whats, passes=(False,)):
-    """The parametrization of a bench_<op>.py function on this machine's device (CUDA when present):
-    shape x peer x quantity x pass."""
+def cases(whats=WHATS):
+    """The parametrization of bench_ops.py's quantities on this machine's device (CUDA when present):
+    shape x peer x quantity x pass, with a forward+backward pass for the differentiable routings."""
     import pytest
     device = suite_device()
-    grid = [(s, p, w, b) for s in SUITE_SHAPES[device] for p in peers(device) for w in whats for b in passes]
+    grid = [(s, p, w, b) for s in SUITE_SHAPES[device] for p in peers(device) for w in whats
+            for b in ((False, True) if split(w)[0] in ("route", "qsattn") else (False,))]
     return pytest.mark.parametrize("shape,peer,what,backward", grid)
 
 
 def bench(benchmark, what: str, shape: str, peer: str, backward: bool = False, precision=None):
-    """pytest-benchmark body of bench_<op>.py: one quantity, one shape, one peer; the row's
+    """pytest-benchmark body of bench_ops.py's quantities: one quantity, one shape, one peer; the row's
     ``extra_info["flops"]`` from flop_model.py."""
     import pytest
     device = suite_device()

@@ -48,36 +48,20 @@ def test_every_backend_implements_every_op_of_the_contract(backend):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"qsattn::{name}.{backend}", key), (name, key)
 
 
-def op_samples(dtype=torch.float64):
-    """(op name, arguments) of every op on rows(.) views of NCHW maps, as the backends call them; the
-    backward ops get the forward's own outputs. N = 35 (5 x 7), k = 6, two value maps."""
-    x, t = features(2, 3, 5, 7, dtype), features(2, 2, 5, 7, dtype)
-    f, v = rows(on(x)), [rows(on(x)), rows(on(t))]
-    idx = on(torch.stack([torch.randperm(35)[:6], torch.randperm(35)[:6]]))
-    ent = on(torch.rand(2, 35, dtype=dtype))
-    samples = [("entropy_global", (f, None)), ("entropy_local", (f, 5, 7, 3)), ("select", (ent, 6)),
-               ("route_global", (f, idx, v[:1], None))]
-    for mode, tail in (("global", (None,)), ("local", (5, 7, 3))):
-        samples.append((f"route_{mode}", (f, idx, v, *tail)))
-        samples.append((f"route_{mode}_backward", (f, idx, v, [on(torch.randn(2, 6, c, dtype=dtype)) for c in (3, 2)],
-                                                   on(torch.randn(2, 6, dtype=dtype)),
-                                                   [on(torch.randn(2, 6, c, dtype=dtype)) for c in (3, 2)], *tail)))
-    return samples
+#: ops.sample_inputs settings of the opcheck cases: float64 at (2, 3, 5, 7), k = 6, window 3; float32 on a 2 x 3
+#: map with k = N and a window larger than the map.
+OPCHECK_CASES = {"fp64": dict(dtype=torch.float64), "fp32-tiny": dict(dtype=torch.float32, shape=(1, 2, 2, 3), k=6, window=7)}
 
 
 @pytest.mark.parametrize("backend", ops.IMPLEMENTATIONS)
-@pytest.mark.parametrize("name,args", op_samples(), ids=[name for name, _ in op_samples()])
-
-
-def test_opcheck(backend, name, args):
-    """torch.library.opcheck of each implementation: schema, fake kernel (shapes, dtypes, strides),
-    autograd registration, and AOT dispatch (the routing ops' shared autograd glue)."""
+@pytest.mark.parametrize("sample", range(len(ops.sample_inputs("torch"))),
+                         ids=[name for name, _ in ops.sample_inputs("torch")])
+@pytest.mark.parametrize("case", OPCHECK_CASES)
+def test_opcheck(backend, sample, case):
+    """torch.library.opcheck of each implementation on ops.sample_inputs: schema, fake kernel (shapes,
+    dtypes, strides), autograd registration, and AOT dispatch (the routing ops' shared autograd glue)."""
     runs(backend, "qsattn", on(features(2, 3, 5, 7, torch.float64)), "global")
-    if name.endswith("_backward"):         # the saved out/lse of a real forward, so the recomputation is consistent
-        out, lse = ops.op(name[:-len("_backward")], backend)(*args[:3], *args[6:])
-        args = (*args[:3], [o.detach() for o in out], lse.detach(), *args[5:])
-    if name.startswith("route") and not name.endswith("_backward"):
-        args = (args[0].detach().requires_grad_(), args[1], [a.detach().requires_grad_() for a in args[2]], *args[3:])
+    name, args = ops.sample_inputs(backend, DEVICE, requires_grad=True, **OPCHECK_CASES[case])[sample]
     torch.library.opcheck(ops.op(name, backend), args)
 
 
@@ -92,8 +76,8 @@ def test_opcheck(backend, name, args):
 def test_entropy(backend, mode, B, C, H, W, dtype, tol):
     x = features(B, C, H, W, dtype, scale=1.0)
     runs(backend, "entropy", on(x), mode)
-    got = q.attention_entropy(on(x), mode, 5, backend=backend).cpu()
-    ref = q.attention_entropy(x.double(), mode, 5, backend="reference")
+    got = q.entropy(on(x), mode, 5, backend=backend).cpu()
+    ref = q.entropy(x.double(), mode, 5, backend="reference")
     assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32) and got.shape == (B, H * W)
     assert rel_err(got, ref) < tol
 
@@ -112,12 +96,12 @@ def test_qsattn_against_reference(backend, mode, B, C, H, W, dtype, tol):
     x, t = features(B, C, H, W, dtype), features(B, C + 2, H, W, dtype)
     runs(backend, "qsattn", on(x), mode, 5)
     k = min(13, H * W)
-    idx, (a, b) = q.query_selected_attention(on(x), [on(x), on(t)], k=k, mode=mode, window=5, backend=backend)
+    idx, (a, b) = q.qsattn(on(x), [on(x), on(t)], k=k, mode=mode, window=5, backend=backend)
     idx, a, b = idx.cpu(), a.cpu(), b.cpu()
     sel_mode = ops.split_mode(mode)[0]
-    ref_ent = q.attention_entropy(x.double(), sel_mode, 5, backend="reference")
+    ref_ent = q.entropy(x.double(), sel_mode, 5, backend="reference")
     assert_valid_selection(idx, ref_ent, k, tol=max(tol, 1e-4) * float(ref_ent.abs().max()))
-    own = q.attention_entropy(on(x), sel_mode, 5, backend=backend).cpu()
+    own = q.entropy(on(x), sel_mode, 5, backend=backend).cpu()
     assert torch.equal(idx, torch.argsort(own, dim=1, stable=True)[:, :k])
     ra, rb = q.route(x.double(), idx, [x.double(), t.double()], ops.split_mode(mode)[1], 5,
                      backend="reference")
@@ -138,11 +122,11 @@ def test_gradients_against_reference(backend, mode, dtype, tol):
     runs(backend, "qsattn", on(x), mode, 3)
     w1, w2 = torch.randn(B, 9, C, dtype=torch.float64), torch.randn(B, 9, 4, dtype=torch.float64)
     xs, ts = on(x).requires_grad_(), on(t).requires_grad_()
-    idx, (a, b) = q.query_selected_attention(xs, [xs, ts], k=9, mode=mode, window=3, backend=backend)
+    idx, (a, b) = q.qsattn(xs, [xs, ts], k=9, mode=mode, window=3, backend=backend)
     mine = torch.autograd.grad((a.double().cpu() * w1).sum() + (b.double().cpu() * w2).sum(), (xs, ts))
     idx = idx.cpu()
     if dtype == torch.float64:
-        assert torch.equal(idx, q.query_selected_attention(x, [x, t], k=9, mode=mode, window=3,
+        assert torch.equal(idx, q.qsattn(x, [x, t], k=9, mode=mode, window=3,
                                                            backend="reference")[0])
     xr, tr = x.double().requires_grad_(), t.double().requires_grad_()
     ra, rb = q.route(xr, idx, [xr, tr], ops.split_mode(mode)[1], 3, backend="reference")
@@ -214,9 +198,9 @@ def test_three_value_maps(backend, mode):
 def test_k_equals_n(backend, mode):
     x = features(2, 4, 3, 4, torch.float64)
     runs(backend, "qsattn", on(x), mode)
-    idx, (out,) = q.query_selected_attention(on(x), [on(x)], k=12, mode=mode, backend=backend)
+    idx, (out,) = q.qsattn(on(x), [on(x)], k=12, mode=mode, backend=backend)
     assert all(sorted(row.tolist()) == list(range(12)) for row in idx.cpu())
-    _, (ref,) = q.query_selected_attention(x, [x], k=12, mode=mode, backend="reference")
+    _, (ref,) = q.qsattn(x, [x], k=12, mode=mode, backend="reference")
     assert rel_err(out.cpu(), ref) < 1e-12
 
 
@@ -227,8 +211,8 @@ def test_ties_broken_by_lower_index(backend):
     x = base.repeat(2, 1, 3, 1)                           # every column repeated on 3 rows: 3-way ties
     x[1] = x[1].flip(-1)
     runs(backend, "entropy", on(x), "global")
-    ent = q.attention_entropy(on(x), "global", backend=backend)
-    idx = q.select_queries(ent, 7, backend=backend).cpu()
+    ent = q.entropy(on(x), "global", backend=backend)
+    idx = q.select(ent, 7, backend=backend).cpu()
     ent = ent.cpu()
     assert torch.equal(idx, torch.argsort(ent, dim=1, stable=True)[:, :7])
     picked = ent.gather(1, idx)
@@ -245,8 +229,8 @@ def test_local_borders(backend):
         out = q.route(on(x), on(idx), [on(x), on(v)], "local", window, backend=backend)
         ref = q.route(x, idx, [x, v], "local", window, backend="reference")
         assert all(rel_err(o.cpu(), r) < 1e-12 for o, r in zip(out, ref))
-        ent = q.attention_entropy(on(x), "local", window, backend=backend).cpu()
-        assert rel_err(ent, q.attention_entropy(x, "local", window, backend="reference")) < 1e-12
+        ent = q.entropy(on(x), "local", window, backend=backend).cpu()
+        assert rel_err(ent, q.entropy(x, "local", window, backend="reference")) < 1e-12
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -256,21 +240,21 @@ def test_local_borders(backend):
 def test_half_inputs_accumulate_in_fp32(backend, dtype):
     x, t = features(2, 8, 5, 6, dtype), features(2, 8, 5, 6, dtype)
     runs(backend, "qsattn", on(x), "global")
-    idx, (a, b) = q.query_selected_attention(on(x), [on(x), on(t)], k=10, backend=backend)
+    idx, (a, b) = q.qsattn(on(x), [on(x), on(t)], k=10, backend=backend)
     ra, rb = q.route(x.double(), idx.cpu(), [x.double(), t.double()], backend="reference")
-    assert a.dtype == dtype and q.attention_entropy(on(x), backend=backend).dtype == torch.float32
+    assert a.dtype == dtype and q.entropy(on(x), backend=backend).dtype == torch.float32
     tol = 1e-2 if dtype == torch.bfloat16 else 2e-3
     assert rel_err(a.cpu(), ra) < tol and rel_err(b.cpu(), rb) < tol
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("call,words", [
-    (lambda x, be: q.query_selected_attention(x, [x], k=31, backend=be), ["k", "<= 30"]),
-    (lambda x, be: q.query_selected_attention(x.masked_fill(x > 1, float("nan")), [x], k=3, backend=be),
+    (lambda x, be: q.qsattn(x, [x], k=31, backend=be), ["k", "<= 30"]),
+    (lambda x, be: q.qsattn(x.masked_fill(x > 1, float("nan")), [x], k=3, backend=be),
      ["feat_src", "NaN"]),
-    (lambda x, be: q.query_selected_attention(x, [x[:, :, :4]], k=3, backend=be), ["values[0]"]),
+    (lambda x, be: q.qsattn(x, [x[:, :, :4]], k=3, backend=be), ["values[0]"]),
     (lambda x, be: q.route(x, torch.full((2, 3), 30, device=x.device), [x], backend=be), ["idx", "[0, 30)"]),
-    (lambda x, be: q.attention_entropy(x, "local", 4, backend=be), ["window", "odd"]),
+    (lambda x, be: q.entropy(x, "local", 4, backend=be), ["window", "odd"]),
 ])
 
 

@@ -9,13 +9,9 @@ import torch
 import qsattn_fast as q
 from qsattn_fast import native
 
-from support.numerics import features, rel_err
+from support.numerics import features, random_idx, rel_err
 
 pytestmark = pytest.mark.skipif(native.LOAD_ERROR is not None, reason=str(native.LOAD_ERROR))
-
-
-def rand_idx(B, N, k):
-    return torch.stack([torch.randperm(N)[:k] for _ in range(B)])
 
 
 @pytest.mark.parametrize("B,C,H,W,k", [(1, 8, 7, 9, 13), (2, 5, 6, 11, 66), (3, 3, 5, 5, 1)])
@@ -24,7 +20,7 @@ def rand_idx(B, N, k):
 
 def test_forward_against_reference(B, C, H, W, k, dtype, tol, cpu_level):
     x, t = features(B, C, H, W, dtype, scale=1.0), features(B, C + 3, H, W, dtype)
-    idx = rand_idx(B, H * W, k)
+    idx = random_idx(B, H * W, k)
     got = q.route(x, idx, [x, t], "global", backend="native")
     ref = q.route(x.double(), idx, [x.double(), t.double()], "global", backend="reference")
     assert [g.dtype for g in got] == [dtype, dtype] and got[1].shape == (B, k, C + 3)
@@ -33,7 +29,7 @@ def test_forward_against_reference(B, C, H, W, k, dtype, tol, cpu_level):
 
 def test_lse_is_the_row_log_sum_exp():
     f, v = torch.randn(2, 17, 4, dtype=torch.float64), torch.randn(2, 17, 3, dtype=torch.float64)
-    idx = rand_idx(2, 17, 5)
+    idx = random_idx(2, 17, 5)
     _, lse = torch.ops.qsattn.route_global.native(f, idx, [v], None)
     q_rows = f.gather(1, idx[..., None].expand(-1, -1, 4))
     assert torch.allclose(lse, torch.logsumexp(q_rows @ f.transpose(1, 2), -1), rtol=1e-12)
@@ -72,7 +68,7 @@ def test_one_hot_rows_give_the_source_map_no_gradient(dtype, scale, tol):
     The value still gets P^T dO. Two rows share a pivot (a repeated index)."""
     x = features(2, 256, 6, 7, dtype, scale=scale, requires_grad=True)
     t = features(2, 5, 6, 7, dtype, requires_grad=True)
-    idx = rand_idx(2, 42, 17)
+    idx = random_idx(2, 42, 17)
     idx[:, 1] = idx[:, 0]
     w = torch.randn(2, 17, 5, dtype=dtype)
     grads = {}
@@ -93,7 +89,7 @@ def test_peaked_rows_against_autograd(contiguous, cpu_level):
     f = x.flatten(2).transpose(1, 2)
     f = f.contiguous() if contiguous else f
     v = torch.randn(2, 323, 3, dtype=torch.float64)
-    idx = rand_idx(2, 323, 40)
+    idx = random_idx(2, 323, 40)
     (out,), lse = torch.ops.qsattn.route_global.native(f, idx, [v], None)
     g = torch.randn_like(out)
     df, (dv,) = torch.ops.qsattn.route_global_backward.native(f, idx, [v], [out], lse, [g], None)
@@ -108,7 +104,7 @@ def test_peaked_rows_against_autograd(contiguous, cpu_level):
 def test_strided_and_contiguous_rows_agree():
     x, v = features(2, 6, 5, 7), features(2, 3, 5, 7)
     f, vr = x.flatten(2).transpose(1, 2), v.flatten(2).transpose(1, 2)
-    idx = rand_idx(2, 35, 9)
+    idx = random_idx(2, 35, 9)
     g = torch.randn(2, 9, 3)
     (out_s,), lse_s = torch.ops.qsattn.route_global.native(f, idx, [vr], None)
     (out_c,), lse_c = torch.ops.qsattn.route_global.native(f.contiguous(), idx, [vr.contiguous()], None)
@@ -123,7 +119,7 @@ def test_several_values_equal_their_concatenation():
     """Routing a list of value maps equals routing their channel concatenation, forward and backward."""
     f = torch.randn(2, 23, 5, dtype=torch.float64)
     v1, v2 = torch.randn(2, 23, 3, dtype=torch.float64), torch.randn(2, 23, 4, dtype=torch.float64)
-    idx = rand_idx(2, 23, 7)
+    idx = random_idx(2, 23, 7)
     (o1, o2), lse = torch.ops.qsattn.route_global.native(f, idx, [v1, v2], None)
     (oc,), lse_c = torch.ops.qsattn.route_global.native(f, idx, [torch.cat([v1, v2], 2)], None)
     assert torch.allclose(torch.cat([o1, o2], 2), oc, rtol=1e-12) and torch.allclose(lse, lse_c, rtol=1e-12)
@@ -177,16 +173,3 @@ def test_precision_ieee_only():
             torch.ops.qsattn.route_global.native(f, idx, [v], precision)
         with pytest.raises(RuntimeError, match="precision: .*ieee"):
             torch.ops.qsattn.route_global_backward.native(f, idx, [v], [out], lse, [g], precision)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_opcheck(dtype):
-    f = torch.randn(2, 13, 5, dtype=dtype, requires_grad=True)
-    v = torch.randn(2, 13, 3, dtype=dtype, requires_grad=True)
-    idx = rand_idx(2, 13, 4)
-    w = torch.randn(2, 13, 2, dtype=dtype, requires_grad=True)
-    (o1, o2), lse = torch.ops.qsattn.route_global.native(f, idx, [v, w], None)
-    torch.library.opcheck(torch.ops.qsattn.route_global.native, (f, idx, [v, w], None))
-    torch.library.opcheck(torch.ops.qsattn.route_global_backward.native,
-                          (f.detach(), idx, [v.detach(), w.detach()], [o1.detach(), o2.detach()], lse.detach(),
-                           [torch.randn_like(o1), torch.randn_like(o2)], None))

@@ -10,13 +10,9 @@ import qsattn_fast as q
 from qsattn_fast import native
 from qsattn_fast._common import rows
 
-from support.numerics import features, rel_err
+from support.numerics import features, random_idx, rel_err
 
 pytestmark = pytest.mark.skipif(native.LOAD_ERROR is not None, reason=str(native.LOAD_ERROR))
-
-
-def rand_idx(B, N, k):
-    return torch.stack([torch.randperm(N)[:k] for _ in range(B)])
 
 
 @pytest.mark.parametrize("B,C,H,W,k", [(1, 8, 7, 9, 13), (2, 5, 6, 11, 66), (3, 3, 5, 5, 1)])
@@ -26,7 +22,7 @@ def rand_idx(B, N, k):
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-12)])
 def test_forward_against_reference(B, C, H, W, k, window, dtype, tol, cpu_level):
     x, t = features(B, C, H, W, dtype, scale=1.0), features(B, C + 3, H, W, dtype)
-    idx = rand_idx(B, H * W, k)
+    idx = random_idx(B, H * W, k)
     got = q.route(x, idx, [x, t], "local", window, backend="native")
     ref = q.route(x.double(), idx, [x.double(), t.double()], "local", window, backend="reference")
     assert [g.dtype for g in got] == [dtype, dtype] and got[1].shape == (B, k, C + 3)
@@ -54,7 +50,7 @@ def test_gradcheck_float64(window):
 def test_fp32_gradients_against_reference(cpu_level):
     """C = 70 > the 64-channel scatter chunk, so the backward's channel chunks are exercised."""
     x, t = features(2, 70, 6, 5, requires_grad=True), features(2, 5, 6, 5, requires_grad=True)
-    idx = rand_idx(2, 30, 11)
+    idx = random_idx(2, 30, 11)
     grads = []
     for be in ("native", "reference"):
         a, b = q.route(x, idx, [x, t], "local", 7, backend=be)
@@ -83,7 +79,7 @@ def test_value_maps_route_as_if_alone(B, C, H, W, k, window, channels, dtype, to
     overlapping neighbourhoods."""
     f = rows(features(B, C, H, W, dtype, scale=C ** -0.5)).requires_grad_()
     vs = [rows(features(B, c, H, W, dtype)).requires_grad_() for c in channels]
-    idx = rand_idx(B, H * W, k)
+    idx = random_idx(B, H * W, k)
     idx[:, 1] = idx[:, 0]
     ws = [torch.randn(B, k, c, dtype=dtype) for c in channels]
     outs, lse = route_local(f, idx, vs, H, W, window)
@@ -104,7 +100,7 @@ def test_backward_does_not_depend_on_thread_count():
     maps over two scatter segments, strided and contiguous value maps)."""
     f = torch.randn(2, 63, 70)
     vs = [rows(features(2, 70, 7, 9)), torch.randn(2, 63, 3)]
-    idx = rand_idx(2, 63, 40)
+    idx = random_idx(2, 63, 40)
     idx[:, :5] = idx[:, 5:10]
     outs, lse = route_local(f, idx, vs, 7, 9, 5)
     gs = [torch.randn_like(o) for o in outs]
@@ -150,15 +146,3 @@ def test_backward_rejects_mismatched_saved_tensors():
     for (vv, oo, ll, gg), match in cases:
         with pytest.raises(RuntimeError, match=match):
             torch.ops.qsattn.route_local_backward.native(f, idx, vv, oo, ll, gg, H, W, window)
-
-
-@pytest.mark.parametrize("dtype", [torch.float32, torch.float64])
-def test_opcheck(dtype):
-    f = torch.randn(2, 20, 5, dtype=dtype, requires_grad=True)
-    v = [torch.randn(2, 20, c, dtype=dtype, requires_grad=True) for c in (3, 2)]
-    idx = rand_idx(2, 20, 6)
-    outs, lse = torch.ops.qsattn.route_local.native(f, idx, v, 4, 5, 3)
-    torch.library.opcheck(torch.ops.qsattn.route_local.native, (f, idx, v, 4, 5, 3))
-    torch.library.opcheck(torch.ops.qsattn.route_local_backward.native,
-                          (f.detach(), idx, [x.detach() for x in v], [o.detach() for o in outs], lse.detach(),
-                           [torch.randn_like(o) for o in outs], 4, 5, 3))
