@@ -374,7 +374,7 @@ def test_qs_detach_attention_changes_only_the_gradient(tmp_path):
     runs = []
     for flag in ("false", "true"):
         opt = options.parse(tiny(tmp_path, "--model", "qs", "--qs_detach_attention", flag))
-        with mock.patch.object(sampler, "query_selected_attention", wraps=sampler.query_selected_attention) as spy:
+        with mock.patch.object(sampler, "qsattn", wraps=sampler.qsattn) as spy:
             runs.append(_one_step(opt) + ([(c.args[0].requires_grad, c.args[1][0].requires_grad)
                                            for c in spy.call_args_list],))
     (losses, ids, grads, needs_grad), (losses_d, ids_d, grads_d, needs_grad_d) = runs
