@@ -196,7 +196,7 @@ def main(argv=None):
     p.add_argument("--size", type=int, default=256, help="crop size (square)")
     p.add_argument("--ngf", type=int, default=64, help="ngf and ndf")
     p.add_argument("--batch_size", type=int, default=1)
-    p.add_argument("--mode", nargs="+", default=["global"], choices=["global", "local", "local_global"],
+    p.add_argument("--mode", nargs="+", default=["global"], choices=q.OP_MODES["qsattn"],
                    help="QS modes, each measured")
     p.add_argument("--qs_layers", nargs="+", default=["default"],
                    help="QS layer sets, each measured: default (the last two), all, or a list such as 8,12,16")
@@ -208,11 +208,11 @@ def main(argv=None):
     p.add_argument("--breakdown", action="store_true",
                    help="per backend also the qs step with --qs_detach_attention and the QS-Attn ops alone")
     p.add_argument("--memory", action="store_true", help="extra peak memory of each step configuration")
-    p.add_argument("--cpu_threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
+    p.add_argument("--torch_threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--json", default=None, help="also write the rows, the device, versions and commit to this file")
     a = p.parse_args(argv)
-    if a.cpu_threads > 0:
-        torch.set_num_threads(a.cpu_threads)
+    if a.torch_threads > 0:
+        torch.set_num_threads(a.torch_threads)
     try:
         training_device(a.gpu_ids)
     except ValueError as e:

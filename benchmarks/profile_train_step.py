@@ -16,17 +16,18 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
+from qsattn_fast import OP_MODES
 from qsattn_fast.train import options
 from qsattn_fast.train.data import synthetic_pair
 from qsattn_fast.train.model import CUTModel
-from report import environment
+from harness import environment
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--size", type=int, default=256)
     p.add_argument("--qs_layers", default="all")
-    p.add_argument("--qs_mode", default="global", choices=["global", "local", "local_global"])
+    p.add_argument("--qs_mode", default="global", choices=OP_MODES["qsattn"])
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--out", default=None, help="JSON path (default benchmarks/results/profile-qs-...json)")
     a = p.parse_args(argv)

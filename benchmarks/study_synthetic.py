@@ -65,7 +65,7 @@ def run_argv(config, seed, args):
     """The trainer's argv for one run (``--continue_train`` added by the caller when resuming)."""
     argv = ["--demo", *CONFIGS[config], "--seed", str(seed), "--checkpoints_dir", args.runs,
             "--name", f"{config}-s{seed}", "--eval_freq", "1", "--eval_metrics", "swd,synthetic",
-            "--cpu_threads", "1", "--print_freq", "1", *shlex.split(args.trainer_args)]
+            "--torch_threads", "1", "--print_freq", "1", *shlex.split(args.trainer_args)]
     if args.epochs:
         argv += ["--n_epochs", str(args.epochs - args.epochs // 2), "--n_epochs_decay", str(args.epochs // 2)]
     return argv

@@ -1,7 +1,8 @@
 """qsattn_fast: QS-Attn (query-selected attention, CVPR 2022) without the N x N matrix.
 
 Public API: :func:`entropy`, :func:`select`, :func:`route`, :func:`qsattn` (the op names of every layer
-below, docs/design.md §7), :class:`QSPatchSampler`; backends in :mod:`qsattn_fast.registry`. The 0.1 names
+below, docs/design.md §7), :class:`QSPatchSampler`; backends in :mod:`qsattn_fast.registry`; the choice lists
+``OP_MODES`` (each op's modes), ``VARIANTS``, ``PRECISIONS`` and ``BACKENDS``, defined once, for command lines. The 0.1 names
 ``attention_entropy``, ``select_queries`` and ``query_selected_attention`` are deprecated aliases until 0.2.
 Nothing here touches CUDA at import time.
 
@@ -17,6 +18,7 @@ if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 from . import native, reference, torch_backend, triton_backend  # noqa: F401  (register the backends)
+from ._checks import BACKENDS, OP_MODES, PRECISIONS, VARIANTS
 from .api import attention_entropy, entropy, qsattn, query_selected_attention, route, select, select_queries
 from .registry import AUTO_PRIORITY, BackendUnavailableError, backends
 from .sampler import QSPatchSampler
@@ -24,5 +26,5 @@ from .sampler import QSPatchSampler
 __version__ = "0.1.0"
 
 __all__ = ["entropy", "select", "route", "qsattn", "QSPatchSampler", "backends", "AUTO_PRIORITY",
-           "BackendUnavailableError", "__version__",
+           "BackendUnavailableError", "__version__", "BACKENDS", "OP_MODES", "PRECISIONS", "VARIANTS",
            "attention_entropy", "select_queries", "query_selected_attention"]   # deprecated aliases (0.1 names)

@@ -36,7 +36,7 @@ def step(feat, target, k, mode, backend):
     """One forward+backward QS-Attn step; returns the selected indices and the seconds it took."""
     x, t = feat.detach().requires_grad_(), target.detach().requires_grad_()
     t0 = time.perf_counter()
-    idx, (a, b) = q.query_selected_attention(x, [x, t], k=k, mode=mode, backend=backend)
+    idx, (a, b) = q.qsattn(x, [x, t], k=k, mode=mode, backend=backend)
     (a.sum() + b.sum()).backward()
     return idx, time.perf_counter() - t0
 
@@ -46,7 +46,7 @@ def main(argv=None) -> None:
     ap.add_argument("--side", type=int, default=64, help="feature map height = width (N = side^2)")
     ap.add_argument("--channels", type=int, default=256)
     ap.add_argument("-k", type=int, default=256, help="queries to select")
-    ap.add_argument("--mode", default="global", choices=["global", "local", "local_global"])
+    ap.add_argument("--mode", default="global", choices=q.OP_MODES["qsattn"])
     args = ap.parse_args(argv)
 
     feat = example_features(args.side, args.channels)

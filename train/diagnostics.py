@@ -19,7 +19,7 @@ def textbook_entropy(feat: torch.Tensor, mode="global", window=7, block=256) -> 
     it: rows whose attention is one-hot in float32 give exactly 0 and tie in its sort."""
     f = feat.detach().float()
     if mode != "global":
-        return qs.attention_entropy(f, mode, window, backend="reference", check_finite=False)
+        return qs.entropy(f, mode, window, backend="reference", check_finite=False)
     r = f.flatten(2).transpose(1, 2)   # (B, N, C) rows, row n = h*W + w
     out = []
     for i in range(0, r.shape[1], block):
@@ -33,9 +33,9 @@ def layer_selection_stats(feat: torch.Tensor, opt) -> dict:
     (``opt``'s mode, window, backend, precision), compared with the released code's ties; the fields are
     those of :func:`selection_stats`."""
     sel_mode = split_mode(opt.qs_mode)[0]
-    ent = qs.attention_entropy(feat, mode=sel_mode, window=opt.qs_window, backend=opt.qs_backend,
+    ent = qs.entropy(feat, mode=sel_mode, window=opt.qs_window, backend=opt.qs_backend,
                                precision=opt.qs_precision, check_finite=False)
-    idx = qs.select_queries(ent, min(opt.num_patches, ent.shape[1]), backend=opt.qs_backend)
+    idx = qs.select(ent, min(opt.num_patches, ent.shape[1]), backend=opt.qs_backend)
     text = textbook_entropy(feat, sel_mode, opt.qs_window)
     picked = ent.gather(1, idx).double().flatten()
     q = torch.quantile(picked, torch.tensor([0.05, 0.5, 0.95], dtype=torch.float64, device=picked.device))

@@ -12,7 +12,7 @@ from __future__ import annotations
 import argparse
 import math
 
-from qsattn_fast._checks import BACKENDS, PRECISIONS
+from qsattn_fast import BACKENDS, OP_MODES, PRECISIONS, VARIANTS
 
 from . import demo
 from .cli import Parser, add_debug_flag
@@ -107,7 +107,7 @@ def build_parser() -> Parser:
     g.add_argument("--num_patches", type=int, default=256, help="patches per layer (and per image on QS layers)")
     _bool(g, "--flip_equivariance", "flip-equivariance regularisation (fastcut on)")
     g = p.add_argument_group("QS-Attn (--model qs)")
-    g.add_argument("--qs_mode", "--QS_mode", default="global", choices=["global", "local", "local_global"],
+    g.add_argument("--qs_mode", "--QS_mode", default="global", choices=OP_MODES["qsattn"],
                    help="attention for query selection and routing")
     g.add_argument("--qs_layers", default="",
                    help="NCE layers with QS-Attn, e.g. 12,16, or all (default: the last two)")
@@ -115,7 +115,7 @@ def build_parser() -> Parser:
                    help="QS-Attn backend (auto: the fastest available, never reference)")
     g.add_argument("--qs_precision", default=None, choices=list(PRECISIONS),
                    help="matrix precision for fp32 features (default: the backend's fp32-faithful one)")
-    g.add_argument("--qs_variant", default="paper", choices=["paper", "official"],
+    g.add_argument("--qs_variant", default="paper", choices=VARIANTS,
                    help="official: the released code's local layout (reference backend only)")
     g.add_argument("--qs_window", type=int, default=7, help="local attention window")
     _bool(g, "--qs_detach_attention", "build the attention from detached source features: the source encoder "

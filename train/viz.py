@@ -132,10 +132,10 @@ def selection_maps(net, image: torch.Tensor, layers, mode: str = "global", k: in
     out = {}
     for layer, f in zip(layers, feats):
         f = f.float()
-        ent = {sel: qs.attention_entropy(f, sel, window, backend=backend, check_finite=False)[0]}
+        ent = {sel: qs.entropy(f, sel, window, backend=backend, check_finite=False)[0]}
         if mode == "local_global":
-            ent["global"] = qs.attention_entropy(f, "global", window, backend=backend, check_finite=False)[0]
-        picked = qs.select_queries(ent[sel][None], min(k, f.shape[2] * f.shape[3]), backend=backend)[0]
+            ent["global"] = qs.entropy(f, "global", window, backend=backend, check_finite=False)[0]
+        picked = qs.select(ent[sel][None], min(k, f.shape[2] * f.shape[3]), backend=backend)[0]
         out[layer] = {"shape": tuple(f.shape[2:]), "entropy": {n: e.cpu() for n, e in ent.items()},
                       "selected_by": sel, "picked": picked.cpu()}
     return out
@@ -198,7 +198,7 @@ def run_selection_options(checkpoint: str) -> dict:
 
 
 def build_parser():
-    from qsattn_fast._checks import BACKENDS
+    from qsattn_fast import BACKENDS, OP_MODES
 
     from .cli import Parser, add_debug_flag
     p = Parser(prog="qsattn-viz", description="QS-Attn's selection (the paper's Figure 2) for images: per QS "
@@ -207,7 +207,7 @@ def build_parser():
     p.add_argument("--checkpoint", default=os.path.join("checkpoints", "demo"),
                    help="generator file or experiment folder (ours or CUT's; default: the demo's)")
     p.add_argument("--layers", help="NCE layer ids, e.g. 12,16, or all (default: the run's QS layers)")
-    p.add_argument("--mode", choices=["global", "local", "local_global"], help="default: the run's qs_mode")
+    p.add_argument("--mode", choices=OP_MODES["qsattn"], help="default: the run's qs_mode")
     p.add_argument("--k", type=int, help="queries to select (default: the run's num_patches)")
     p.add_argument("--window", type=int, help="local window (default: the run's qs_window)")
     p.add_argument("--size", type=int, default=256, help="images are resized to size x size (a multiple of 4)")

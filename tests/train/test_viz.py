@@ -82,9 +82,9 @@ def test_selection_maps_are_the_apis_selection(mode, tmp_path):
         m = maps[layer]
         assert m["shape"] == tuple(f.shape[2:]) and m["selected_by"] == sel
         assert set(m["entropy"]) == ({"local", "global"} if mode == "local_global" else {sel})
-        want = qs.attention_entropy(f, sel, 5, backend="reference")[0]
+        want = qs.entropy(f, sel, 5, backend="reference")[0]
         assert torch.allclose(m["entropy"][sel].double(), want.double(), rtol=1e-4, atol=1e-6)
-        assert torch.equal(m["picked"], qs.select_queries(m["entropy"][sel][None], k)[0])
+        assert torch.equal(m["picked"], qs.select(m["entropy"][sel][None], k)[0])
     fig = plot_selection(x[0], maps, str(tmp_path / "s.png"), title="test")
     assert Image.open(tmp_path / "s.png").size == (int(4.2 * 100 * (1 + len(maps[4]["entropy"]))), 2 * 360)
     image_panels = [ax for ax in fig.axes if ax.get_title().startswith("layer") and "queries" in ax.get_title()]
