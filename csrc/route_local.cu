@@ -102,8 +102,8 @@ __global__ void __launch_bounds__(THREADS) local_backward_kernel(
 
 }  // namespace
 
-int route_local_forward(const float* f, const int64_t* idx, const float* v, int B, int H, int W, int C, int k,
-                        int Cv, int window, float* out, float* lse, void* stream) {
+int route_local(const float* f, const int64_t* idx, const float* v, int B, int H, int W, int C, int k, int Cv,
+                int window, float* out, float* lse, void* stream) {
   if (window > kMaxWindow || window < 1 || window % 2 == 0) return static_cast<int>(cudaErrorInvalidValue);
   if (B == 0 || k == 0) return 0;
   local_forward_kernel<<<B * k, THREADS, 0, static_cast<cudaStream_t>(stream)>>>(f, idx, v, H, W, C, k, Cv, window,
