@@ -56,8 +56,8 @@ T softmax(T* w, int64_t n) {
 
 // v_i (B, N, C_i) and out_i (B, k, C_i) contiguous.
 template <typename T>
-void local_forward(const at::Tensor& f, const at::Tensor& idx, const std::vector<at::Tensor>& v, int64_t H,
-                   int64_t W, int64_t window, std::vector<at::Tensor>& out, at::Tensor& lse) {
+void route_local_kernel(const at::Tensor& f, const at::Tensor& idx, const std::vector<at::Tensor>& v, int64_t H,
+                        int64_t W, int64_t window, std::vector<at::Tensor>& out, at::Tensor& lse) {
   const int64_t B = f.size(0), C = f.size(2), k = idx.size(1);
   const int64_t w2 = window * window;
   const int64_t* ip = idx.data_ptr<int64_t>();
@@ -77,9 +77,10 @@ void local_forward(const at::Tensor& f, const at::Tensor& idx, const std::vector
 
 // All contiguous; df (B, N, C) and dv_i (B, N, C_i) zeros.
 template <typename T>
-void local_backward(const at::Tensor& f, const at::Tensor& idx, const std::vector<at::Tensor>& v,
-                    const std::vector<at::Tensor>& out, const at::Tensor& lse, const std::vector<at::Tensor>& g,
-                    int64_t H, int64_t W, int64_t window, at::Tensor& df, std::vector<at::Tensor>& dv) {
+void route_local_backward_kernel(const at::Tensor& f, const at::Tensor& idx, const std::vector<at::Tensor>& v,
+                                 const std::vector<at::Tensor>& out, const at::Tensor& lse,
+                                 const std::vector<at::Tensor>& g, int64_t H, int64_t W, int64_t window, at::Tensor& df,
+                                 std::vector<at::Tensor>& dv) {
   const int64_t B = f.size(0), N = f.size(1), C = f.size(2), k = idx.size(1);
   const int64_t w2 = window * window;
   const T *fp = f.data_ptr<T>(), *lp = lse.data_ptr<T>();
@@ -157,7 +158,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> route_local_cpu(const at::Tensor
   }
   at::Tensor lse = at::empty({f.size(0), idx.size(1)}, f.options());
   AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "route_local_cpu",
-                             [&] { local_forward<scalar_t>(f, idx, v, H, W, window, out, lse); });
+                             [&] { route_local_kernel<scalar_t>(f, idx, v, H, W, window, out, lse); });
   return {out, lse};
 }
 
@@ -177,7 +178,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> route_local_backward_cpu(
   }
   at::Tensor df = at::zeros_like(f);
   AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "route_local_backward_cpu", [&] {
-    local_backward<scalar_t>(f, idx, v, out, lse.contiguous(), g, H, W, window, df, dv);
+    route_local_backward_kernel<scalar_t>(f, idx, v, out, lse.contiguous(), g, H, W, window, df, dv);
   });
   return {in_layout(df, f_), in_layouts(dv, v_)};
 }
