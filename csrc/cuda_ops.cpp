@@ -123,9 +123,9 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> route_global_cuda(const at::Tens
   at::Tensor lse = at::empty({a.B, a.k}, a.f.options());
   at::Tensor ws = at::empty({static_cast<int64_t>(cuda::route_global_workspace(a.N, a.k))},
                             a.f.options().dtype(at::kByte));
-  launched(cuda::route_global_forward(a.f.data_ptr<float>(), a.idx.data_ptr<int64_t>(), a.v.data_ptr<float>(), a.B,
-                                      a.N, a.C, a.k, a.Cv, out.data_ptr<float>(), lse.data_ptr<float>(), ws.data_ptr(),
-                                      current_stream()));
+  launched(cuda::route_global(a.f.data_ptr<float>(), a.idx.data_ptr<int64_t>(), a.v.data_ptr<float>(), a.B, a.N, a.C,
+                              a.k, a.Cv, out.data_ptr<float>(), lse.data_ptr<float>(), ws.data_ptr(),
+                              current_stream()));
   return {split_outputs(out, v_), lse};
 }
 
@@ -156,9 +156,9 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> route_local_cuda(const at::Tenso
   check_window(window);
   at::Tensor out = at::empty({a.B, a.k, a.Cv}, a.f.options());
   at::Tensor lse = at::empty({a.B, a.k}, a.f.options());
-  launched(cuda::route_local_forward(a.f.data_ptr<float>(), a.idx.data_ptr<int64_t>(), a.v.data_ptr<float>(), a.B,
-                                     i32(H, "H"), i32(W, "W"), a.C, a.k, a.Cv, static_cast<int>(window),
-                                     out.data_ptr<float>(), lse.data_ptr<float>(), current_stream()));
+  launched(cuda::route_local(a.f.data_ptr<float>(), a.idx.data_ptr<int64_t>(), a.v.data_ptr<float>(), a.B, i32(H, "H"),
+                             i32(W, "W"), a.C, a.k, a.Cv, static_cast<int>(window), out.data_ptr<float>(),
+                             lse.data_ptr<float>(), current_stream()));
   return {split_outputs(out, v_), lse};
 }
 

@@ -3,8 +3,6 @@
 // OpenMP over positions, one small logit buffer per thread.
 #include <torch/library.h>
 
-#include <vector>
-
 #include "cpu_common.h"
 #include "local_common.h"
 
@@ -14,22 +12,13 @@ namespace {
 template <typename T>
 void entropy_local_kernel(const at::Tensor& f, int64_t H, int64_t W, int64_t window, at::Tensor& out) {
   const int64_t B = f.size(0), N = f.size(1), C = f.size(2), w2 = window * window;
-  const T* fp = f.data_ptr<T>();
   T* o = out.data_ptr<T>();
-#pragma omp parallel num_threads(num_threads())
-  {
-    std::vector<int64_t> nb(w2);
-    std::vector<T> s(w2);
-#pragma omp for schedule(static)
-    for (int64_t bp = 0; bp < B * N; ++bp) {
-      const int64_t b = bp / N, p = bp % N;
-      neighbours(p, H, W, window, nb.data());
-      local_logits(fp + b * N * C, C, p, nb.data(), w2, s.data());
-      EntropyState<T> st;
-      st.update(s.data(), w2);
-      o[bp] = st.entropy();
-    }
-  }
+  for_each_window(f.data_ptr<T>(), B, N, H, W, C, window, [](int64_t, int64_t p) { return p; },
+                  [&](int64_t b, int64_t p, const int64_t*, const T* s) {
+                    EntropyState<T> st;
+                    st.update(s, w2);
+                    o[b * N + p] = st.entropy();
+                  });
 }
 
 at::Tensor entropy_local_cpu(const at::Tensor& f_, int64_t H, int64_t W, int64_t window) {

@@ -114,8 +114,8 @@ std::size_t route_global_workspace(int N, int k) {
   return sizeof(float) * (2 * static_cast<std::size_t>(qc) * N + k);
 }
 
-int route_global_forward(const float* f, const int64_t* idx, const float* v, int B, int N, int C, int k, int Cv,
-                         float* out, float* lse, void* workspace, void* stream) {
+int route_global(const float* f, const int64_t* idx, const float* v, int B, int N, int C, int k, int Cv, float* out,
+                 float* lse, void* workspace, void* stream) {
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   float* s = static_cast<float*>(workspace);
   for (int b = 0; b < B; ++b) {

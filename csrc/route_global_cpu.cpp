@@ -32,8 +32,8 @@ constexpr double PIVOT = 0.75;              // P_ij > PIVOT: key j is row i's pi
 constexpr int64_t CB = 16;                  // channels per pass of the final scatter into strided dF
 
 template <typename T>
-void route_forward(const at::Tensor& f, const at::Tensor& idx, const std::vector<at::Tensor>& v,
-                   std::vector<at::Tensor>& out, at::Tensor& lse) {
+void route_global_kernel(const at::Tensor& f, const at::Tensor& idx, const std::vector<at::Tensor>& v,
+                         std::vector<at::Tensor>& out, at::Tensor& lse) {
   const int64_t B = f.size(0), N = f.size(1), k = idx.size(1);
   const int64_t bq = std::max<int64_t>(1, std::min(k, TILE / N)), nblk = (k + bq - 1) / bq;
   const at::ThreadLocalState tls;
@@ -67,9 +67,9 @@ void route_forward(const at::Tensor& f, const at::Tensor& idx, const std::vector
 }
 
 template <typename T>
-void route_backward(const at::Tensor& f, const at::Tensor& idx, const std::vector<at::Tensor>& v,
-                    const std::vector<at::Tensor>& out, const at::Tensor& lse, const std::vector<at::Tensor>& g,
-                    at::Tensor& df, std::vector<at::Tensor>& dv) {
+void route_global_backward_kernel(const at::Tensor& f, const at::Tensor& idx, const std::vector<at::Tensor>& v,
+                                  const std::vector<at::Tensor>& out, const at::Tensor& lse,
+                                  const std::vector<at::Tensor>& g, at::Tensor& df, std::vector<at::Tensor>& dv) {
   const int64_t B = f.size(0), N = f.size(1), C = f.size(2), k = idx.size(1);
   const int64_t nblk = (N + BK - 1) / BK;
   const int nt = num_threads();
@@ -188,7 +188,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> route_global_cpu(const at::Tenso
   at::Tensor lse = at::empty({f.size(0), idx.size(1)}, f.options());
   if (lse.numel() > 0) {
     AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "route_global_cpu",
-                               [&] { route_forward<scalar_t>(f, idx, v, out, lse); });
+                               [&] { route_global_kernel<scalar_t>(f, idx, v, out, lse); });
   }
   return {out, lse};
 }
@@ -207,7 +207,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> route_global_backward_cpu(
   std::vector<at::Tensor> dv;
   for (const auto& x : v) dv.push_back(at::empty_like(x));
   AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "route_global_backward_cpu", [&] {
-    route_backward<scalar_t>(f, idx, v, out, lse_.contiguous(), g, df, dv);
+    route_global_backward_kernel<scalar_t>(f, idx, v, out, lse_.contiguous(), g, df, dv);
   });
   return {df, dv};
 }

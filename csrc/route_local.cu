@@ -31,10 +31,10 @@ __device__ void local_logits(const float* fb, int H, int W, int C, int window, i
   __syncthreads();
 }
 
-__global__ void __launch_bounds__(THREADS) local_forward_kernel(const float* __restrict__ f, const int64_t* __restrict__ idx,
-                                                                const float* __restrict__ v, int H, int W, int C, int k,
-                                                                int Cv, int window, float* __restrict__ out,
-                                                                float* __restrict__ lse) {
+__global__ void __launch_bounds__(THREADS) route_local_kernel(const float* __restrict__ f, const int64_t* __restrict__ idx,
+                                                              const float* __restrict__ v, int H, int W, int C, int k,
+                                                              int Cv, int window, float* __restrict__ out,
+                                                              float* __restrict__ lse) {
   __shared__ int64_t nb[MAXW2];
   __shared__ float s[MAXW2];
   __shared__ float scratch[32];
@@ -53,7 +53,7 @@ __global__ void __launch_bounds__(THREADS) local_forward_kernel(const float* __r
   }
 }
 
-__global__ void __launch_bounds__(THREADS) local_backward_kernel(
+__global__ void __launch_bounds__(THREADS) route_local_backward_kernel(
     const float* __restrict__ f, const int64_t* __restrict__ idx, const float* __restrict__ v,
     const float* __restrict__ out, const float* __restrict__ lse, const float* __restrict__ g, int H, int W, int C,
     int k, int Cv, int window, float* __restrict__ df, float* __restrict__ dv) {
@@ -102,12 +102,12 @@ __global__ void __launch_bounds__(THREADS) local_backward_kernel(
 
 }  // namespace
 
-int route_local_forward(const float* f, const int64_t* idx, const float* v, int B, int H, int W, int C, int k,
-                        int Cv, int window, float* out, float* lse, void* stream) {
+int route_local(const float* f, const int64_t* idx, const float* v, int B, int H, int W, int C, int k, int Cv,
+                int window, float* out, float* lse, void* stream) {
   if (window > kMaxWindow || window < 1 || window % 2 == 0) return static_cast<int>(cudaErrorInvalidValue);
   if (B == 0 || k == 0) return 0;
-  local_forward_kernel<<<B * k, THREADS, 0, static_cast<cudaStream_t>(stream)>>>(f, idx, v, H, W, C, k, Cv, window,
-                                                                                 out, lse);
+  route_local_kernel<<<B * k, THREADS, 0, static_cast<cudaStream_t>(stream)>>>(f, idx, v, H, W, C, k, Cv, window,
+                                                                               out, lse);
   return static_cast<int>(cudaGetLastError());
 }
 
@@ -116,7 +116,7 @@ int route_local_backward(const float* f, const int64_t* idx, const float* v, con
                          float* dv, void* stream) {
   if (window > kMaxWindow || window < 1 || window % 2 == 0) return static_cast<int>(cudaErrorInvalidValue);
   if (B == 0 || k == 0) return 0;
-  local_backward_kernel<<<B * k, THREADS, 0, static_cast<cudaStream_t>(stream)>>>(
+  route_local_backward_kernel<<<B * k, THREADS, 0, static_cast<cudaStream_t>(stream)>>>(
       f, idx, v, out, lse, grad_out, H, W, C, k, Cv, window, df, dv);
   return static_cast<int>(cudaGetLastError());
 }

@@ -45,11 +45,9 @@ inline void axpy(T a, const T* x, T* y, int64_t n) {
   for (int64_t c = 0; c < n; ++c) y[c] += a * x[c];
 }
 
-// The attention weights of a selected row at position p over its neighbourhood: fills nb and w, returns lse.
+// The attention weights softmax(w) of n logits, in place; returns their lse.
 template <typename T>
-T local_softmax(const T* fb, int64_t C, int64_t p, int64_t H, int64_t W, int64_t window, int64_t* nb, T* w) {
-  const int64_t n = neighbours(p, H, W, window, nb);
-  local_logits(fb, C, p, nb, n, w);
+T softmax(T* w, int64_t n) {
   const T m = row_max(w, n);
   const T z = exp_shift(w, n, m);
   for (int64_t j = 0; j < n; ++j) w[j] /= z;
@@ -58,37 +56,31 @@ T local_softmax(const T* fb, int64_t C, int64_t p, int64_t H, int64_t W, int64_t
 
 // v_i (B, N, C_i) and out_i (B, k, C_i) contiguous.
 template <typename T>
-void local_forward(const at::Tensor& f, const at::Tensor& idx, const std::vector<at::Tensor>& v, int64_t H,
-                   int64_t W, int64_t window, std::vector<at::Tensor>& out, at::Tensor& lse) {
-  const int64_t B = f.size(0), N = f.size(1), C = f.size(2), k = idx.size(1);
+void route_local_kernel(const at::Tensor& f, const at::Tensor& idx, const std::vector<at::Tensor>& v, int64_t H,
+                        int64_t W, int64_t window, std::vector<at::Tensor>& out, at::Tensor& lse) {
+  const int64_t B = f.size(0), C = f.size(2), k = idx.size(1);
   const int64_t w2 = window * window;
-  const T* fp = f.data_ptr<T>();
   const int64_t* ip = idx.data_ptr<int64_t>();
   T* lp = lse.data_ptr<T>();
   const std::vector<Rows<T>> vs = rows_of<T>(v), os = rows_of<T>(out);
-#pragma omp parallel num_threads(num_threads())
-  {
-    std::vector<int64_t> nb(w2);
-    std::vector<T> w(w2);
-#pragma omp for schedule(static)
-    for (int64_t bi = 0; bi < B * k; ++bi) {
-      const int64_t b = bi / k, i = bi % k;
-      lp[bi] = local_softmax(fp + b * N * C, C, ip[bi], H, W, window, nb.data(), w.data());
-      for (size_t m = 0; m < vs.size(); ++m) {
-        T* o = os[m].row(b, i);
-        std::fill(o, o + vs[m].C, T(0));
-        for (int64_t j = 0; j < w2; ++j)
-          if (nb[j] >= 0) axpy(w[j], vs[m].row(b, nb[j]), o, vs[m].C);
-      }
-    }
-  }
+  for_each_window(f.data_ptr<T>(), B, k, H, W, C, window, [&](int64_t b, int64_t i) { return ip[b * k + i]; },
+                  [&](int64_t b, int64_t i, const int64_t* nb, T* w) {
+                    lp[b * k + i] = softmax(w, w2);
+                    for (size_t m = 0; m < vs.size(); ++m) {
+                      T* o = os[m].row(b, i);
+                      std::fill(o, o + vs[m].C, T(0));
+                      for (int64_t j = 0; j < w2; ++j)
+                        if (nb[j] >= 0) axpy(w[j], vs[m].row(b, nb[j]), o, vs[m].C);
+                    }
+                  });
 }
 
 // All contiguous; df (B, N, C) and dv_i (B, N, C_i) zeros.
 template <typename T>
-void local_backward(const at::Tensor& f, const at::Tensor& idx, const std::vector<at::Tensor>& v,
-                    const std::vector<at::Tensor>& out, const at::Tensor& lse, const std::vector<at::Tensor>& g,
-                    int64_t H, int64_t W, int64_t window, at::Tensor& df, std::vector<at::Tensor>& dv) {
+void route_local_backward_kernel(const at::Tensor& f, const at::Tensor& idx, const std::vector<at::Tensor>& v,
+                                 const std::vector<at::Tensor>& out, const at::Tensor& lse,
+                                 const std::vector<at::Tensor>& g, int64_t H, int64_t W, int64_t window, at::Tensor& df,
+                                 std::vector<at::Tensor>& dv) {
   const int64_t B = f.size(0), N = f.size(1), C = f.size(2), k = idx.size(1);
   const int64_t w2 = window * window;
   const T *fp = f.data_ptr<T>(), *lp = lse.data_ptr<T>();
@@ -104,8 +96,7 @@ void local_backward(const at::Tensor& f, const at::Tensor& idx, const std::vecto
     int64_t* nb = nbs.data() + bi * w2;
     T* pw = P.data() + bi * w2;
     T* sw = dS.data() + bi * w2;
-    neighbours(ip[bi], H, W, window, nb);
-    local_logits(fp + b * N * C, C, ip[bi], nb, w2, pw);
+    local_logits(fp + b * N * C, H, W, C, window, ip[bi], nb, pw);
     exp_shift(pw, w2, lp[bi]);
     T d = 0;  // sum_i dO_i . out_i
     for (size_t m = 0; m < nmaps; ++m) d += dot(gs[m].row(b, i), os[m].row(b, i), vs[m].C);
@@ -167,7 +158,7 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> route_local_cpu(const at::Tensor
   }
   at::Tensor lse = at::empty({f.size(0), idx.size(1)}, f.options());
   AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "route_local_cpu",
-                             [&] { local_forward<scalar_t>(f, idx, v, H, W, window, out, lse); });
+                             [&] { route_local_kernel<scalar_t>(f, idx, v, H, W, window, out, lse); });
   return {out, lse};
 }
 
@@ -187,7 +178,7 @@ std::tuple<at::Tensor, std::vector<at::Tensor>> route_local_backward_cpu(
   }
   at::Tensor df = at::zeros_like(f);
   AT_DISPATCH_FLOATING_TYPES(f.scalar_type(), "route_local_backward_cpu", [&] {
-    local_backward<scalar_t>(f, idx, v, out, lse.contiguous(), g, H, W, window, df, dv);
+    route_local_backward_kernel<scalar_t>(f, idx, v, out, lse.contiguous(), g, H, W, window, df, dv);
   });
   return {in_layout(df, f_), in_layouts(dv, v_)};
 }
