@@ -1,4 +1,4 @@
-"""The one FLOP model of the benchmarks, through harness.py (report.py, gpu_report.py, bench_<op>.py).
+"""The one FLOP model of the benchmarks, through harness.py (report.py, gpu_report.py, bench_ops.py).
 
 Matrix-product FLOPs of the math (2 per multiply-add), as docs/design.md §1 defines the ops; exponentials,
 reductions and the selection are not counted. The count is of the dense products the definition implies,
