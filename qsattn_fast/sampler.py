@@ -25,19 +25,23 @@ from .api import qsattn, route
 from .ops import split_mode
 
 
+#: CUT's weight initialisations by ``--init_type``: (weight, gain) -> None, in place.
+_INITS = {"normal": lambda w, gain: nn.init.normal_(w, 0.0, gain),
+          "xavier": lambda w, gain: nn.init.xavier_normal_(w, gain=gain),
+          "kaiming": lambda w, gain: nn.init.kaiming_normal_(w, a=0, mode="fan_in"),
+          "orthogonal": lambda w, gain: nn.init.orthogonal_(w, gain=gain)}
+INIT_TYPES = tuple(_INITS)
+
+
 def init_weights(net: nn.Module, init_type="xavier", init_gain=0.02) -> nn.Module:
     """CUT's ``init_weights``: Conv*/Linear weights by ``init_type`` (normal | xavier | kaiming |
     orthogonal, scale ``init_gain``), their biases 0; BatchNorm weights N(1, gain), biases 0. Defined
     here, in the core, for the sampler's heads; the trainer's networks (``qsattn_fast.train``) use it too."""
-    inits = {"normal": lambda w: nn.init.normal_(w, 0.0, init_gain),
-             "xavier": lambda w: nn.init.xavier_normal_(w, gain=init_gain),
-             "kaiming": lambda w: nn.init.kaiming_normal_(w, a=0, mode="fan_in"),
-             "orthogonal": lambda w: nn.init.orthogonal_(w, gain=init_gain)}
-    if init_type not in inits:
-        raise ValueError(f"init_type: expected one of {', '.join(inits)}, got {init_type!r}")
+    if init_type not in _INITS:
+        raise ValueError(f"init_type: expected one of {', '.join(INIT_TYPES)}, got {init_type!r}")
     for m in net.modules():
         if isinstance(m, (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)):
-            inits[init_type](m.weight.data)
+            _INITS[init_type](m.weight.data, init_gain)
             if m.bias is not None:
                 nn.init.zeros_(m.bias.data)
         elif isinstance(m, nn.BatchNorm2d):

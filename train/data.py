@@ -18,7 +18,9 @@ import torch.nn.functional as F
 from PIL import Image, UnidentifiedImageError
 
 IMG_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".tif", ".tiff", ".webp")
+#: ``--preprocess`` and ``--dataset_mode`` choices.
 PREPROCESS = ("resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none")
+DATASET_MODES = ("unaligned", "synthetic")
 
 
 def list_images(folder: str, max_size=math.inf, what="folder") -> list[str]:

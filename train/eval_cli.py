@@ -6,7 +6,7 @@ import json
 import sys
 
 from .cli import Parser, add_debug_flag, one_line_errors
-from .data import SYNTHETIC_TASKS
+from .data import DATASET_MODES, SYNTHETIC_TASKS
 from .evaluation import evaluate, jsonable, write_synthetic
 
 
@@ -33,7 +33,7 @@ def build_parser() -> Parser:
     p.add_argument("--json", default=None, help="also write the numbers and settings to this JSON file")
     p.add_argument("--inception-weights", "--inception_weights", dest="inception_weights", default=None,
                    help="FID Inception weights file (else $QSATTN_INCEPTION_WEIGHTS, then torch hub's cache)")
-    p.add_argument("--dataset_mode", default="unaligned", choices=["unaligned", "synthetic"],
+    p.add_argument("--dataset_mode", default="unaligned", choices=DATASET_MODES,
                    help="synthetic: --fake holds translations of the synthetic test split")
     p.add_argument("--synthetic_seed", type=int, default=0, help="--seed of the synthetic run")
     p.add_argument("--synthetic_task", default="recolour", choices=sorted(SYNTHETIC_TASKS),

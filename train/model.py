@@ -26,6 +26,10 @@ from qsattn_fast import QSPatchSampler
 
 from . import networks
 
+#: ``--lr_policy`` choices (CUT's schedules).
+LR_POLICIES = ("linear", "step", "cosine")
+
+
 def lr_factor(opt, epoch: int) -> float:
     """Learning-rate multiplier while training epoch ``epoch`` (1-based), CUT's schedules: linear
     1 - max(0, epoch - n_epochs) / (n_epochs_decay + 1); step 0.1^floor((epoch - epoch_count) /

@@ -103,6 +103,11 @@ def instance_norm_grad_layout_bug(device="cpu") -> bool:
     return not torch.allclose(a, b, rtol=1e-10, atol=1e-10)
 
 
+#: ``--normG`` / ``--normD`` and ``--netD`` choices.
+NORMS = ("instance", "batch", "none")
+DISCRIMINATORS = ("basic", "n_layers")
+
+
 def get_norm_layer(norm: str):
     """``instance`` (no affine, no running stats, as CUT), ``batch`` or ``none``; the norms are
     torch's with a layout-safe backward (:class:`_ContiguousGradNorm`)."""
@@ -112,7 +117,7 @@ def get_norm_layer(norm: str):
         return functools.partial(BatchNorm2d, affine=True, track_running_stats=True)
     if norm == "none":
         return lambda channels: nn.Identity()
-    raise ValueError(f"norm: expected instance, batch or none, got {norm!r}")
+    raise ValueError(f"norm: expected one of {', '.join(NORMS)}, got {norm!r}")
 
 
 def _uses_bias(norm_layer) -> bool:
@@ -228,8 +233,8 @@ def define_G(input_nc=3, output_nc=3, ngf=64, netG="resnet_9blocks", norm="insta
 def define_D(input_nc=3, ndf=64, netD="basic", n_layers_D=3, norm="instance", init_type="xavier", init_gain=0.02,
              no_antialias=False) -> NLayerDiscriminator:
     """CUT's ``define_D`` for ``basic`` (3 layers) and ``n_layers`` (``n_layers_D``), initialised."""
-    if netD not in ("basic", "n_layers"):
-        raise ValueError(f"netD: expected basic or n_layers, got {netD!r}")
+    if netD not in DISCRIMINATORS:
+        raise ValueError(f"netD: expected one of {', '.join(DISCRIMINATORS)}, got {netD!r}")
     net = NLayerDiscriminator(input_nc, ndf, 3 if netD == "basic" else n_layers_D, get_norm_layer(norm),
                               no_antialias=no_antialias)
     return init_weights(net, init_type, init_gain)

@@ -13,10 +13,13 @@ import argparse
 import math
 
 from qsattn_fast import BACKENDS, OP_MODES, PRECISIONS, VARIANTS
+from qsattn_fast.sampler import INIT_TYPES
 
 from . import demo
 from .cli import Parser, add_debug_flag
-from .data import SYNTHETIC_TASKS
+from .data import DATASET_MODES, PREPROCESS, SYNTHETIC_TASKS
+from .model import LR_POLICIES
+from .networks import DISCRIMINATORS, GENERATOR_BLOCKS, NORMS, GANLoss
 
 MODEL_DEFAULTS = {
     "cut": dict(nce_idt=True, lambda_NCE=1.0),
@@ -80,20 +83,20 @@ def build_parser() -> Parser:
     g.add_argument("--output_nc", type=int, default=3, help="channels of output images")
     g.add_argument("--ngf", type=int, default=64, help="generator filters in the last conv layer")
     g.add_argument("--ndf", type=int, default=64, help="discriminator filters in the first conv layer")
-    g.add_argument("--netD", default="basic", choices=["basic", "n_layers"], help="PatchGAN discriminator")
-    g.add_argument("--netG", default="resnet_9blocks", choices=["resnet_9blocks", "resnet_6blocks", "resnet_4blocks"],
+    g.add_argument("--netD", default="basic", choices=DISCRIMINATORS, help="PatchGAN discriminator")
+    g.add_argument("--netG", default="resnet_9blocks", choices=list(GENERATOR_BLOCKS),
                    help="ResNet generator")
     g.add_argument("--n_layers_D", type=int, default=3, help="discriminator layers when netD is n_layers")
-    g.add_argument("--normG", default="instance", choices=["instance", "batch", "none"], help="generator norm")
-    g.add_argument("--normD", default="instance", choices=["instance", "batch", "none"], help="discriminator norm")
-    g.add_argument("--init_type", default="xavier", choices=["normal", "xavier", "kaiming", "orthogonal"],
+    g.add_argument("--normG", default="instance", choices=NORMS, help="generator norm")
+    g.add_argument("--normD", default="instance", choices=NORMS, help="discriminator norm")
+    g.add_argument("--init_type", default="xavier", choices=INIT_TYPES,
                    help="weight initialisation")
     g.add_argument("--init_gain", type=float, default=0.02, help="scale of normal, xavier and orthogonal init")
     g.add_argument("--no_dropout", type=str2bool, nargs="?", const=True, default=True, help="no dropout in G")
     g.add_argument("--no_antialias", action="store_true", help="strided convs instead of anti-aliased downsampling")
     g.add_argument("--no_antialias_up", action="store_true", help="transposed convs instead of anti-aliased upsampling")
     g = p.add_argument_group("losses")
-    g.add_argument("--gan_mode", default="lsgan", choices=["lsgan", "vanilla", "nonsaturating"], help="GAN objective")
+    g.add_argument("--gan_mode", default="lsgan", choices=GANLoss.MODES, help="GAN objective")
     g.add_argument("--lambda_GAN", type=float, default=1.0, help="weight of the GAN loss GAN(G(X))")
     g.add_argument("--lambda_NCE", type=float, default=None, help="weight of the NCE loss (cut/qs 1, fastcut 10)")
     _bool(g, "--nce_idt", "also the identity NCE loss NCE(G(Y), Y) (cut/qs on, fastcut off)")
@@ -129,7 +132,7 @@ def build_parser() -> Parser:
     g.add_argument("--pool_size", type=int, default=50,
                    help="past generated images each discriminator is shown from (0: only the current ones)")
     g = p.add_argument_group("data")
-    g.add_argument("--dataset_mode", default="unaligned", choices=["unaligned", "synthetic"],
+    g.add_argument("--dataset_mode", default="unaligned", choices=DATASET_MODES,
                    help="unaligned: trainA/trainB folders; synthetic: a built-in task (--synthetic_task)")
     g.add_argument("--synthetic_task", default="recolour", choices=sorted(SYNTHETIC_TASKS),
                    help="recolour: warm shapes with a grey mark -> the same shapes in cool colours; "
@@ -149,7 +152,7 @@ def build_parser() -> Parser:
     g.add_argument("--max_dataset_size", type=float, default=math.inf,
                    help="use at most this many images per domain (synthetic: items)")
     g.add_argument("--preprocess", default="resize_and_crop",
-                   choices=["resize_and_crop", "crop", "scale_width", "scale_width_and_crop", "none"],
+                   choices=PREPROCESS,
                    help="scaling and cropping at load time")
     g.add_argument("--no_flip", action="store_true", help="no random horizontal flips")
     g = p.add_argument_group("schedule and checkpoints")
@@ -159,7 +162,7 @@ def build_parser() -> Parser:
     g.add_argument("--lr", type=float, default=0.0002, help="Adam learning rate")
     g.add_argument("--beta1", type=float, default=0.5, help="Adam beta1")
     g.add_argument("--beta2", type=float, default=0.999, help="Adam beta2")
-    g.add_argument("--lr_policy", default="linear", choices=["linear", "step", "cosine"], help="learning-rate schedule")
+    g.add_argument("--lr_policy", default="linear", choices=LR_POLICIES, help="learning-rate schedule")
     g.add_argument("--lr_decay_iters", type=int, default=50, help="step policy: x0.1 every this many epochs")
     g.add_argument("--epoch_count", type=int, default=1, help="the starting epoch")
     g.add_argument("--continue_train", action="store_true", help="resume from checkpoints_dir/name (--epoch)")
