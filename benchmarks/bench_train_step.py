@@ -9,7 +9,7 @@ fastest fused backend in global mode costs at most 1.05x cut; reference is repor
     python benchmarks/bench_train_step.py --gpu_ids -1 --size 32 --ngf 8 --steps 5 --warmup 1   # CPU smoke
     python -m pytest benchmarks/bench_train_step_tiny.py                    # pytest-benchmark, tiny, CPU
     python benchmarks/bench_train_step.py --gpu_ids -1 --backends auto --qs_layers default all \
-        --mode global local --breakdown --memory --steps 3 --warmup 1   # issue 15: every layer, 256x256
+        --mode global local --breakdown --memory --steps 3 --warmup 1   # every layer, 256x256
 
 A step is ``CUTModel.optimize`` on a batch already on the device (D step, then G and netF step; data
 loading excluded), timed with a device synchronisation around it. Every configuration is built first,

@@ -1,7 +1,7 @@
 """Where a QS-Attn training step's time goes: torch.profiler's CPU totals of the ``qsattn`` ops (entropy,
 routing and their backwards, by input shape) over one ``optimize()`` step after a warm-up step.
 
-    python benchmarks/profile_train_step.py --size 256 --qs_layers all        # issue 15's configuration
+    python benchmarks/profile_train_step.py --size 256 --qs_layers all        # every layer at 256x256
 
 Writes JSON (the environment, the step's seconds, every qsattn op's count, total seconds and input
 shapes) and prints the ops by total time. The input shapes tell the layers apart: (B, N, C) rows.

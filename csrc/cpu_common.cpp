@@ -7,7 +7,7 @@
 // The float loops are compiled three times, for the ISA levels x86-64 (SSE2), x86-64-v3 (AVX2 + FMA) and
 // x86-64-v4 (AVX-512), and picked at run time by cpu_level() (cpuid feature bits; set_cpu_level() lets the
 // tests and benchmarks run a lower level on the same machine). Levels, not CPU models: GCC's "arch=haswell"
-// clones dispatch on the model, so AMD's AVX2 machines once ran the SSE2 default. The generic loops are the
+// clones dispatch on the model, which sends AMD's AVX2 machines to the SSE2 default. The generic loops are the
 // templates below, written so GCC vectorises them; at x86-64-v4 the entropy's exp loops are written with
 // intrinsics instead (v4:: below: vscalefps for 2^n, mask registers for the flush and the max's 1).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12
