@@ -173,18 +173,24 @@ def test_official_global_runs_on_any_backend():
     assert torch.equal(a[0], b[0]) and torch.equal(a[1][1], b[1][1])
 
 
-def test_backend_and_precision_names_have_one_source():
-    """qsattn_fast/_checks.py lists the backends and precisions; the registry, the op overloads, auto's
-    order, the Triton backend and the trainer's options take them from there."""
+def test_choice_lists_have_one_source():
+    """qsattn_fast/_checks.py lists the ops' modes, the variants, the backends and the precisions; the
+    package exports them, and the registry, the op overloads, auto's order, the backends' declarations and
+    the trainer's options take them from there."""
     from qsattn_fast import _checks, ops
     from qsattn_fast.registry import AUTO_PRIORITY
     from qsattn_fast.train import options
+    assert (q.OP_MODES, q.VARIANTS, q.BACKENDS, q.PRECISIONS) == (_checks.OP_MODES, _checks.VARIANTS,
+                                                                  _checks.BACKENDS, _checks.PRECISIONS)
     assert tuple(q.backends()) and set(q.backends()) == set(_checks.BACKENDS)
     assert set(ops.IMPLEMENTATIONS) == set(_checks.BACKENDS) - {"reference"} and set(AUTO_PRIORITY) <= set(_checks.BACKENDS)
     assert q.backends()["triton"].precisions == _checks.PRECISIONS
+    assert q.backends()["reference"].variants == _checks.VARIANTS
+    assert all(set(be.variants) <= set(_checks.VARIANTS) for be in q.backends().values())
     acts = {a.dest: a for a in options.build_parser()._actions}
     assert acts["qs_backend"].choices == ["auto", *_checks.BACKENDS]
     assert acts["qs_precision"].choices == list(_checks.PRECISIONS)
+    assert acts["qs_mode"].choices == _checks.OP_MODES["qsattn"] and acts["qs_variant"].choices == _checks.VARIANTS
 
 
 @pytest.mark.parametrize("old,new", [("attention_entropy", "entropy"), ("select_queries", "select"),

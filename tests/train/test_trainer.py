@@ -26,6 +26,19 @@ pytestmark = pytest.mark.usefixtures("one_thread")
 SUPPORT = str(ROOT / "tests" / "support")
 
 
+def test_option_choices_come_from_the_modules_that_check_them():
+    """qsattn-train's choice lists are the tuples the networks, data, model and init code check against."""
+    from qsattn_fast.sampler import INIT_TYPES
+    from qsattn_fast.train import data, model, networks
+    acts = {a.dest: a for a in options.build_parser()._actions}
+    assert list(acts["netG"].choices) == list(networks.GENERATOR_BLOCKS)
+    assert acts["netD"].choices == networks.DISCRIMINATORS
+    assert acts["normG"].choices == acts["normD"].choices == networks.NORMS
+    assert acts["gan_mode"].choices == networks.GANLoss.MODES and acts["init_type"].choices == INIT_TYPES
+    assert acts["preprocess"].choices == data.PREPROCESS and acts["dataset_mode"].choices == data.DATASET_MODES
+    assert acts["lr_policy"].choices == model.LR_POLICIES
+
+
 def test_cut_defaults_and_model_defaults():
     opt = options.parse(["--dataroot", "x"])
     assert (opt.model, opt.load_size, opt.crop_size, opt.n_epochs, opt.n_epochs_decay, opt.lr, opt.beta1,
