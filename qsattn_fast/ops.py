@@ -87,11 +87,11 @@ def implement(name: str, backend: str, devices=("CPU", "CUDA")):
 
 
 def sample_inputs(impl: str, device="cpu", dtype=torch.float64, shape=(2, 3, 5, 7), k=6, value_channels=(3, 2),
-                  window=3, requires_grad=False, generator=None) -> list[tuple[str, tuple]]:
+                  window=3, precision=None, requires_grad=False, generator=None) -> list[tuple[str, tuple]]:
     """(op name, arguments) for every op of SCHEMAS, as the backends call them: f = rows of a random
     (B, C, H, W) map, k distinct random rows per image, value maps of ``value_channels`` channels (global
-    routing also with the first alone), (B, N) entropies; the backward ops get ``impl``'s own forward
-    outputs and random output gradients. ``requires_grad`` marks the routings' f and v as leaves. Shared by
+    routing also with the first alone), (B, N) entropies, ``precision`` for the global ops; the backward ops
+    get ``impl``'s own forward outputs and random output gradients. ``requires_grad`` marks the routings' f and v as leaves. Shared by
     opcheck (tests/ops/test_conformance.py) and the op benchmarks (benchmarks/bench_ops.py)."""
     B, C, H, W = shape
     N = H * W
@@ -107,9 +107,9 @@ def sample_inputs(impl: str, device="cpu", dtype=torch.float64, shape=(2, 3, 5, 
     idx = torch.stack([torch.randperm(N, generator=generator)[:k] for _ in range(B)]).to(device)
     ent = torch.rand(B, N, dtype=dtype, generator=generator).to(device)
     f, v = leaves()
-    samples = [("entropy_global", (f.detach(), None)), ("entropy_local", (f.detach(), H, W, window)),
-               ("select", (ent, k)), ("route_global", (f, idx, v[:1], None))]
-    for mode, tail in (("global", (None,)), ("local", (H, W, window))):
+    samples = [("entropy_global", (f.detach(), precision)), ("entropy_local", (f.detach(), H, W, window)),
+               ("select", (ent, k)), ("route_global", (f, idx, v[:1], precision))]
+    for mode, tail in (("global", (precision,)), ("local", (H, W, window))):
         name = f"route_{mode}"
         f, v = leaves()
         samples.append((name, (f, idx, v, *tail)))

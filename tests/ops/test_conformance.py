@@ -48,9 +48,10 @@ def test_every_backend_implements_every_op_of_the_contract(backend):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"qsattn::{name}.{backend}", key), (name, key)
 
 
-#: ops.sample_inputs settings of the opcheck cases: float64 at (2, 3, 5, 7), k = 6, window 3; float32 on a 2 x 3
-#: map with k = N and a window larger than the map.
-OPCHECK_CASES = {"fp64": dict(dtype=torch.float64), "fp32-tiny": dict(dtype=torch.float32, shape=(1, 2, 2, 3), k=6, window=7)}
+#: ops.sample_inputs settings of the opcheck cases: float64 at (2, 3, 5, 7), k = 6, window 3, precision None;
+#: float32 on a 2 x 3 map with k = N, a window larger than the map and precision "ieee" spelled out.
+OPCHECK_CASES = {"fp64": dict(dtype=torch.float64),
+                 "fp32-tiny": dict(dtype=torch.float32, shape=(1, 2, 2, 3), k=6, window=7, precision="ieee")}
 
 
 @pytest.mark.parametrize("backend", ops.IMPLEMENTATIONS)
