@@ -13,9 +13,9 @@ the kernels without the API's checks and casts.
 import pytest
 import torch
 
-from harness import SHAPES, SUITE_SHAPES, bench, cases, suite_device
+from harness import SHAPES, SUITE_SHAPES, bench, cases, peers, suite_device
 
-from qsattn_fast import backends, ops
+from qsattn_fast import ops
 
 
 @cases()
@@ -23,14 +23,7 @@ def bench_op(benchmark, shape, peer, what, backward):
     bench(benchmark, what, shape, peer, backward)
 
 
-def _implementations(device):
-    """The implementations of the contract that run float32 on ``device`` (Triton's CPU interpreter is
-    not a benchmark)."""
-    return [n for n in ops.IMPLEMENTATIONS if not backends()[n].unavailable() and device in backends()[n].devices
-            and not (n == "triton" and device != "cuda")]
-
-
-@pytest.mark.parametrize("impl", _implementations(suite_device()))
+@pytest.mark.parametrize("impl", [p for p in peers(suite_device()) if p in ops.IMPLEMENTATIONS])
 @pytest.mark.parametrize("sample", range(len(ops.sample_inputs("torch"))),
                          ids=[name for name, _ in ops.sample_inputs("torch")])
 @pytest.mark.parametrize("shape", SUITE_SHAPES[suite_device()])

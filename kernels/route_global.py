@@ -75,9 +75,10 @@ def _grad_scores(dob, vb, rm_live, rn, N, CV, sgc, svc, svn, acc_t,
 
 @triton.jit
 def _route_global_fwd_kernel(x_ptr, idx_ptr, v_ptr, out_ptr, lse_ptr, N, C, CV, K,
-                      sxb, sxc, sxn, svb, svc, svn,
-                      BM: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, BV: tl.constexpr,
-                      DOT_PREC: tl.constexpr, PREC2: tl.constexpr, INTERP: tl.constexpr, WRITE_LSE: tl.constexpr):
+                             sxb, sxc, sxn, svb, svc, svn,
+                             BM: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, BV: tl.constexpr,
+                             DOT_PREC: tl.constexpr, PREC2: tl.constexpr, INTERP: tl.constexpr,
+                             WRITE_LSE: tl.constexpr):
     """Per (block of BM selected rows, block of BV value channels): online softmax over key blocks,
     out = softmax(Q K^T) V for those channels; with WRITE_LSE the first channel block also stores
     lse = m + log l."""
@@ -114,9 +115,9 @@ def _route_global_fwd_kernel(x_ptr, idx_ptr, v_ptr, out_ptr, lse_ptr, N, C, CV, 
 
 @triton.jit
 def _route_global_bwd_kernel(x_ptr, idx_ptr, v0_ptr, v1_ptr, lse_ptr, d_ptr, go0_ptr, go1_ptr, dk_ptr, dv0_ptr, dv1_ptr,
-                      dq_ptr, N, C, CV0, CV1, K, sxb, sxc, sxn, sv0b, sv0c, sv0n, sv1b, sv1c, sv1n,
-                      BM: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, BO: tl.constexpr,
-                      DOT_PREC: tl.constexpr, PREC2: tl.constexpr, INTERP: tl.constexpr):
+                             dq_ptr, N, C, CV0, CV1, K, sxb, sxc, sxn, sv0b, sv0c, sv0n, sv1b, sv1c, sv1n,
+                             BM: tl.constexpr, BN: tl.constexpr, BC: tl.constexpr, BO: tl.constexpr,
+                             DOT_PREC: tl.constexpr, PREC2: tl.constexpr, INTERP: tl.constexpr):
     """Per (key block rn, output channel block): for the first cdiv(C, BO) blocks, dK[ro, rn] = sum over
     the k rows of dS^T Q[:, ro], dS = P * (dO_0 V_0^T + dO_1 V_1^T - D), and dQ[:, ro] += dS K[rn, ro] by
     atomic adds (every key block adds its share); for the next blocks, dV_0[ro, rn] = P^T dO_0, then
@@ -207,7 +208,8 @@ def route_global(f: torch.Tensor, idx: torch.Tensor, v: list[torch.Tensor],
         blk["BM"] = fill_sms(blk["BM"], lambda m: B * triton.cdiv(K, m) * triton.cdiv(CV, blk["BV"]), f.device)
         grid = (triton.cdiv(K, blk["BM"]), triton.cdiv(CV, blk["BV"]), B)
         _route_global_fwd_kernel[grid](x, idx, vv, out, lse, N, C, CV, K, *x.stride(), *vv.stride(),
-                                DOT_PREC=p1, PREC2=p2, INTERP=INTERPRET, WRITE_LSE=i == 0, num_warps=warps, **blk)
+                                       DOT_PREC=p1, PREC2=p2, INTERP=INTERPRET, WRITE_LSE=i == 0,
+                                       num_warps=warps, **blk)
         outs.append(out)
     return outs, lse
 
@@ -239,8 +241,8 @@ def route_global_backward(f: torch.Tensor, idx: torch.Tensor, v: list[torch.Tens
     bo = blk["BO"]
     grid = (triton.cdiv(N, blk["BN"]), sum(triton.cdiv(c, bo) for c in [C] + cvs), B)
     _route_global_bwd_kernel[grid](x, idx, vv[0], vv[1], lse, d, gpair[0], gpair[1], dk, dv[0], dv[1], dq,
-                            N, C, cvs[0], cvs[1], K, *x.stride(), *vv[0].stride(), *vv[1].stride(),
-                            DOT_PREC=p1, PREC2=p2, INTERP=INTERPRET, num_warps=warps, **blk)
+                                   N, C, cvs[0], cvs[1], K, *x.stride(), *vv[0].stride(), *vv[1].stride(),
+                                   DOT_PREC=p1, PREC2=p2, INTERP=INTERPRET, num_warps=warps, **blk)
     dk.scatter_add_(2, idx[:, None, :].expand(B, C, K), dq.transpose(1, 2))
     dvs = [t.transpose(1, 2) for t in dv[:len(pair)]]
     if len(v) > 2:

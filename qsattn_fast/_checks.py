@@ -7,11 +7,9 @@ from __future__ import annotations
 
 import torch
 
-MODES_ENTROPY = ("global", "local")
-MODES_ROUTE = ("global", "local")
-MODES_QSATTN = ("global", "local", "local_global")
 #: The four ops by name (the API's functions, Request.op, the Backend methods), each with its modes.
-OP_MODES = {"entropy": MODES_ENTROPY, "select": (), "route": MODES_ROUTE, "qsattn": MODES_QSATTN}
+OP_MODES = {"entropy": ("global", "local"), "select": (), "route": ("global", "local"),
+            "qsattn": ("global", "local", "local_global")}
 VARIANTS = ("paper", "official")
 PRECISIONS = ("ieee", "tf32x3", "tf32", "bf16")
 #: Every backend's name (``backend=`` also takes "auto"); all but ``reference`` implement the ops' overloads.

@@ -21,9 +21,10 @@ from . import _checks as chk
 from .registry import Request, request, resolve
 
 
-def _prepare(feat_src, mode, modes, window, precision, variant, check_finite, values=None):
+def _prepare(op, feat_src, mode, window, precision, variant, check_finite, values=None):
+    """The checks every call of ``op`` makes; (window, precision, variant, values) as the backend takes them."""
     chk.check_feature_map("feat_src", feat_src)
-    chk.check_choice("mode", mode, modes)
+    chk.check_choice("mode", mode, chk.OP_MODES[op])
     chk.check_choice("variant", variant, chk.VARIANTS)
     window = chk.check_window(window)
     precision = chk.check_precision(precision, feat_src.dtype)
@@ -40,14 +41,14 @@ def _prepare(feat_src, mode, modes, window, precision, variant, check_finite, va
 
 
 def entropy(feat, mode="global", window=7, *, backend="auto", precision=None, variant="paper",
-                      check_finite=True) -> torch.Tensor:
+            check_finite=True) -> torch.Tensor:
     """Row entropies H_i = -sum_j A_ij log A_ij of the source attention (docs/design.md §1).
 
     ``mode="global"``: A = softmax(F F^T) over all N positions (no scaling). ``mode="local"``: softmax
     over each position's ``window`` x ``window`` neighbourhood of the zero-padded map.
     feat (B, C, H, W) -> (B, H*W) float32 (float64 for float64 input). Not differentiable.
     """
-    window, precision, variant, _ = _prepare(feat, mode, chk.MODES_ENTROPY, window, precision, variant, check_finite)
+    window, precision, variant, _ = _prepare("entropy", feat, mode, window, precision, variant, check_finite)
     be = resolve(backend, request("entropy", feat, mode, precision, variant, window))
     with torch.no_grad():
         return be.entropy(feat, mode, window, precision, variant)
@@ -71,15 +72,15 @@ def route(feat_src, idx, values, mode="global", window=7, *, backend="auto", pre
     feat_src (B, C, H, W), idx (B, k) int64, values (B, C_v, H, W)... -> tuple of (B, k, C_v) in the
     values' dtype; differentiable w.r.t. ``feat_src`` and every value.
     """
-    window, precision, variant, values = _prepare(feat_src, mode, chk.MODES_ROUTE, window, precision, variant,
+    window, precision, variant, values = _prepare("route", feat_src, mode, window, precision, variant,
                                          check_finite, values)
     chk.check_idx(idx, feat_src, check_range=check_finite)
     be = resolve(backend, request("route", feat_src, mode, precision, variant, window))
     return be.route(feat_src, idx, values, mode, window, precision, variant)
 
 
-def qsattn(feat_src, values, k=256, mode="global", window=7, *, backend="auto",
-                             precision=None, variant="paper", check_finite=True):
+def qsattn(feat_src, values, k=256, mode="global", window=7, *, backend="auto", precision=None, variant="paper",
+           check_finite=True):
     """The QS-Attn step: select k queries by the entropy of the source attention, route every value.
 
     ``mode``: "global" (select and route globally), "local" (select and route within the window),
@@ -87,7 +88,7 @@ def qsattn(feat_src, values, k=256, mode="global", window=7, *, backend="auto",
     reproduces the released code's local layout (reference backend only; see docs/known-issues.md).
     feat_src (B, C, H, W), values (B, C_v, H, W)... -> (idx (B, k) int64, tuple of (B, k, C_v)).
     """
-    window, precision, variant, values = _prepare(feat_src, mode, chk.MODES_QSATTN, window, precision, variant,
+    window, precision, variant, values = _prepare("qsattn", feat_src, mode, window, precision, variant,
                                          check_finite, values)
     B, _, H, W = feat_src.shape
     k = chk.check_k(k, H * W)

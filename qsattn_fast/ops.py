@@ -91,8 +91,9 @@ def sample_inputs(impl: str, device="cpu", dtype=torch.float64, shape=(2, 3, 5, 
     """(op name, arguments) for every op of SCHEMAS, as the backends call them: f = rows of a random
     (B, C, H, W) map, k distinct random rows per image, value maps of ``value_channels`` channels (global
     routing also with the first alone), (B, N) entropies, ``precision`` for the global ops; the backward ops
-    get ``impl``'s own forward outputs and random output gradients. ``requires_grad`` marks the routings' f and v as leaves. Shared by
-    opcheck (tests/ops/test_conformance.py) and the op benchmarks (benchmarks/bench_ops.py)."""
+    get ``impl``'s own forward outputs and random output gradients. ``requires_grad`` marks the routings'
+    f and v as leaves. Shared by opcheck (tests/ops/test_conformance.py) and the op benchmarks
+    (benchmarks/bench_ops.py)."""
     B, C, H, W = shape
     N = H * W
 
