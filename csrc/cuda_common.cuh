@@ -1,8 +1,18 @@
 // Device helpers shared by the CUDA kernels: the online entropy state (docs/design.md §2, log1p form) and
-// warp/block reductions. CUDA headers only.
+// warp/block reductions, the launch macro and dynamic shared memory. CUDA headers only; with
+// QSATTN_CUDA_EMULATION, the CPU emulation's (csrc/emulation/cuda_emulation.h) instead.
 #pragma once
 
+#ifdef QSATTN_CUDA_EMULATION
+#include "emulation/cuda_emulation.h"
+// Runs kernel(args) on the CPU emulation: QSATTN_LAUNCH(kernel, grid, block, smem, stream)(args...).
+#define QSATTN_LAUNCH(kernel, grid, block, smem, stream) \
+  ::qsattn::emu::launcher(#kernel, kernel, grid, block, smem, stream)
+#else
 #include <cuda_runtime.h>
+// kernel<<<grid, block, smem, stream>>>(args): QSATTN_LAUNCH(kernel, grid, block, smem, stream)(args...).
+#define QSATTN_LAUNCH(kernel, grid, block, smem, stream) kernel<<<grid, block, smem, stream>>>
+#endif
 
 #include <cstdint>
 
@@ -91,6 +101,17 @@ __device__ inline float block_softmax(float* row, int n, float* scratch) {
   for (int j = threadIdx.x; j < n; j += blockDim.x) row[j] = __expf(row[j] - m) * inv;
   __syncthreads();
   return m + logf(z);
+}
+
+// The launch's dynamic shared memory (its `smem` bytes), 16-byte aligned.
+template <typename T>
+__device__ __forceinline__ T* dynamic_shared() {
+#ifdef QSATTN_CUDA_EMULATION
+  return static_cast<T*>(::qsattn::emu::dynamic_shared_memory());
+#else
+  extern __shared__ __align__(16) unsigned char qsattn_dynamic_smem[];
+  return reinterpret_cast<T*>(qsattn_dynamic_smem);
+#endif
 }
 
 inline int ceil_div(int a, int b) { return (a + b - 1) / b; }

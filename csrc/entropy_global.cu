@@ -67,7 +67,7 @@ __global__ void __launch_bounds__(256) entropy_global_kernel(const float* __rest
 int entropy_global(const float* f, int B, int N, int C, float* out, void* stream) {
   if (B == 0 || N == 0) return 0;
   const dim3 grid(ceil_div(N, BM), B);
-  entropy_global_kernel<<<grid, 256, 0, static_cast<cudaStream_t>(stream)>>>(f, N, C, out);
+  QSATTN_LAUNCH(entropy_global_kernel, grid, 256, 0, static_cast<cudaStream_t>(stream))(f, N, C, out);
   return static_cast<int>(cudaGetLastError());
 }
 

@@ -13,7 +13,7 @@ constexpr int TILE = 16, CB = 8, MAXW2 = kMaxWindow * kMaxWindow;
 
 __global__ void __launch_bounds__(TILE* TILE) entropy_local_kernel(const float* __restrict__ f, int H, int W,
                                                                      int C, int window, float* __restrict__ out) {
-  extern __shared__ float tile[];  // [CB][side][side]
+  float* tile = dynamic_shared<float>();  // [CB][side][side]
   const int r = window / 2, side = TILE + 2 * r, w2 = window * window;
   const int b = blockIdx.z, h0 = blockIdx.y * TILE, x0 = blockIdx.x * TILE;
   const int ty = threadIdx.x / TILE, tx = threadIdx.x % TILE;
@@ -52,7 +52,7 @@ int entropy_local(const float* f, int B, int H, int W, int C, int window, float*
   const int side = TILE + 2 * (window / 2);
   const size_t shmem = sizeof(float) * CB * side * side;
   const dim3 grid(ceil_div(W, TILE), ceil_div(H, TILE), B);
-  entropy_local_kernel<<<grid, TILE * TILE, shmem, static_cast<cudaStream_t>(stream)>>>(f, H, W, C, window, out);
+  QSATTN_LAUNCH(entropy_local_kernel, grid, TILE * TILE, shmem, static_cast<cudaStream_t>(stream))(f, H, W, C, window, out);
   return static_cast<int>(cudaGetLastError());
 }
 

@@ -75,7 +75,7 @@ __global__ void __launch_bounds__(256) gemm_kernel(int M, int Nn, int K, Mat A, 
 void gemm(int M, int Nn, int K, Mat A, Mat B, float* out, int64_t ldc, float beta, const int64_t* out_rows,
           cudaStream_t st) {
   const dim3 grid(ceil_div(Nn, BN), ceil_div(M, BM));
-  gemm_kernel<<<grid, 256, 0, st>>>(M, Nn, K, A, B, out, ldc, beta, out_rows);
+  QSATTN_LAUNCH(gemm_kernel, grid, 256, 0, st)(M, Nn, K, A, B, out, ldc, beta, out_rows);
 }
 
 // Row-wise softmax of s (rows x N) in place; lse[r] = log sum exp of the raw row.
@@ -125,7 +125,7 @@ int route_global(const float* f, const int64_t* idx, const float* v, int B, int 
       const int nq = k - i0 < QC ? k - i0 : QC;
       const int64_t* rows = idx + static_cast<int64_t>(b) * k + i0;
       gemm(nq, N, C, Mat{fb, C, 1, rows}, Mat{fb, 1, C, nullptr}, s, N, 0.f, nullptr, st);  // S = Q K^T
-      softmax_rows_kernel<<<nq, 256, 0, st>>>(s, N, lse + static_cast<int64_t>(b) * k + i0);
+      QSATTN_LAUNCH(softmax_rows_kernel, nq, 256, 0, st)(s, N, lse + static_cast<int64_t>(b) * k + i0);
       gemm(nq, Cv, N, Mat{s, N, 1, nullptr}, Mat{vb, Cv, 1, nullptr},
            out + (static_cast<int64_t>(b) * k + i0) * Cv, Cv, 0.f, nullptr, st);              // O = P V
     }
@@ -147,14 +147,14 @@ int route_global_backward(const float* f, const int64_t* idx, const float* v, co
     const float* gb = grad_out + static_cast<int64_t>(b) * k * Cv;
     float* dfb = df + static_cast<int64_t>(b) * N * C;
     float* dvb = dv + static_cast<int64_t>(b) * N * Cv;
-    rowdot_kernel<<<k, 256, 0, st>>>(gb, out + static_cast<int64_t>(b) * k * Cv, Cv, d);
+    QSATTN_LAUNCH(rowdot_kernel, k, 256, 0, st)(gb, out + static_cast<int64_t>(b) * k * Cv, Cv, d);
     for (int i0 = 0; i0 < k; i0 += QC) {
       const int nq = k - i0 < QC ? k - i0 : QC;
       const int64_t* rows = idx + static_cast<int64_t>(b) * k + i0;
       const float* gq = gb + static_cast<int64_t>(i0) * Cv;
       gemm(nq, N, C, Mat{fb, C, 1, rows}, Mat{fb, 1, C, nullptr}, p, N, 0.f, nullptr, st);     // S = Q K^T
       gemm(nq, N, Cv, Mat{gq, Cv, 1, nullptr}, Mat{vb, 1, Cv, nullptr}, ds, N, 0.f, nullptr, st);  // dO V^T
-      grad_logits_kernel<<<dim3(ceil_div(N, 1024), nq), 256, 0, st>>>(
+      QSATTN_LAUNCH(grad_logits_kernel, dim3(ceil_div(N, 1024), nq), 256, 0, st)(
           p, ds, N, lse + static_cast<int64_t>(b) * k + i0, d + i0);
       gemm(N, Cv, nq, Mat{p, 1, N, nullptr}, Mat{gq, Cv, 1, nullptr}, dvb, Cv, 1.f, nullptr, st);   // dV += P^T dO
       gemm(N, C, nq, Mat{ds, 1, N, nullptr}, Mat{fb, C, 1, rows}, dfb, C, 1.f, nullptr, st);        // dK = dS^T Q

@@ -106,7 +106,7 @@ int route_local(const float* f, const int64_t* idx, const float* v, int B, int H
                 int window, float* out, float* lse, void* stream) {
   if (window > kMaxWindow || window < 1 || window % 2 == 0) return static_cast<int>(cudaErrorInvalidValue);
   if (B == 0 || k == 0) return 0;
-  route_local_kernel<<<B * k, THREADS, 0, static_cast<cudaStream_t>(stream)>>>(f, idx, v, H, W, C, k, Cv, window,
+  QSATTN_LAUNCH(route_local_kernel, B * k, THREADS, 0, static_cast<cudaStream_t>(stream))(f, idx, v, H, W, C, k, Cv, window,
                                                                                out, lse);
   return static_cast<int>(cudaGetLastError());
 }
@@ -116,7 +116,7 @@ int route_local_backward(const float* f, const int64_t* idx, const float* v, con
                          float* dv, void* stream) {
   if (window > kMaxWindow || window < 1 || window % 2 == 0) return static_cast<int>(cudaErrorInvalidValue);
   if (B == 0 || k == 0) return 0;
-  route_local_backward_kernel<<<B * k, THREADS, 0, static_cast<cudaStream_t>(stream)>>>(
+  QSATTN_LAUNCH(route_local_backward_kernel, B * k, THREADS, 0, static_cast<cudaStream_t>(stream))(
       f, idx, v, out, lse, grad_out, H, W, C, k, Cv, window, df, dv);
   return static_cast<int>(cudaGetLastError());
 }

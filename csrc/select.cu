@@ -123,7 +123,7 @@ int select(const float* e, int B, int N, int k, int64_t* out, void* workspace, v
   if (B == 0) return 0;
   uint32_t* skey = static_cast<uint32_t*>(workspace);
   int* sidx = reinterpret_cast<int*>(skey + static_cast<std::size_t>(B) * k);
-  select_kernel<<<B, THREADS, 0, static_cast<cudaStream_t>(stream)>>>(e, N, k, out, skey, sidx);
+  QSATTN_LAUNCH(select_kernel, B, THREADS, 0, static_cast<cudaStream_t>(stream))(e, N, k, out, skey, sidx);
   return static_cast<int>(cudaGetLastError());
 }
 
