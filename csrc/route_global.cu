@@ -74,6 +74,7 @@ __global__ void __launch_bounds__(256) gemm_kernel(int M, int Nn, int K, Mat A, 
 
 void gemm(int M, int Nn, int K, Mat A, Mat B, float* out, int64_t ldc, float beta, const int64_t* out_rows,
           cudaStream_t st) {
+  if (M == 0 || Nn == 0) return;  // nothing to write (an empty grid is an invalid launch)
   const dim3 grid(ceil_div(Nn, BN), ceil_div(M, BM));
   QSATTN_LAUNCH(gemm_kernel, grid, 256, 0, st)(M, Nn, K, A, B, out, ldc, beta, out_rows);
 }
@@ -136,6 +137,7 @@ int route_global(const float* f, const int64_t* idx, const float* v, int B, int 
 int route_global_backward(const float* f, const int64_t* idx, const float* v, const float* out, const float* lse,
                           const float* grad_out, int B, int N, int C, int k, int Cv, float* df, float* dv,
                           void* workspace, void* stream) {
+  if (k == 0) return 0;  // df, dv stay zero
   cudaStream_t st = static_cast<cudaStream_t>(stream);
   const int qc = k < QC ? k : QC;
   float* p = static_cast<float*>(workspace);

@@ -29,9 +29,14 @@ namespace {
 
 struct Buffers {
   std::string dir;
-  std::map<std::string, std::pair<void*, std::size_t>> out;
+  struct Buffer {
+    void* p;
+    std::size_t bytes;
+    bool result;
+  };
+  std::map<std::string, Buffer> buffers;
   ~Buffers() {
-    for (auto& [name, b] : out) std::free(b.first);
+    for (auto& [name, b] : buffers) std::free(b.p);
   }
   std::string path(const std::string& name) const { return dir + "/" + name + ".bin"; }
 
@@ -46,21 +51,21 @@ struct Buffers {
     const bool longer = std::fgetc(fp) != EOF;
     std::fclose(fp);
     if (got != bytes || longer) die(2, path(name) + ": expected " + std::to_string(bytes) + " bytes");
-    out[name] = {p, 0};  // freed at the end, not written
+    buffers[name] = {p, bytes, false};
     return static_cast<T*>(p);
   }
   // An output of n elements of T (zeros), written to DIR/name.bin at the end.
   template <typename T>
   T* result(const std::string& name, std::size_t n) {
     void* p = std::calloc(n ? n : 1, sizeof(T));
-    out[name] = {p, n * sizeof(T)};
+    buffers[name] = {p, n * sizeof(T), true};
     return static_cast<T*>(p);
   }
   void write() const {
-    for (const auto& [name, b] : out) {
-      if (b.second == 0) continue;
+    for (const auto& [name, b] : buffers) {
+      if (!b.result) continue;
       FILE* fp = std::fopen(path(name).c_str(), "wb");
-      if (!fp || std::fwrite(b.first, 1, b.second, fp) != b.second || std::fclose(fp) != 0)
+      if (!fp || std::fwrite(b.p, 1, b.bytes, fp) != b.bytes || std::fclose(fp) != 0)
         die(2, "cannot write " + path(name));
     }
   }

@@ -34,4 +34,4 @@ ROUTE_TOL = {torch.float64: (1e-8, 1e-8), torch.float32: (2e-4, 1e-4), torch.flo
 
 def random_idx(B, N, k):
     """(B, k) int64: k distinct random rows of N per image."""
-    return torch.stack([torch.randperm(N)[:k] for _ in range(B)])
+    return torch.stack([torch.randperm(N)[:k] for _ in range(B)]) if B else torch.empty(0, k, dtype=torch.int64)
