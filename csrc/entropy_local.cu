@@ -52,7 +52,8 @@ int entropy_local(const float* f, int B, int H, int W, int C, int window, float*
   const int side = TILE + 2 * (window / 2);
   const size_t shmem = sizeof(float) * CB * side * side;
   const dim3 grid(ceil_div(W, TILE), ceil_div(H, TILE), B);
-  QSATTN_LAUNCH(entropy_local_kernel, grid, TILE * TILE, shmem, static_cast<cudaStream_t>(stream))(f, H, W, C, window, out);
+  QSATTN_LAUNCH(entropy_local_kernel, grid, TILE * TILE, shmem, static_cast<cudaStream_t>(stream))(
+      f, H, W, C, window, out);
   return static_cast<int>(cudaGetLastError());
 }
 

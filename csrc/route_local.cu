@@ -106,8 +106,8 @@ int route_local(const float* f, const int64_t* idx, const float* v, int B, int H
                 int window, float* out, float* lse, void* stream) {
   if (window > kMaxWindow || window < 1 || window % 2 == 0) return static_cast<int>(cudaErrorInvalidValue);
   if (B == 0 || k == 0) return 0;
-  QSATTN_LAUNCH(route_local_kernel, B * k, THREADS, 0, static_cast<cudaStream_t>(stream))(f, idx, v, H, W, C, k, Cv, window,
-                                                                               out, lse);
+  QSATTN_LAUNCH(route_local_kernel, B * k, THREADS, 0, static_cast<cudaStream_t>(stream))(
+      f, idx, v, H, W, C, k, Cv, window, out, lse);
   return static_cast<int>(cudaGetLastError());
 }
 

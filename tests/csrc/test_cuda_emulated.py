@@ -39,7 +39,8 @@ def emulator(tmp_path_factory):
         key = (build, str(csrc), str(main))
         if key not in built:
             out = tmp_path_factory.mktemp(f"emu-{build}") / "qsattn-cuda-emu"
-            cmd = ["bash", str(CSRC / "emulation" / "build.sh"), build, str(out), str(csrc)] + ([str(main)] if main else [])
+            cmd = ["bash", str(CSRC / "emulation" / "build.sh"), build, str(out), str(csrc)]
+            cmd += [str(main)] if main else []
             r = subprocess.run(cmd, capture_output=True, text=True)
             assert r.returncode == 0, r.stderr[-3000:]
             built[key] = out
