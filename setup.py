@@ -69,7 +69,8 @@ setup(
     entry_points={"console_scripts": ["qsattn-train = qsattn_fast.train.trainer:main",
                                       "qsattn-translate = qsattn_fast.train.translate:main",
                                       "qsattn-eval = qsattn_fast.train.eval_cli:main",
-                                      "qsattn-viz = qsattn_fast.train.viz:main"]},
+                                      "qsattn-viz = qsattn_fast.train.viz:main",
+                                      "qsattn-data = qsattn_fast.train.data_cli:main"]},
     extras_require={
         "triton": ["triton>=3.5,<3.10"],   # CI runs 3.9 and 3.5.1; 3.4 cannot build the float64 kernels
         "test": ["pytest", "pytest-benchmark"],
