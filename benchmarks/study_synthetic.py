@@ -51,7 +51,8 @@ CONFIGS = {
     "cycle_gan": ["--model", "cycle_gan"],
 }
 MEASURES = (("shape_iou", "higher is better; orders runs"), ("conformity", "higher is better"),
-            ("detail_error", "lower is better"), ("background_error", "lower is better"), ("swd", "lower is better"))
+            ("detail_error", "lower is better"), ("background_error", "lower is better"),
+            ("changed_iou", "higher is better"), ("image_error", "lower is better"), ("swd", "lower is better"))
 
 
 def read_jsonl(path):

@@ -147,6 +147,10 @@ def stripe_measures(fake, real_a, real_b, mask, margin: int = 1) -> dict:
     return {"stripe_energy": float(energy), "background_error": _background_error(fake, real_a, mask, margin)}
 
 
+#: The change (channel mean of |x - a| / 2, in [0, 1] units) above which changed_iou counts a pixel changed.
+CHANGED = 0.1
+
+
 def paired_measures(fake, real_a, real_b, mask, margin: int = 1) -> dict:
     """Measures of translations ``fake`` = G(real_a) against a paired ground truth ``real_b`` that changes
     the object's pixels in place (all (B, 3, H, W) in [-1, 1]; ``mask`` (B, H, W) bool, True on the
@@ -164,8 +168,14 @@ def paired_measures(fake, real_a, real_b, mask, margin: int = 1) -> dict:
     * ``detail_error`` (lower is better, 0 for A and B): mean |f - a| / 2 over the object's unchanged
       pixels (the inner detail, eroded by ``margin`` px); NaN when no object has any.
     * ``background_error`` (lower is better, 0 for A and B): as in :func:`stripe_measures`.
-    Not a whole-image |f - b|: the object is about a tenth of the image, so a faint speckle over the
-    background (0.03 of background_error) outweighs a complete recolouring in it.
+    * ``changed_iou`` (higher is better; 0 for the identity, 1 for B): what a person sees change. A pixel
+      changed when its channel mean of |f - a| / 2 exceeds ``CHANGED`` (0.1); the truth is where that of
+      |b - a| does; the IoU of the two per image (1 where both are empty), averaged over images. Soft
+      edges, glowing marks and background speckle lower it; shape_iou forgives them.
+    * ``image_error`` (lower is better; 1 for the identity, 0 for B): the mean |f - b| over every pixel of
+      every image divided by the identity's mean |a - b|. The object is about a tenth of the image, so a
+      faint speckle over the background outweighs a complete recolouring in it: it says whether the whole
+      picture is nearer B than A is.
     """
     _check_paired(fake, real_a, real_b, mask)
     mask = mask.bool()
@@ -185,8 +195,12 @@ def paired_measures(fake, real_a, real_b, mask, margin: int = 1) -> dict:
     iou = ((changed & target).sum((1, 2)) / (changed | target).sum((1, 2))).mean()
     detail = _erode(mask & ~target, margin)
     detail_err = ((f - a).abs().mean(1) / 2 * detail).sum() / detail.sum()
+    seen, truth = (f - a).abs().mean(1) / 2 > CHANGED, (b - a).abs().mean(1) / 2 > CHANGED
+    union = (seen | truth).sum((1, 2))
+    changed_iou = torch.where(union > 0, (seen & truth).sum((1, 2)) / union.clamp_min(1), 1.0).mean()
     return {"conformity": float(conformity), "shape_iou": float(iou),
-            "detail_error": float(detail_err), "background_error": _background_error(fake, real_a, mask, margin)}
+            "detail_error": float(detail_err), "background_error": _background_error(fake, real_a, mask, margin),
+            "changed_iou": float(changed_iou), "image_error": float((f - b).abs().mean() / (a - b).abs().mean())}
 
 
 #: The measures of each task of data.SYNTHETIC_TASKS (the task names' one list; tests check the two agree).
@@ -201,6 +215,10 @@ MEANINGS = {
     "stripe_energy": ("higher", "luminance variance inside the object relative to the real striped B: "
                                 "1 as striped as B, 0 plain like A"),
     "background_error": ("lower", "mean |fake B - real A| / 2 outside the object: 0 background unchanged"),
+    "changed_iou": ("higher", "IoU of where the picture visibly changed (|fake B - real A| / 2 > 0.1) with "
+                              "where B changes it: 1 exact; soft edges and speckle lower it"),
+    "image_error": ("lower", "mean |fake B - real B| over whole images relative to the identity's "
+                             "|real A - real B|: 1 no nearer B than A, 0 as B"),
 }
 
 

@@ -126,9 +126,11 @@ def test_stripe_measures_separate_striped_from_identity_translations():
 def test_paired_measures_are_zero_for_the_identity_and_perfect_for_b(n, size):
     a, b, mask = _synthetic_batch(n, size, int(torch.randint(0, 1000, ())), "recolour")
     assert M.synthetic_measures(a, a, b, mask) == {"conformity": 0.0, "shape_iou": 0.0, "detail_error": 0.0,
-                                                    "background_error": 0.0}
+                                                    "background_error": 0.0, "changed_iou": 0.0,
+                                                    "image_error": 1.0}
     assert M.synthetic_measures(b, a, b, mask) == {"conformity": 1.0, "shape_iou": 1.0, "detail_error": 0.0,
-                                                    "background_error": 0.0}
+                                                    "background_error": 0.0, "changed_iou": 1.0,
+                                                    "image_error": 0.0}
 
 
 def test_paired_measures_against_direct_computations():
@@ -153,6 +155,11 @@ def test_paired_measures_against_direct_computations():
     changed = target | ((fake - a).pow(2).sum(1).sqrt() >= move[:, None, None] / 2)
     assert painted["shape_iou"] == pytest.approx(float((target.sum((1, 2)) / changed.sum((1, 2))).mean()))
     assert painted["shape_iou"] < 0.5
+    # What a person sees change: the repainted background counts; the whole picture is farther from B.
+    seen, truth = moved > M.CHANGED, (b - a).abs().mean(1) / 2 > M.CHANGED
+    assert painted["changed_iou"] == pytest.approx(float(((seen & truth).sum((1, 2)) / (seen | truth).sum((1, 2))).mean()))
+    assert painted["image_error"] == pytest.approx(float((fake - b).abs().sum() / (a - b).abs().sum()))
+    assert half["image_error"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="differ"):
         M.paired_measures(a, a, a, mask)
     with pytest.raises(ValueError, match="synthetic task"):

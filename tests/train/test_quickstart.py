@@ -43,9 +43,10 @@ def test_readme_quick_start_chain(tmp_path, monkeypatch, capsys, one_thread):  #
         assert MAINS[cmd[0]](argv) == 0, cmd
     out = capsys.readouterr().out
     assert len(os.listdir(tmp_path / "results" / "demo")) == 4
-    table = dict(line.split(None, 1) for line in out.splitlines()[-8:] if line.split())
-    assert {"conformity", "shape_iou", "detail_error", "background_error", "swd"} <= set(table)
+    measures = ("conformity", "shape_iou", "detail_error", "background_error", "changed_iou", "image_error")
+    table = dict(line.split(None, 1) for line in out.splitlines()[-(len(measures) + 4):] if line.split())
+    assert {*measures, "swd"} <= set(table)
     # The files' path gives the trainer's own held-out numbers (same items, same G, PNG rounding both ways).
     last = [json.loads(line) for line in open(tmp_path / "checkpoints" / "demo" / "eval_log.jsonl")][-1]["metrics"]
-    for k in ("conformity", "shape_iou", "detail_error", "background_error"):
+    for k in measures:
         assert float(table[k]) == pytest.approx(last[k], abs=1e-5), k
