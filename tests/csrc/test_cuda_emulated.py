@@ -218,6 +218,14 @@ def test_asan_reports_a_widened_bound(emulator, tmp_path):
     assert rc != 0 and "heap-buffer-overflow" in err and "entropy_global.cu" in err, err[-3000:]
 
 
+def test_asan_reports_a_shrunk_shared_array(emulator, tmp_path):
+    """entropy_global with a __shared__ tile one row short: AddressSanitizer covers the shared section."""
+    csrc = mutated(tmp_path, "entropy_global.cu", "As[BK][BM + 4];", "As[BK - 1][BM + 4];")
+    B, N, C, _ = ENTROPY_GLOBAL[0]
+    rc, err = run(emulator("asan", csrc), "entropy_global", (B, N, C), {"f": rows(B, N, C)}, tmp_path)
+    assert rc != 0 and "global-buffer-overflow" in err and "entropy_global.cu" in err, err[-3000:]
+
+
 # emulation_faults.cpp's cases: (exit code, launcher error, words of the message).
 FAULTS = {
     "too_many_threads": (0, 9, "block (1025,1,1) has 1025 threads"),
