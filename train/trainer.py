@@ -150,6 +150,10 @@ class Trainer:
     def _resume(self):
         opt = self.opt
         load_dir = os.path.join(opt.checkpoints_dir, opt.pretrained_name or opt.name)
+        if self.rank == 0:   # a save cut short: finish it or drop it, before any process reads the set
+            ckpt.recover(load_dir)
+        if self.world > 1:
+            dist.barrier()
         ckpt.load_networks(load_dir, opt.epoch, self.model.nets)
         spath = ckpt.state_path(load_dir, opt.epoch)
         if not os.path.exists(spath):  # CUT's checkpoints: weights only, start at --epoch_count
@@ -167,15 +171,15 @@ class Trainer:
             self.model.reseed(self.step)
 
     def save(self, which):
-        """Write ``<which>_net_*.pth`` and ``<which>_state.pth`` (rank 0)."""
+        """Write checkpoint ``which``, ``<which>_net_*.pth`` and ``<which>_state.pth``, all or nothing
+        (:func:`.checkpoint.save_checkpoint`; rank 0)."""
         if self.rank != 0:
             return
-        ckpt.save_networks(self.save_dir, which, self.model.nets)
         state = {"optimizers": {k: o.state_dict() for k, o in self.model.optimizers.items()},
                  "epoch": self.epoch, "epoch_iter": self.epoch_iter, "step": self.step,
                  "rng": _rng_state(self.device), "lr": self.model.optimizers["G"].param_groups[0]["lr"],
                  **self.model.state_for_resume()}
-        ckpt.atomic_save(state, ckpt.state_path(self.save_dir, which))
+        ckpt.save_checkpoint(self.save_dir, which, self.model.nets, state)
 
     # ---- logs ----------------------------------------------------------------------------------
     def _trim_log(self, path, primary=None):
@@ -335,7 +339,7 @@ class Trainer:
                 f.write(json.dumps(rec) + "\n")
             if self.best is None or numbers[primary] < self.best["metrics"][primary]:
                 self.best = rec
-                ckpt.save_networks(self.save_dir, "best", {name: self.model.nets[name]})
+                ckpt.save_checkpoint(self.save_dir, "best", {name: self.model.nets[name]})
                 with open(os.path.join(self.save_dir, EVAL_BEST), "w") as f:
                     json.dump(rec, f, indent=1)
             self.last_eval = rec, os.path.join(self.save_dir, "samples", f"test_epoch{epoch:03d}.png")

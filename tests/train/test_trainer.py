@@ -1,7 +1,10 @@
 """train/trainer.py, model.py, options.py: CUT's defaults, QS-Attn backends agreeing on a training step,
-exact resume, the demo path, SIGINT, and a two-process gloo run under torchrun."""
+exact resume, the demo path, SIGINT, saves cut short or failing, and a two-process gloo run under
+torchrun."""
+import errno
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +15,7 @@ import pytest
 import torch
 from PIL import Image
 
+from qsattn_fast.train import checkpoint as ckpt
 from qsattn_fast.train import options, trainer
 from qsattn_fast.train.data import SyntheticDataset
 from qsattn_fast.train.cycle_gan import CycleGANModel
@@ -204,6 +208,68 @@ def test_real_sigint_saves_and_exits(tmp_path):
     assert state["step"] >= 2 and state["step"] == read_log(tmp_path / "run")[-1]["step"]
 
 
+class _Crash(BaseException):
+    """A process killed in the middle of a save: no except clause runs."""
+
+
+def _crash_after(monkeypatch, n):
+    """Crash a save after its n-th file written or renamed (os.replace, patched everywhere)."""
+    done = []
+
+    def counted(act):
+        def f(*args):
+            act(*args)
+            done.append(args)
+            if len(done) == n:
+                raise _Crash
+        return f
+    monkeypatch.setattr(ckpt, "_write", counted(ckpt._write))
+    monkeypatch.setattr(ckpt.os, "replace", counted(os.replace))
+
+
+def _snapshot(t):
+    """Every network's and optimiser's tensors of Trainer ``t``, by name."""
+    nets = {f"{n}.{k}": v for n, net in t.model.nets.items() for k, v in net.state_dict().items()}
+    return nets | {f"{n}.{i}.{k}": v for n, o in t.model.optimizers.items()
+                   for i, st in o.state_dict()["state"].items() for k, v in st.items()}
+
+
+def test_a_save_cut_short_anywhere_resumes_from_one_whole_checkpoint(tmp_path, monkeypatch):
+    """The save of step 2 cut short after each of its 4 files, its commit and each of the 4 moves in
+    turn: --continue_train resumes step 1's checkpoint (before the commit) or step 2's (after), whole:
+    every network and optimiser tensor equals that step's; nothing of the cut save is left."""
+    resume = ["--max_steps", "2", "--continue_train"]
+    assert trainer.main(tiny(tmp_path, "--max_steps", "1", name="base")) == 0
+    shutil.copytree(tmp_path / "base", tmp_path / "whole")
+    assert trainer.main(tiny(tmp_path, *resume, name="whole")) == 0
+    expect = {step: _snapshot(trainer.Trainer(options.parse(tiny(tmp_path, "--continue_train", name=run))))
+              for step, run in ((1, "base"), (2, "whole"))}
+    for n in range(1, 10):
+        run = f"cut{n}"
+        shutil.copytree(tmp_path / "base", tmp_path / run)
+        with monkeypatch.context() as m:
+            _crash_after(m, n)
+            with pytest.raises(_Crash):
+                trainer.main(tiny(tmp_path, *resume, name=run))
+        t = trainer.Trainer(options.parse(tiny(tmp_path, "--continue_train", name=run)))
+        assert t.step == (1 if n <= 4 else 2), n
+        got, want = _snapshot(t), expect[t.step]
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), n
+        assert not [e for e in os.listdir(tmp_path / run) if e.startswith(".")], n
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
+    assert trainer.main(tiny(tmp_path, "--max_steps", "1")) == 0
+
+    def full(obj, path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(ckpt, "_write", full)
+    assert trainer.main(tiny(tmp_path, "--max_steps", "2", "--continue_train")) == 2
+    _one_line_error(capsys, "cannot write latest", os.strerror(errno.ENOSPC), "intact")
+    monkeypatch.undo()
+    assert trainer.Trainer(options.parse(tiny(tmp_path, "--continue_train"))).step == 1
+
+
 def test_cpu_run_never_touches_cuda(tmp_path, monkeypatch):
     def boom(name):
         def f(*args, **kwargs):
@@ -247,9 +313,11 @@ def _folders(root, n=3, size=40):
 
 
 def _one_line_error(capsys, *needles):
+    """The one error line on stderr, which holds every needle (no traceback)."""
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "error" in line]
     assert len(lines) == 1 and "Traceback" not in err and all(n in lines[0] for n in needles), err
+    return lines[0]
 
 
 def test_every_usage_and_path_error_is_one_line_and_exit_2(tmp_path, capsys):
