@@ -1,4 +1,4 @@
-"""``qsattn-train``: the training loop (CUT's train.py) with exact resume, SIGINT saving and DDP.
+"""``qsattn-train``: the training loop (CUT's train.py) with exact resume, saving on a stop signal and DDP.
 
 Outputs under ``<checkpoints_dir>/<name>/``: ``{latest|<epoch>}_net_{G,F,D}.pth`` (CUT's files; with
 ``--model cycle_gan`` ``_net_{G_A,G_B,D_A,D_B}.pth``), ``{latest|<epoch>}_state.pth`` (resume state),
@@ -24,12 +24,17 @@ the optimisers, epoch and iteration are in the resume state. So on CPU the steps
 ``--continue_train`` repeat those of an uninterrupted run bit for bit (one process: the state is rank
 0's; other ranks reseed their generators from the step and start with empty pools).
 
+Stop signals: SIGINT, SIGTERM or SIGUSR1 ends the run after the step in progress, saves ``latest`` and
+exits with 128 + the signal's number (130, 143, 138); a second one aborts at once (:meth:`Trainer._on_signal`).
+
 Several processes: ``torchrun --nproc_per_node N qsattn-train ...`` (gloo with ``--gpu_ids -1``, NCCL
 on GPUs; process i uses GPU ``gpu_ids[local_rank]``). Each process takes its share of every epoch;
-rank 0 writes the files; the logged losses are the mean over the processes.
+rank 0 writes the files; the logged losses are the mean over the processes; one all-reduce per step makes
+them stop at the same step (:meth:`Trainer._stop_code`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
@@ -56,6 +61,8 @@ LOG_NAME = "loss_log.jsonl"
 EVAL_LOG = "eval_log.jsonl"
 EVAL_BEST = "eval_best.json"
 SELECTION_LOG = "selection_log.jsonl"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)   # saved and exit 128 + the signal's number
+REPEAT_S = 1.0   # the same stop signal again within this many seconds is the same request (see _on_signal)
 
 
 def training_device(gpu_ids: str, local_rank: int = 0) -> torch.device:
@@ -133,7 +140,7 @@ class Trainer:
         if self.rank > 0:  # patch ids differ across processes, as their data do
             torch.manual_seed(opt.seed * 1_000_003 + self.rank)
         self.epoch, self.epoch_iter, self.step = opt.epoch_count, 0, 0
-        self.stop_requested = False
+        self.stop_signal, self.stop_time = None, None   # the first stop signal received, and when
         self.tty = sys.stderr.isatty()   # progress bars on a terminal, one line per logged step in a log
         if opt.continue_train:
             self._resume()
@@ -237,21 +244,25 @@ class Trainer:
         dist.all_reduce(t)
         return dict(zip(losses, t / self.world))
 
-    def _should_stop(self):
-        flag = self.stop_requested or (self.opt.max_steps > 0 and self.step >= self.opt.max_steps)
+    def _stop_code(self) -> int | None:
+        """None to go on after this step, else the exit code of stopping now: 128 + the number of a stop
+        signal received, or 0 at ``--max_steps``. With several processes one all-reduce (MAX) per step
+        gives every process the same signal and ``--max_steps``, so that they all stop at the same step."""
+        signum, at_max = self.stop_signal or 0, self.opt.max_steps > 0 and self.step >= self.opt.max_steps
         if self.world > 1:
-            t = torch.tensor([float(flag)], device=self.device)
-            dist.all_reduce(t)
-            flag = bool(t.item() > 0)
-        return flag
+            t = torch.tensor([signum, at_max], dtype=torch.float64, device=self.device)
+            dist.all_reduce(t, dist.ReduceOp.MAX)
+            signum, at_max = (int(v) for v in t.tolist())
+        return 128 + signum if signum else 0 if at_max else None
 
     def run(self) -> int:
-        """Train until the last epoch, ``--max_steps`` or SIGINT; returns the exit code."""
+        """Train until the last epoch, ``--max_steps`` or a stop signal; returns the exit code (0, or
+        128 + the signal's number)."""
         from tqdm import tqdm
         opt, model = self.opt, self.model
         last_epoch = opt.n_epochs + opt.n_epochs_decay
         t0 = time.time()
-        previous = signal.signal(signal.SIGINT, self._on_sigint) if self._main_thread() else None
+        previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS} if self._main_thread() else {}
         try:
             while self.epoch <= last_epoch:
                 lr = model.set_lr(self.epoch)
@@ -269,17 +280,21 @@ class Trainer:
                     losses = model.optimize(batch)
                     self.epoch_iter += 1
                     self.step += 1
+                    code = self._stop_code()
                     if self.world > 1 and self._log_due():
                         losses = self._mean_over_ranks(losses)
                     if self.rank == 0:
                         self._after_step(losses, lr, t0, bar)
-                    if self._should_stop():
-                        bar.close()
+                    if self._every(opt.save_latest_freq) or code is not None:
                         self.save("latest")
-                        why = "interrupted" if self.stop_requested else f"--max_steps {opt.max_steps} reached"
+                    if code is not None:
+                        bar.close()
                         if self.rank == 0:
-                            print(f"qsattn-train: {why}; saved {self.save_dir}/latest_*", file=sys.stderr)
-                        return 130 if self.stop_requested else 0
+                            why = f"stopped by {signal.Signals(code - 128).name}" if code else \
+                                f"--max_steps {opt.max_steps} reached"
+                            print(f"qsattn-train: {why}; saved {self.save_dir}/latest_* at step {self.step} "
+                                  "(--continue_train resumes)", file=sys.stderr)
+                        return code
                 bar.close()
                 finished = self.epoch
                 self.epoch, self.epoch_iter = self.epoch + 1, 0
@@ -297,18 +312,21 @@ class Trainer:
                 self._print_summary()
             return 0
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
             if self.board is not None:
                 self.board.close()
 
     def _batches(self, loader):
         """The loader's batches; a data error (an image that verified but does not decode) saves the
-        finished steps as ``latest`` and is raised as a ValueError that says how to resume."""
+        finished steps as ``latest`` and is raised as a ValueError that says how to resume. The stop
+        signals are held while a batch is fetched: the workers the first fetch starts inherit the block,
+        so a signal to the whole process group (a terminal's Ctrl-C, SLURM) reaches this process only."""
         it = iter(loader)
         while True:
             try:
-                batch = next(it)
+                with stop_signals_held():
+                    batch = next(it)
             except StopIteration:
                 return
             except ValueError as e:   # a worker's error arrives with its traceback; the last line is the message
@@ -409,25 +427,46 @@ class Trainer:
             save_grid([t[:4] for t in visuals.values()], grid, list(visuals))
             self._board_image("samples", grid)
             self.write_plot()
-        if self._every(opt.save_latest_freq):
-            self.save("latest")
 
     @staticmethod
     def _main_thread():
         import threading
         return threading.current_thread() is threading.main_thread()
 
-    def _on_sigint(self, signum, frame):
-        if self.stop_requested:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.stop_requested = True
+    def _on_signal(self, signum, frame):
+        """The first stop signal (:data:`STOP_SIGNALS`) ends the run after the step in progress, saved; a
+        second one aborts at once, nothing saved: the signal's default action, so the process ends as
+        killed by it. The same signal again within :data:`REPEAT_S` seconds is the same request, not a
+        second one: SLURM signals every process of a job step and torchrun forwards the signal too."""
+        name = signal.Signals(signum).name
+        if signum == self.stop_signal and time.monotonic() - self.stop_time < REPEAT_S:
+            return
+        if self.stop_signal is not None:
+            print(f"\nqsattn-train: {name} again, aborting without saving", file=sys.stderr, flush=True)
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+            return
+        self.stop_signal, self.stop_time = signum, time.monotonic()
         if self.rank == 0:
-            print("\nqsattn-train: SIGINT, saving after this step (Ctrl-C again to abort)", file=sys.stderr)
+            print(f"\nqsattn-train: {name}, saving after this step ({name} again to abort)", file=sys.stderr,
+                  flush=True)
+
+
+@contextlib.contextmanager
+def stop_signals_held():
+    """The stop signals blocked in this thread while the body runs, then delivered if they came;
+    processes and threads started in the body keep them blocked."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def main(argv=None) -> int:
-    """Exit codes: 0 done; 130 interrupted (saved); 2 a usage, path or data error (one line; --debug
-    for the traceback)."""
+    """Exit codes: 0 done (or ``--max_steps`` reached); 2 a usage, path, data or checkpoint-writing error;
+    128 + N stopped by signal N and saved: 130 SIGINT, 143 SIGTERM, 138 SIGUSR1 (Linux's numbers).
+    Errors are one line (``--debug``: the traceback)."""
     opt = parse(argv)
     try:
         note = demo.metric_note if opt.demo else None

@@ -1,5 +1,5 @@
 """train/trainer.py, model.py, options.py: CUT's defaults, QS-Attn backends agreeing on a training step,
-exact resume, the demo path, SIGINT, saves cut short or failing, and a two-process gloo run under
+exact resume, the demo path, stop signals, saves cut short or failing, and two-process gloo runs under
 torchrun."""
 import errno
 import json
@@ -131,14 +131,21 @@ def test_resume_is_exact(tmp_path):
     state = torch.load(tmp_path / "cut" / "latest_state.pth", weights_only=True)
     assert (state["epoch"], state["epoch_iter"], state["step"]) == (1, 3, 3)
     assert trainer.main(tiny(tmp_path, *extra, "--max_steps", "5", "--continue_train", name="cut")) == 0
-    full, resumed = read_log(tmp_path / "full"), read_log(tmp_path / "cut")
-    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5]
-    for a, b in zip(full, resumed):
-        assert a["losses"] == b["losses"] and a["lr"] == b["lr"] and a["epoch"] == b["epoch"], a["step"]
-    assert full[4]["lr"] < full[3]["lr"]
-    g_full = torch.load(tmp_path / "full" / "latest_net_G.pth", weights_only=True)
-    g_res = torch.load(tmp_path / "cut" / "latest_net_G.pth", weights_only=True)
-    assert all(torch.equal(g_full[k], g_res[k]) for k in g_full)
+    _assert_same_run(tmp_path / "full", tmp_path / "cut")
+    full = read_log(tmp_path / "full")
+    assert [r["step"] for r in full] == [1, 2, 3, 4, 5] and full[4]["lr"] < full[3]["lr"]
+
+
+def _assert_same_run(full, resumed):
+    """Two experiment folders hold the same run bit for bit: every logged step's losses, learning rate
+    and epoch, and the latest networks."""
+    a, b = read_log(full), read_log(resumed)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for x, y in zip(a, b):
+        assert (x["losses"], x["lr"], x["epoch"]) == (y["losses"], y["lr"], y["epoch"]), x["step"]
+    for name in ("G", "F", "D"):
+        na, nb = (ckpt.load_state_dict_file(ckpt.net_path(str(d), "latest", name)) for d in (full, resumed))
+        assert na.keys() == nb.keys() and all(torch.equal(na[k], nb[k]) for k in na), name
 
 
 def test_continue_from_weights_without_state(tmp_path):
@@ -182,30 +189,66 @@ def test_demo_path_tiny(tmp_path, capsys):
     assert "demo target >= 0.85" in out   # the demo's hook in the trainer's summary
 
 
-def test_sigint_saves_and_exits(tmp_path):
+def test_a_stop_signal_saves_and_exits_128_plus_its_number(tmp_path):
     t = trainer.Trainer(options.parse(tiny(tmp_path)))
-    t._on_sigint(2, None)
-    assert t.run() == 130
+    t._on_signal(signal.SIGTERM, None)
+    assert t.run() == 143
     assert t.step == 1 and os.path.exists(tmp_path / "run" / "latest_net_G.pth")
     state = torch.load(tmp_path / "run" / "latest_state.pth", weights_only=True)
     assert state["step"] == 1
 
 
-def test_real_sigint_saves_and_exits(tmp_path):
-    """Ctrl-C on a running qsattn-train process: it finishes the step, saves latest_* and exits 130."""
-    argv = tiny(tmp_path, "--n_epochs", "1000", "--torch_threads", "1")
-    proc = subprocess.Popen([sys.executable, "-m", "qsattn_fast.train.trainer", *argv],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = tmp_path / "run" / trainer.LOG_NAME
+def _started(cmd, log, env=None):
+    """``cmd`` started in a session of its own, once ``log`` (a loss log) holds two steps."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
     deadline = time.time() + 120
     while not (log.exists() and log.read_text().count("\n") >= 2) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    return proc
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1], ids=lambda s: s.name)
+def test_a_real_stop_signal_saves_and_the_resumed_run_is_exact(tmp_path, sig):
+    """SIGINT, SIGTERM or SIGUSR1 sent to a running qsattn-train and its data-loading worker (the process
+    group, as a terminal or SLURM signals): it finishes the step, saves latest_* and exits 128 + the
+    signal's number (the worker ignores it); --continue_train then ends bit-identical to a run never
+    stopped (without the worker: the data do not depend on it)."""
+    argv = ["--n_epochs", "1000", "--torch_threads", "1"]
+    proc = _started([sys.executable, "-m", "qsattn_fast.train.trainer",
+                     *tiny(tmp_path, *argv, "--num_threads", "1", name="cut")], tmp_path / "cut" / trainer.LOG_NAME)
+    os.killpg(proc.pid, sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
-    assert "interrupted" in err
-    state = torch.load(tmp_path / "run" / "latest_state.pth", weights_only=True)
-    assert state["step"] >= 2 and state["step"] == read_log(tmp_path / "run")[-1]["step"]
+    assert proc.returncode == 128 + sig, err[-2000:]
+    assert err.count(f"{sig.name}, saving after this step") == 1 and f"stopped by {sig.name}" in err
+    assert "Traceback" not in err
+    step = torch.load(tmp_path / "cut" / "latest_state.pth", weights_only=True)["step"]
+    assert step >= 2 and step == read_log(tmp_path / "cut")[-1]["step"]
+    end = ["--max_steps", str(step + 2)]
+    assert trainer.main(tiny(tmp_path, *argv, *end, "--continue_train", name="cut")) == 0
+    assert trainer.main(tiny(tmp_path, *argv, *end, name="full")) == 0
+    _assert_same_run(tmp_path / "full", tmp_path / "cut")
+
+
+@pytest.mark.parametrize("second,after", [(signal.SIGINT, 0.0), (signal.SIGUSR1, trainer.REPEAT_S)])
+def test_a_second_stop_signal_aborts_at_once(tmp_path, monkeypatch, capsys, second, after):
+    """The first signal asks for a stop after the step; the same one again at once is the same request
+    (a scheduler's and torchrun's copies); a second one (another signal, or the same later) restores its
+    default action and raises it: the process ends as killed by that signal, nothing saved."""
+    t = trainer.Trainer(options.parse(tiny(tmp_path)))
+    raised, handlers, now = [], {}, [100.0]
+    monkeypatch.setattr(trainer.signal, "raise_signal", raised.append)
+    monkeypatch.setattr(trainer.signal, "signal", handlers.__setitem__)
+    monkeypatch.setattr(trainer.time, "monotonic", lambda: now[0])
+    t._on_signal(signal.SIGUSR1, None)
+    now[0] += trainer.REPEAT_S / 2
+    t._on_signal(signal.SIGUSR1, None)
+    assert t.stop_signal == signal.SIGUSR1 and raised == [] and handlers == {}
+    now[0] += after
+    t._on_signal(second, None)
+    assert raised == [second] and handlers == {second: signal.SIG_DFL}
+    assert f"{second.name} again, aborting without saving" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "latest_state.pth").exists()
 
 
 class _Crash(BaseException):
@@ -382,16 +425,23 @@ def test_failed_construction_leaves_the_process_group(tmp_path, monkeypatch, cap
     assert group == []
 
 
+def _torchrun(tmp_path, *argv):
+    """``python -m torch.distributed.run`` of tests/support/ddp_worker.py on 2 processes with the tiny
+    ``argv``: (command, environment, the worker's output folder)."""
+    out = tmp_path / "ranks"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           os.path.join(SUPPORT, "ddp_worker.py"), str(out), *tiny(tmp_path, *argv)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=SUPPORT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return cmd, env, out
+
+
 @pytest.mark.parametrize("model,loss", [("qs", "NCE"), ("cycle_gan", "cycle_A")])
 def test_two_process_gloo_ddp(tmp_path, model, loss):
     """torchrun --nproc_per_node 2 (as ``python -m torch.distributed.run``): both processes end with
     identical weights (averaged gradients, broadcast start) that moved from the start; rank 0 wrote
     the checkpoints and the log, whose losses are the mean of the two ranks' own."""
-    out = tmp_path / "ranks"
-    out.mkdir()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", os.path.join(SUPPORT, "ddp_worker.py"), str(out),
-           *tiny(tmp_path, "--model", model, "--qs_backend", "torch", "--max_steps", "2")]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=SUPPORT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd, env, out = _torchrun(tmp_path, "--model", model, "--qs_backend", "torch", "--max_steps", "2")
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     g0, g1 = (torch.load(out / f"G{r}.pth", weights_only=True) for r in (0, 1))
@@ -406,6 +456,19 @@ def test_two_process_gloo_ddp(tmp_path, model, loss):
         assert rec["losses"].keys() == l0.keys()
         assert all(rec["losses"][k] == pytest.approx((l0[k] + l1[k]) / 2, rel=1e-6) for k in l0), rec["step"]
     assert os.path.exists(tmp_path / "run" / ("latest_net_G_A.pth" if model == "cycle_gan" else "latest_net_G.pth"))
+
+
+def test_ddp_processes_stop_at_the_same_step_when_one_gets_a_signal(tmp_path):
+    """SIGUSR1 to rank 1 alone of a two-process run: both ranks stop after the same step and exit 138;
+    rank 0 saved that step."""
+    cmd, env, out = _torchrun(tmp_path, "--n_epochs", "1000")
+    proc = _started(cmd, tmp_path / "run" / trainer.LOG_NAME, env)
+    os.kill(int((out / "pid1").read_text()), signal.SIGUSR1)
+    _, err = proc.communicate(timeout=120)
+    ends = [json.loads((out / f"end{r}.json").read_text()) for r in (0, 1)]
+    assert ends[0] == ends[1] and ends[0]["code"] == 138, err[-3000:]
+    state = torch.load(tmp_path / "run" / "latest_state.pth", weights_only=True)
+    assert state["step"] == ends[0]["step"] >= 2
 
 
 def test_max_dataset_size_caps_the_synthetic_set():
