@@ -1,8 +1,9 @@
 """train/trainer.py, model.py, options.py: CUT's defaults, QS-Attn backends agreeing on a training step,
-exact resume, the demo path, stop signals, saves cut short or failing, and two-process gloo runs under
-torchrun."""
+exact resume, the demo path, stop signals, non-finite losses, saves cut short or failing, and two-process
+gloo runs under torchrun."""
 import errno
 import json
+import math
 import os
 import shutil
 import signal
@@ -40,7 +41,7 @@ def test_option_choices_come_from_the_modules_that_check_them():
     assert acts["normG"].choices == acts["normD"].choices == networks.NORMS
     assert acts["gan_mode"].choices == networks.GANLoss.MODES and acts["init_type"].choices == INIT_TYPES
     assert acts["preprocess"].choices == data.PREPROCESS and acts["dataset_mode"].choices == data.DATASET_MODES
-    assert acts["lr_policy"].choices == model.LR_POLICIES
+    assert acts["lr_policy"].choices == model.LR_POLICIES and acts["nonfinite"].choices == model.NONFINITE_POLICIES
 
 
 def test_cut_defaults_and_model_defaults():
@@ -311,6 +312,64 @@ def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_checkpoint(tmp_path
     _one_line_error(capsys, "cannot write latest", os.strerror(errno.ENOSPC), "intact")
     monkeypatch.undo()
     assert trainer.Trainer(options.parse(tiny(tmp_path, "--continue_train"))).step == 1
+
+
+def _poison(monkeypatch, step):
+    """A NaN in real A from this process's training step ``step`` (counted from 1) on that step only."""
+    set_input, seen = GANModel.set_input, []
+
+    def poisoned(self, batch):
+        set_input(self, batch)
+        seen.append(1)
+        if len(seen) == step:
+            self.real_A = self.real_A * math.nan
+    monkeypatch.setattr(GANModel, "set_input", poisoned)
+
+
+def _assert_finite_files(run):
+    """No .pth file in the folder ``run`` holds a non-finite tensor; returns their names."""
+    names = sorted(p.name for p in run.glob("*.pth"))
+    for name in names:
+        assert ckpt.first_nonfinite(torch.load(run / name, weights_only=True)) is None, name
+    return names
+
+
+@pytest.mark.parametrize("freqs,kept", [(["--save_latest_freq", "1", "--print_freq", "2"], "latest_* (step 2)"),
+                                        (["--print_freq", "1000"], "no checkpoint was written")])
+def test_nonfinite_stop_names_the_first_bad_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys,
+                                                                                     freqs, kept):
+    """A NaN entering step 3: exit 3 with one line naming step 3 and its non-finite losses, whether the
+    next boundary is that step's save or the epoch's end at step 4; nothing saved after step 2."""
+    _poison(monkeypatch, 3)
+    assert trainer.main(tiny(tmp_path, *freqs)) == trainer.EXIT_NONFINITE
+    assert "D_real" not in _one_line_error(capsys, "non-finite loss at step 3 (", "D_fake nan", kept)
+    assert _assert_finite_files(tmp_path / "run") == (["latest_net_D.pth", "latest_net_F.pth", "latest_net_G.pth",
+                                                        "latest_state.pth"] if "step 2" in kept else [])
+    if "step 2" in kept:
+        assert torch.load(tmp_path / "run" / "latest_state.pth", weights_only=True)["step"] == 2
+
+
+def test_nonfinite_skip_skips_those_updates_and_counts_them(tmp_path, monkeypatch):
+    """--nonfinite skip, a NaN entering step 3 of 8: no optimiser steps on it (Adam counts 7), the run
+    ends normally, the log counts the skipped step from step 3 on, every checkpoint is finite."""
+    _poison(monkeypatch, 3)
+    assert trainer.main(tiny(tmp_path, "--nonfinite", "skip")) == 0
+    log = read_log(tmp_path / "run")
+    assert [r["skipped"] for r in log] == [0, 0, 1, 1, 1, 1, 1, 1]
+    assert [math.isnan(r["losses"]["G"]) for r in log] == [False, False, True] + [False] * 5
+    state = torch.load(tmp_path / "run" / "latest_state.pth", weights_only=True)
+    assert {float(s["step"]) for o in state["optimizers"].values() for s in o["state"].values()} == {7.0}
+    assert len(_assert_finite_files(tmp_path / "run")) == 8
+
+
+@pytest.mark.parametrize("mode,needle", [("stop", "non-finite loss at step 1 ("), ("skip", "3 steps in a row")])
+def test_a_diverging_run_exits_3_with_one_line_and_no_non_finite_file(tmp_path, capsys, mode, needle):
+    """--lr 1e25 diverges at once: stop ends at the first step, skip after --nonfinite_patience skipped
+    steps in a row; one line, and no checkpoint holds a non-finite tensor."""
+    argv = tiny(tmp_path, "--lr", "1e25", "--save_latest_freq", "1", "--nonfinite", mode, "--nonfinite_patience", "3")
+    assert trainer.main(argv) == trainer.EXIT_NONFINITE
+    _one_line_error(capsys, needle)
+    _assert_finite_files(tmp_path / "run")
 
 
 def test_cpu_run_never_touches_cuda(tmp_path, monkeypatch):
