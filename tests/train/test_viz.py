@@ -1,6 +1,7 @@
 """train/viz.py: the sample grid's layout, the matplotlib loss curves, QS-Attn's selection figure and the
 qsattn-viz command."""
 import json
+import math
 import os
 
 import numpy as np
@@ -66,6 +67,17 @@ def test_loss_plot_one_panel_per_family(tmp_path):
     assert np.asarray(img.convert("L")).std() > 10                          # something drawn
     plot_losses([], str(tmp_path / "empty.png"))
     assert Image.open(tmp_path / "empty.png").size == (400, 300)
+
+
+def test_loss_plot_leaves_non_finite_losses_out(tmp_path):
+    """A record with NaN and infinite losses (a step skipped under --nonfinite skip) draws the picture of
+    the records without it: it does not poison the smoothed curves after it."""
+    records = [{"step": s, "losses": {"G": float(v), "D_real": float(v) / 2}} for s, v in enumerate(torch.rand(30), 1)]
+    bad = {"step": 31, "losses": {"G": math.nan, "D_real": math.inf}}
+    plot_losses(records[:10] + [bad] + records[10:], str(tmp_path / "with.png"))
+    plot_losses(records, str(tmp_path / "without.png"))
+    pictures = [np.asarray(Image.open(tmp_path / f"{name}.png")) for name in ("with", "without")]
+    assert np.array_equal(*pictures)
 
 
 @pytest.mark.parametrize("mode", ["global", "local", "local_global"])
