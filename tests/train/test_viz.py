@@ -147,8 +147,13 @@ def test_qsattn_viz_command_without_options_and_its_errors(tmp_path, capsys):
     capsys.readouterr()
     assert main(argv + ["--checkpoint", str(tmp_path / "missing")]) == 2
     assert main(argv + ["--checkpoint", str(run), "--layers", "4,99"]) == 2
+    diverged = torch.load(run / "latest_net_G.pth", weights_only=True)
+    diverged["model.1.weight"][0, 1, 2, 3] = -float("inf")
+    torch.save(diverged, run / "inf_net_G.pth")
+    assert main(argv + ["--checkpoint", str(run / "inf_net_G.pth")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(e.startswith("qsattn-viz: error: ") for e in err) and "99" in err[1]
+    assert len(err) == 3 and all(e.startswith("qsattn-viz: error: ") for e in err) and "99" in err[1]
+    assert "inf_net_G.pth holds non-finite weights" in err[2]
     for bad in (["--size", "30"], ["--layers", "a,b"], ["--k", "0"]):
         with pytest.raises(SystemExit) as e:
             main(argv + ["--checkpoint", str(run)] + bad)
