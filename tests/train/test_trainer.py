@@ -362,6 +362,23 @@ def test_nonfinite_skip_skips_those_updates_and_counts_them(tmp_path, monkeypatc
     assert len(_assert_finite_files(tmp_path / "run")) == 8
 
 
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_the_nonfinite_watch_adds_no_host_sync_per_step_on_a_gpu(tmp_path):
+    """--nonfinite stop on a GPU: noting a step's losses (finite or not) and deciding whether to stop
+    synchronise nothing; the flag is read at the next boundary."""
+    t = trainer.Trainer(options.parse(tiny(tmp_path, "--gpu_ids", "0")))
+    losses = t.model.optimize(torch.utils.data.default_collate([t.dataset[(0, 11)]]))
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for t.step in (1, 2):
+            t._watch(losses if t.step == 1 else {k: v * math.nan for k, v in losses.items()}, False)
+            assert t._stop_code() is None
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    with pytest.raises(ckpt.NonFiniteError, match="non-finite loss at step 2"):
+        t._guard()
+
+
 @pytest.mark.parametrize("mode,needle", [("stop", "non-finite loss at step 1 ("), ("skip", "3 steps in a row")])
 def test_a_diverging_run_exits_3_with_one_line_and_no_non_finite_file(tmp_path, capsys, mode, needle):
     """--lr 1e25 diverges at once: stop ends at the first step, skip after --nonfinite_patience skipped
