@@ -26,13 +26,13 @@ def add_debug_flag(parser) -> None:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not one line")
 
 
-def one_line_errors(prog: str, work, debug: bool = False) -> int:
+def one_line_errors(prog: str, work, debug: bool = False, codes: dict | None = None) -> int:
     """``work()``'s exit code; an :data:`EXPECTED` error is printed as ``<prog>: error: <message>`` and
-    gives 2 (re-raised with ``debug``)."""
+    gives 2, or ``codes[type]`` for an error of a type in ``codes`` (re-raised with ``debug``)."""
     try:
         return work()
     except EXPECTED as e:
         if debug:
             raise
         print(f"{prog}: error: {e}", file=sys.stderr)
-        return 2
+        return next((code for kind, code in (codes or {}).items() if isinstance(e, kind)), 2)

@@ -136,7 +136,7 @@ class CycleGANModel(GANModel):
             loss_G = self.compute_G_loss()
         loss_G.backward()
         self._average_grads(self.netG_A, self.netG_B)
-        self.optimizers["G"].step()
+        self._update("G")
         for net in nets_d:
             net.requires_grad_(True)
         self.optimizers["D"].zero_grad(set_to_none=True)
@@ -144,7 +144,7 @@ class CycleGANModel(GANModel):
             loss_D = self.compute_D_loss()
         loss_D.backward()
         self._average_grads(*nets_d)
-        self.optimizers["D"].step()
+        self._update("D")
         return self._losses()
 
     def loss_names(self):

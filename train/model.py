@@ -28,6 +28,8 @@ from . import networks
 
 #: ``--lr_policy`` choices (CUT's schedules).
 LR_POLICIES = ("linear", "step", "cosine")
+#: ``--nonfinite`` choices: what a step with a non-finite loss (or gradient) does.
+NONFINITE_POLICIES = ("stop", "skip")
 
 
 def lr_factor(opt, epoch: int) -> float:
@@ -58,9 +60,9 @@ class GANModel:
     (:meth:`gan`), learning rates, inputs and gradient averaging over ``world`` processes, and the
     interface the trainer calls (:meth:`optimize`, :meth:`state_for_resume`, ...). Subclasses build
     ``nets`` ({name: module}, the checkpoint file names) and ``optimizers`` ({"G": ..., "D": ...}), then
-    call :meth:`_broadcast`. ``TRANSLATOR``: the net that maps the source domain to the target
-    (evaluation, best_net_*). ``LOSS_NAMES``: every loss the model can log, ``loss_<name>`` attributes
-    set by the step, in CUT's order."""
+    call :meth:`_broadcast`; their steps update through :meth:`_update`. ``TRANSLATOR``: the net that
+    maps the source domain to the target (evaluation, best_net_*). ``LOSS_NAMES``: every loss the model
+    can log, ``loss_<name>`` attributes set by the step, in CUT's order."""
 
     TRANSLATOR = "G"
     LOSS_NAMES: tuple[str, ...] = ()
@@ -69,6 +71,7 @@ class GANModel:
         self.opt, self.device, self.world, self.rank = opt, torch.device(device), world, rank
         self.gen = torch.Generator()
         self.reseed(0)
+        self.skipped_updates = 0   # optimiser updates skipped under --nonfinite skip
         self.autocast = torch.autocast("cuda", dtype=torch.bfloat16) if opt.bf16 else contextlib.nullcontext()
         self.criterionGAN = networks.GANLoss(opt.gan_mode)
 
@@ -109,6 +112,21 @@ class GANModel:
         flat /= self.world
         for g, f in zip(grads, torch._utils._unflatten_dense_tensors(flat, grads)):
             g.copy_(f)
+
+    def _update(self, *names):
+        """Step the optimisers ``names`` (those the model has) after a backward. Under ``--nonfinite skip``
+        none is stepped when their gradients are not all finite (AMP's GradScaler's rule; one host read
+        per update) and ``skipped_updates`` counts it; gradients are averaged over the processes first,
+        so every process decides alike."""
+        optimizers = [self.optimizers[k] for k in names if k in self.optimizers]
+        if self.opt.nonfinite == "skip":
+            grads = [p.grad for o in optimizers for group in o.param_groups for p in group["params"]
+                     if p.grad is not None]
+            if not bool(torch.stack(torch._foreach_norm(grads, math.inf)).isfinite().all()):
+                self.skipped_updates += 1
+                return
+        for o in optimizers:
+            o.step()
 
     def loss_names(self) -> tuple[str, ...]:
         """The ``LOSS_NAMES`` this run computes (all of them unless a subclass leaves some out)."""
@@ -239,7 +257,7 @@ class CUTModel(GANModel):
             loss_D = self.compute_D_loss()
         loss_D.backward()
         self._average_grads(self.netD)
-        self.optimizers["D"].step()
+        self._update("D")
         self.netD.requires_grad_(False)
         for k in ("G", "F"):
             if k in self.optimizers:
@@ -248,9 +266,7 @@ class CUTModel(GANModel):
             self.loss_G = self.compute_G_loss()
         self.loss_G.backward()
         self._average_grads(self.netG, self.netF)
-        for k in ("G", "F"):
-            if k in self.optimizers:
-                self.optimizers[k].step()
+        self._update("G", "F")
         return self._losses()
 
     def loss_names(self):

@@ -18,7 +18,7 @@ from qsattn_fast.sampler import INIT_TYPES
 from . import demo
 from .cli import Parser, add_debug_flag
 from .data import DATASET_MODES, PREPROCESS, SYNTHETIC_TASKS
-from .model import LR_POLICIES
+from .model import LR_POLICIES, NONFINITE_POLICIES
 from .networks import DISCRIMINATORS, GENERATOR_BLOCKS, NORMS, GANLoss
 
 MODEL_DEFAULTS = {
@@ -175,6 +175,12 @@ def build_parser() -> Parser:
     _bool(g, "--tensorboard", "also log losses, learning rate, evaluations, sample grids and (qs) the selection "
           "picture to <checkpoints_dir>/<name>/tensorboard (needs the tensorboard package)", default=False)
     g.add_argument("--max_steps", type=int, default=0, help="stop after this many steps in total (0: no limit)")
+    g.add_argument("--nonfinite", default="stop", choices=NONFINITE_POLICIES,
+                   help="a step with a non-finite loss: stop: end the run at the next log or save (exit 3), "
+                        "saving nothing after it; skip: skip optimiser updates whose gradients are not finite, "
+                        "as AMP's GradScaler does, counting the skipped steps in the log")
+    g.add_argument("--nonfinite_patience", type=int, default=20,
+                   help="--nonfinite skip: stop (exit 3) after this many consecutive skipped steps")
     g = p.add_argument_group("evaluation (qsattn-eval's metrics on the test split during training)")
     g.add_argument("--eval_freq", type=int, default=0,
                    help="evaluate the test split every this many epochs and after the last (0: never); "
@@ -217,7 +223,8 @@ def parse(argv=None) -> argparse.Namespace:
                          "(or try --demo / --dataset_mode synthetic)")
     if opt.eval_freq < 0 or opt.eval_num_test == 1 or opt.eval_num_test < 0 or opt.kid_subsets < 1:
         parser.error("--eval_freq must be >= 0, --eval_num_test 0 (all) or >= 2, and --kid_subsets >= 1")
-    for name in ("batch_size", "crop_size", "load_size", "num_patches", "ngf", "ndf", "netF_nc", "max_dataset_size"):
+    for name in ("batch_size", "crop_size", "load_size", "num_patches", "ngf", "ndf", "netF_nc", "max_dataset_size",
+                 "nonfinite_patience"):
         if getattr(opt, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(opt, name)}")
     if opt.pool_size < 0 or min(opt.lambda_A, opt.lambda_B, opt.lambda_identity) < 0:

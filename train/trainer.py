@@ -1,4 +1,5 @@
-"""``qsattn-train``: the training loop (CUT's train.py) with exact resume, SIGINT saving and DDP.
+"""``qsattn-train``: the training loop (CUT's train.py) with exact resume, saving on a stop signal,
+non-finite guards and DDP.
 
 Outputs under ``<checkpoints_dir>/<name>/``: ``{latest|<epoch>}_net_{G,F,D}.pth`` (CUT's files; with
 ``--model cycle_gan`` ``_net_{G_A,G_B,D_A,D_B}.pth``), ``{latest|<epoch>}_state.pth`` (resume state),
@@ -24,13 +25,23 @@ the optimisers, epoch and iteration are in the resume state. So on CPU the steps
 ``--continue_train`` repeat those of an uninterrupted run bit for bit (one process: the state is rank
 0's; other ranks reseed their generators from the step and start with empty pools).
 
+Stop signals: SIGINT, SIGTERM or SIGUSR1 ends the run after the step in progress, saves ``latest`` and
+exits with 128 + the signal's number (130, 143, 138); a second one aborts at once (:meth:`Trainer._on_signal`).
+Non-finite losses (``--nonfinite``): ``stop`` notes the first such step on the device and reads it at log
+and save boundaries, then stops (exit 3) without saving; ``skip`` skips optimiser updates whose gradients
+are not finite (:meth:`.model.GANModel._update`). No checkpoint holds a non-finite tensor
+(:func:`.checkpoint.save_checkpoint` checks), and each is all or nothing.
+
 Several processes: ``torchrun --nproc_per_node N qsattn-train ...`` (gloo with ``--gpu_ids -1``, NCCL
 on GPUs; process i uses GPU ``gpu_ids[local_rank]``). Each process takes its share of every epoch;
-rank 0 writes the files; the logged losses are the mean over the processes.
+rank 0 writes the files; the logged losses are the mean over the processes; one all-reduce per step makes
+them stop at the same step (:meth:`Trainer._stop_code`).
 """
 from __future__ import annotations
 
+import contextlib
 import json
+import math
 import os
 import signal
 import sys
@@ -56,6 +67,10 @@ LOG_NAME = "loss_log.jsonl"
 EVAL_LOG = "eval_log.jsonl"
 EVAL_BEST = "eval_best.json"
 SELECTION_LOG = "selection_log.jsonl"
+STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)   # saved and exit 128 + the signal's number
+REPEAT_S = 1.0   # the same stop signal again within this many seconds is the same request (see _on_signal)
+EXIT_NONFINITE = 3
+NO_STEP = 2 ** 62   # first_bad's value while every loss has been finite
 
 
 def training_device(gpu_ids: str, local_rank: int = 0) -> torch.device:
@@ -133,7 +148,13 @@ class Trainer:
         if self.rank > 0:  # patch ids differ across processes, as their data do
             torch.manual_seed(opt.seed * 1_000_003 + self.rank)
         self.epoch, self.epoch_iter, self.step = opt.epoch_count, 0, 0
-        self.stop_requested = False
+        self.stop_signal, self.stop_time = None, None   # the first stop signal received, and when
+        # --nonfinite stop: the first step with a non-finite loss and its losses, on the device (no host sync)
+        self.first_bad = torch.full((), NO_STEP, dtype=torch.long, device=self.device)
+        self.first_bad_losses = torch.zeros(len(self.model.loss_names()), device=self.device)
+        self.first_bad_anywhere = NO_STEP   # with several processes: the first over all of them (host)
+        self.skipped_steps, self.skip_streak = 0, 0   # --nonfinite skip: in all, and in a row
+        self.last_saved = None   # (which, step) of the last checkpoint written or loaded
         self.tty = sys.stderr.isatty()   # progress bars on a terminal, one line per logged step in a log
         if opt.continue_train:
             self._resume()
@@ -150,7 +171,12 @@ class Trainer:
     def _resume(self):
         opt = self.opt
         load_dir = os.path.join(opt.checkpoints_dir, opt.pretrained_name or opt.name)
+        if self.rank == 0:   # a save cut short: finish it or drop it, before any process reads the set
+            ckpt.recover(load_dir)
+        if self.world > 1:
+            dist.barrier()
         ckpt.load_networks(load_dir, opt.epoch, self.model.nets)
+        self.last_saved = (opt.epoch, None)
         spath = ckpt.state_path(load_dir, opt.epoch)
         if not os.path.exists(spath):  # CUT's checkpoints: weights only, start at --epoch_count
             print(f"qsattn-train: no resume state {spath}; loaded the networks, starting at epoch {self.epoch}")
@@ -159,6 +185,8 @@ class Trainer:
         for k, o in self.model.optimizers.items():
             o.load_state_dict(state["optimizers"][k])
         self.epoch, self.epoch_iter, self.step = state["epoch"], state["epoch_iter"], state["step"]
+        self.skipped_steps, self.skip_streak = state.get("nonfinite_skipped", 0), state.get("nonfinite_streak", 0)
+        self.last_saved = (opt.epoch, self.step)
         if self.rank == 0:
             _set_rng_state(state["rng"], self.device)
             self.model.load_state_for_resume(state)
@@ -167,15 +195,55 @@ class Trainer:
             self.model.reseed(self.step)
 
     def save(self, which):
-        """Write ``<which>_net_*.pth`` and ``<which>_state.pth`` (rank 0)."""
+        """Write checkpoint ``which``, ``<which>_net_*.pth`` and ``<which>_state.pth``, all or nothing
+        (:func:`.checkpoint.save_checkpoint`; rank 0), once :meth:`_guard` found every loss finite."""
+        self._guard()
         if self.rank != 0:
             return
-        ckpt.save_networks(self.save_dir, which, self.model.nets)
         state = {"optimizers": {k: o.state_dict() for k, o in self.model.optimizers.items()},
                  "epoch": self.epoch, "epoch_iter": self.epoch_iter, "step": self.step,
                  "rng": _rng_state(self.device), "lr": self.model.optimizers["G"].param_groups[0]["lr"],
+                 "nonfinite_skipped": self.skipped_steps, "nonfinite_streak": self.skip_streak,
                  **self.model.state_for_resume()}
-        ckpt.atomic_save(state, ckpt.state_path(self.save_dir, which))
+        ckpt.save_checkpoint(self.save_dir, which, self.model.nets, state)
+        self.last_saved = (which, self.step)
+
+    # ---- non-finite values ---------------------------------------------------------------------
+    def _watch(self, losses, skipped: bool):
+        """After a step. stop: note it on the device if one of its ``losses`` is not finite (no host
+        sync). skip: count a step with a ``skipped`` update; too many in a row raise NonFiniteError."""
+        if self.opt.nonfinite == "stop":
+            values = torch.stack(list(losses.values()))
+            new = ~torch.isfinite(values).all() & (self.first_bad == NO_STEP)
+            self.first_bad = torch.where(new, self.step, self.first_bad)
+            self.first_bad_losses = torch.where(new, values, self.first_bad_losses)
+            return
+        self.skipped_steps += skipped
+        self.skip_streak = self.skip_streak + 1 if skipped else 0
+        if self.skip_streak >= self.opt.nonfinite_patience:
+            raise ckpt.NonFiniteError(
+                f"{self.skip_streak} steps in a row with non-finite gradients, skipped (steps "
+                f"{self.step - self.skip_streak + 1}-{self.step}, --nonfinite_patience {self.opt.nonfinite_patience}); "
+                f"stopped, {self._kept()}")
+
+    def _guard(self):
+        """stop: raise NonFiniteError naming the first step with a non-finite loss, if there was one (on
+        any process, see :meth:`_stop_code`). A host read: run at log and save boundaries only."""
+        step = self.first_bad_anywhere if self.world > 1 else int(self.first_bad)
+        if step == NO_STEP:
+            return
+        values = zip(self.model.loss_names(), self.first_bad_losses.tolist())
+        which = (", ".join(f"{name} {v}" for name, v in values if not math.isfinite(v))
+                 if int(self.first_bad) == step else "on another process")
+        raise ckpt.NonFiniteError(f"non-finite loss at step {step} ({which}); stopped, {self._kept()} "
+                                  "(--nonfinite skip skips such steps)")
+
+    def _kept(self):
+        """Where the last good checkpoint is, for the messages that stop a run."""
+        if self.last_saved is None:
+            return "no checkpoint was written"
+        which, step = self.last_saved
+        return f"the last checkpoint is {self.save_dir}/{which}_*" + (f" (step {step})" if step is not None else "")
 
     # ---- logs ----------------------------------------------------------------------------------
     def _trim_log(self, path, primary=None):
@@ -195,12 +263,16 @@ class Trainer:
         rec = {"epoch": self.epoch, "epoch_iter": self.epoch_iter, "step": self.step,
                "images": self.step * self.opt.batch_size * self.world, "lr": lr, "time": round(time.time() - t0, 3),
                "losses": {k: float(v) for k, v in losses.items()}}
+        if self.opt.nonfinite == "skip":
+            rec["skipped"] = self.skipped_steps
         with open(self.log_path, "a") as f:
             f.write(json.dumps(rec) + "\n")
         if self.board is not None:
             for k, v in rec["losses"].items():
                 self.board.add_scalar(f"loss/{k}", v, self.step)
             self.board.add_scalar("lr", lr, self.step)
+            if "skipped" in rec:
+                self.board.add_scalar("skipped_steps", self.skipped_steps, self.step)
         return rec
 
     def _board_image(self, tag, path):
@@ -233,21 +305,28 @@ class Trainer:
         dist.all_reduce(t)
         return dict(zip(losses, t / self.world))
 
-    def _should_stop(self):
-        flag = self.stop_requested or (self.opt.max_steps > 0 and self.step >= self.opt.max_steps)
+    def _stop_code(self) -> int | None:
+        """None to go on after this step, else the exit code of stopping now: 128 + the number of a stop
+        signal received, or 0 at ``--max_steps``. With several processes one all-reduce (MAX) per step
+        gives every process the same signal, ``--max_steps`` and first step with a non-finite loss, so
+        that they all stop at the same step."""
+        signum, at_max = self.stop_signal or 0, self.opt.max_steps > 0 and self.step >= self.opt.max_steps
         if self.world > 1:
-            t = torch.tensor([float(flag)], device=self.device)
-            dist.all_reduce(t)
-            flag = bool(t.item() > 0)
-        return flag
+            mine = torch.tensor([signum, at_max], dtype=torch.float64, device=self.device)
+            t = torch.cat([mine, -self.first_bad.double().view(1)])
+            dist.all_reduce(t, dist.ReduceOp.MAX)
+            signum, at_max, minus_first = (int(v) for v in t.tolist())
+            self.first_bad_anywhere = -minus_first
+        return 128 + signum if signum else 0 if at_max else None
 
     def run(self) -> int:
-        """Train until the last epoch, ``--max_steps`` or SIGINT; returns the exit code."""
+        """Train until the last epoch, ``--max_steps`` or a stop signal; returns the exit code (0, or
+        128 + the signal's number)."""
         from tqdm import tqdm
         opt, model = self.opt, self.model
         last_epoch = opt.n_epochs + opt.n_epochs_decay
         t0 = time.time()
-        previous = signal.signal(signal.SIGINT, self._on_sigint) if self._main_thread() else None
+        previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS} if self._main_thread() else {}
         try:
             while self.epoch <= last_epoch:
                 lr = model.set_lr(self.epoch)
@@ -262,20 +341,28 @@ class Trainer:
                 bar = tqdm(loader, desc=f"epoch {self.epoch}/{last_epoch}", disable=self.rank != 0 or not self.tty,
                            dynamic_ncols=True, unit="it")
                 for batch in self._batches(bar):
+                    skipped = model.skipped_updates
                     losses = model.optimize(batch)
                     self.epoch_iter += 1
                     self.step += 1
-                    if self.world > 1 and self._log_due():
-                        losses = self._mean_over_ranks(losses)
+                    self._watch(losses, model.skipped_updates > skipped)
+                    code = self._stop_code()
+                    if self._log_due():
+                        self._guard()
+                        if self.world > 1:
+                            losses = self._mean_over_ranks(losses)
                     if self.rank == 0:
                         self._after_step(losses, lr, t0, bar)
-                    if self._should_stop():
-                        bar.close()
+                    if self._every(opt.save_latest_freq) or code is not None:
                         self.save("latest")
-                        why = "interrupted" if self.stop_requested else f"--max_steps {opt.max_steps} reached"
+                    if code is not None:
+                        bar.close()
                         if self.rank == 0:
-                            print(f"qsattn-train: {why}; saved {self.save_dir}/latest_*", file=sys.stderr)
-                        return 130 if self.stop_requested else 0
+                            why = f"stopped by {signal.Signals(code - 128).name}" if code else \
+                                f"--max_steps {opt.max_steps} reached"
+                            print(f"qsattn-train: {why}; saved {self.save_dir}/latest_* at step {self.step} "
+                                  "(--continue_train resumes)", file=sys.stderr)
+                        return code
                 bar.close()
                 finished = self.epoch
                 self.epoch, self.epoch_iter = self.epoch + 1, 0
@@ -293,18 +380,21 @@ class Trainer:
                 self._print_summary()
             return 0
         finally:
-            if previous is not None:
-                signal.signal(signal.SIGINT, previous)
+            for s, handler in previous.items():
+                signal.signal(s, handler)
             if self.board is not None:
                 self.board.close()
 
     def _batches(self, loader):
         """The loader's batches; a data error (an image that verified but does not decode) saves the
-        finished steps as ``latest`` and is raised as a ValueError that says how to resume."""
+        finished steps as ``latest`` and is raised as a ValueError that says how to resume. The stop
+        signals are held while a batch is fetched: the workers the first fetch starts inherit the block,
+        so a signal to the whole process group (a terminal's Ctrl-C, SLURM) reaches this process only."""
         it = iter(loader)
         while True:
             try:
-                batch = next(it)
+                with stop_signals_held():
+                    batch = next(it)
             except StopIteration:
                 return
             except ValueError as e:   # a worker's error arrives with its traceback; the last line is the message
@@ -335,7 +425,7 @@ class Trainer:
                 f.write(json.dumps(rec) + "\n")
             if self.best is None or numbers[primary] < self.best["metrics"][primary]:
                 self.best = rec
-                ckpt.save_networks(self.save_dir, "best", {name: self.model.nets[name]})
+                ckpt.save_checkpoint(self.save_dir, "best", {name: self.model.nets[name]})
                 with open(os.path.join(self.save_dir, EVAL_BEST), "w") as f:
                     json.dump(rec, f, indent=1)
             self.last_eval = rec, os.path.join(self.save_dir, "samples", f"test_epoch{epoch:03d}.png")
@@ -397,37 +487,59 @@ class Trainer:
             else:   # a log file: one line per logged step instead of progress-bar redraws
                 last = opt.n_epochs + opt.n_epochs_decay
                 print(f"epoch {self.epoch}/{last} step {self.step} ({self.epoch_iter}/{self.epoch_steps}) "
-                      f"{rec['time']:.0f} s lr {lr:.2e} " + " ".join(f"{k} {v}" for k, v in shown.items()),
-                      file=sys.stderr, flush=True)
+                      f"{rec['time']:.0f} s lr {lr:.2e} " + " ".join(f"{k} {v}" for k, v in shown.items())
+                      + (f" skipped {rec['skipped']}" if "skipped" in rec else ""), file=sys.stderr, flush=True)
         if self._every(opt.display_freq):
             visuals = self.model.visuals()
             grid = os.path.join(self.save_dir, "samples", f"epoch{self.epoch:03d}_step{self.step:07d}.png")
             save_grid([t[:4] for t in visuals.values()], grid, list(visuals))
             self._board_image("samples", grid)
             self.write_plot()
-        if self._every(opt.save_latest_freq):
-            self.save("latest")
 
     @staticmethod
     def _main_thread():
         import threading
         return threading.current_thread() is threading.main_thread()
 
-    def _on_sigint(self, signum, frame):
-        if self.stop_requested:  # a second Ctrl-C stops at once
-            raise KeyboardInterrupt
-        self.stop_requested = True
+    def _on_signal(self, signum, frame):
+        """The first stop signal (:data:`STOP_SIGNALS`) ends the run after the step in progress, saved; a
+        second one aborts at once, nothing saved: the signal's default action, so the process ends as
+        killed by it. The same signal again within :data:`REPEAT_S` seconds is the same request, not a
+        second one: SLURM signals every process of a job step and torchrun forwards the signal too."""
+        name = signal.Signals(signum).name
+        if signum == self.stop_signal and time.monotonic() - self.stop_time < REPEAT_S:
+            return
+        if self.stop_signal is not None:
+            print(f"\nqsattn-train: {name} again, aborting without saving", file=sys.stderr, flush=True)
+            signal.signal(signum, signal.SIG_DFL)
+            signal.raise_signal(signum)
+            return
+        self.stop_signal, self.stop_time = signum, time.monotonic()
         if self.rank == 0:
-            print("\nqsattn-train: SIGINT, saving after this step (Ctrl-C again to abort)", file=sys.stderr)
+            print(f"\nqsattn-train: {name}, saving after this step ({name} again to abort)", file=sys.stderr,
+                  flush=True)
+
+
+@contextlib.contextmanager
+def stop_signals_held():
+    """The stop signals blocked in this thread while the body runs, then delivered if they came;
+    processes and threads started in the body keep them blocked."""
+    previous = signal.pthread_sigmask(signal.SIG_BLOCK, STOP_SIGNALS)
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, previous)
 
 
 def main(argv=None) -> int:
-    """Exit codes: 0 done; 130 interrupted (saved); 2 a usage, path or data error (one line; --debug
-    for the traceback)."""
+    """Exit codes: 0 done (or ``--max_steps`` reached); 2 a usage, path, data or checkpoint-writing error;
+    3 a non-finite loss or weights (:data:`EXIT_NONFINITE`); 128 + N stopped by signal N and saved: 130
+    SIGINT, 143 SIGTERM, 138 SIGUSR1 (Linux's numbers). Errors are one line (``--debug``: the traceback)."""
     opt = parse(argv)
     try:
         note = demo.metric_note if opt.demo else None
-        return one_line_errors("qsattn-train", lambda: Trainer(opt, note).run(), opt.debug)
+        return one_line_errors("qsattn-train", lambda: Trainer(opt, note).run(), opt.debug,
+                               {ckpt.NonFiniteError: EXIT_NONFINITE})
     finally:  # also when Trainer failed after joining the process group
         if dist.is_initialized():
             dist.destroy_process_group()

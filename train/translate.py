@@ -18,7 +18,7 @@ import sys
 import torch
 from PIL import Image
 
-from .checkpoint import load_state_dict_file, net_path
+from .checkpoint import NonFiniteError, first_nonfinite, load_state_dict_file, net_path
 from .cli import Parser, add_debug_flag, one_line_errors
 from .data import IMG_EXTENSIONS, list_images, load_image, resize_for, to_image, to_tensor
 from .device import pick_device
@@ -72,7 +72,8 @@ def generator_from_state_dict(sd: dict, opt: dict | None = None, generator: str 
 def load_generator(path: str, direction: str | None = None, epoch="latest") -> ResnetGenerator:
     """The generator of ``--checkpoint`` ``path`` (a file or an experiment folder, see
     :func:`resolve_checkpoint`), built from the ``opt.json`` beside it when there is one. Errors are
-    ValueError / FileNotFoundError naming the file."""
+    ValueError / FileNotFoundError naming the file; weights that are not finite (a diverged run's) are
+    refused (NonFiniteError)."""
     file = resolve_checkpoint(path, direction, epoch)
     m = re.search(r"_net_(G_A|G_B|G)\.pth$", file)
     generator = m.group(1) if m else "G"
@@ -86,6 +87,9 @@ def load_generator(path: str, direction: str | None = None, epoch="latest") -> R
         except (OSError, ValueError, KeyError, TypeError) as e:
             raise ValueError(f"checkpoint: cannot read the generator's options from {opt_file}: {e!r}") from e
     sd = load_state_dict_file(file)
+    bad = first_nonfinite(sd)
+    if bad:
+        raise NonFiniteError(f"checkpoint: {file} holds non-finite weights ({bad}), from a run that diverged")
     try:
         return generator_from_state_dict(sd, opt, generator)
     except ValueError as e:

@@ -94,22 +94,22 @@ def smooth(values, weight: float) -> list[float]:
 def plot_losses(records, path: str) -> None:
     """Loss curves of ``records`` (dicts with a ``step`` and float losses under ``losses``), one panel per
     loss family (:func:`loss_families`): each loss raw (thin) and smoothed (:func:`smooth`, over about a
-    twentieth of the points), against the step, as a PNG."""
+    twentieth of the points), against the step, as a PNG. Non-finite values (steps skipped under
+    ``--nonfinite skip``) are left out."""
     families = loss_families({n for r in records for n in r["losses"]})
     cols = min(3, max(1, len(families)))
     fig, axes = figure(max(1, math.ceil(len(families) / cols)), cols)
-    weight = 1 - 1 / max(1.0, len(records) / 20)
     for ax in axes.flat[len(families):]:
         ax.set_axis_off()
     if not families:
         axes[0, 0].text(0.5, 0.5, "no losses yet", ha="center", va="center", transform=axes[0, 0].transAxes)
     for ax, (family, names) in zip(axes.flat, families.items()):
         for k, name in enumerate(names):
-            pts = [(r["step"], r["losses"][name]) for r in records if name in r["losses"]]
+            pts = [(r["step"], r["losses"][name]) for r in records if math.isfinite(r["losses"].get(name, math.nan))]
             steps, values = [p[0] for p in pts], [p[1] for p in pts]
             colour = f"C{k}"
             ax.plot(steps, values, color=colour, alpha=0.3, linewidth=0.8)
-            ax.plot(steps, smooth(values, weight), color=colour, linewidth=1.8, label=name)
+            ax.plot(steps, smooth(values, 1 - 1 / max(1.0, len(values) / 20)), color=colour, linewidth=1.8, label=name)
         ax.set_title(f"{family} losses")
         ax.set_xlabel("step")
         ax.grid(alpha=0.3)

@@ -1,7 +1,11 @@
 """train/trainer.py, model.py, options.py: CUT's defaults, QS-Attn backends agreeing on a training step,
-exact resume, the demo path, SIGINT, and a two-process gloo run under torchrun."""
+exact resume, the demo path, stop signals, non-finite losses, saves cut short or failing, and two-process
+gloo runs under torchrun."""
+import errno
 import json
+import math
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -12,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from qsattn_fast.train import checkpoint as ckpt
 from qsattn_fast.train import options, trainer
 from qsattn_fast.train.data import SyntheticDataset
 from qsattn_fast.train.cycle_gan import CycleGANModel
@@ -36,7 +41,7 @@ def test_option_choices_come_from_the_modules_that_check_them():
     assert acts["normG"].choices == acts["normD"].choices == networks.NORMS
     assert acts["gan_mode"].choices == networks.GANLoss.MODES and acts["init_type"].choices == INIT_TYPES
     assert acts["preprocess"].choices == data.PREPROCESS and acts["dataset_mode"].choices == data.DATASET_MODES
-    assert acts["lr_policy"].choices == model.LR_POLICIES
+    assert acts["lr_policy"].choices == model.LR_POLICIES and acts["nonfinite"].choices == model.NONFINITE_POLICIES
 
 
 def test_cut_defaults_and_model_defaults():
@@ -127,14 +132,21 @@ def test_resume_is_exact(tmp_path):
     state = torch.load(tmp_path / "cut" / "latest_state.pth", weights_only=True)
     assert (state["epoch"], state["epoch_iter"], state["step"]) == (1, 3, 3)
     assert trainer.main(tiny(tmp_path, *extra, "--max_steps", "5", "--continue_train", name="cut")) == 0
-    full, resumed = read_log(tmp_path / "full"), read_log(tmp_path / "cut")
-    assert [r["step"] for r in resumed] == [1, 2, 3, 4, 5]
-    for a, b in zip(full, resumed):
-        assert a["losses"] == b["losses"] and a["lr"] == b["lr"] and a["epoch"] == b["epoch"], a["step"]
-    assert full[4]["lr"] < full[3]["lr"]
-    g_full = torch.load(tmp_path / "full" / "latest_net_G.pth", weights_only=True)
-    g_res = torch.load(tmp_path / "cut" / "latest_net_G.pth", weights_only=True)
-    assert all(torch.equal(g_full[k], g_res[k]) for k in g_full)
+    _assert_same_run(tmp_path / "full", tmp_path / "cut")
+    full = read_log(tmp_path / "full")
+    assert [r["step"] for r in full] == [1, 2, 3, 4, 5] and full[4]["lr"] < full[3]["lr"]
+
+
+def _assert_same_run(full, resumed):
+    """Two experiment folders hold the same run bit for bit: every logged step's losses, learning rate
+    and epoch, and the latest networks."""
+    a, b = read_log(full), read_log(resumed)
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for x, y in zip(a, b):
+        assert (x["losses"], x["lr"], x["epoch"]) == (y["losses"], y["lr"], y["epoch"]), x["step"]
+    for name in ("G", "F", "D"):
+        na, nb = (ckpt.load_state_dict_file(ckpt.net_path(str(d), "latest", name)) for d in (full, resumed))
+        assert na.keys() == nb.keys() and all(torch.equal(na[k], nb[k]) for k in na), name
 
 
 def test_continue_from_weights_without_state(tmp_path):
@@ -178,30 +190,203 @@ def test_demo_path_tiny(tmp_path, capsys):
     assert "demo target >= 0.85" in out   # the demo's hook in the trainer's summary
 
 
-def test_sigint_saves_and_exits(tmp_path):
+def test_a_stop_signal_saves_and_exits_128_plus_its_number(tmp_path):
     t = trainer.Trainer(options.parse(tiny(tmp_path)))
-    t._on_sigint(2, None)
-    assert t.run() == 130
+    t._on_signal(signal.SIGTERM, None)
+    assert t.run() == 143
     assert t.step == 1 and os.path.exists(tmp_path / "run" / "latest_net_G.pth")
     state = torch.load(tmp_path / "run" / "latest_state.pth", weights_only=True)
     assert state["step"] == 1
 
 
-def test_real_sigint_saves_and_exits(tmp_path):
-    """Ctrl-C on a running qsattn-train process: it finishes the step, saves latest_* and exits 130."""
-    argv = tiny(tmp_path, "--n_epochs", "1000", "--torch_threads", "1")
-    proc = subprocess.Popen([sys.executable, "-m", "qsattn_fast.train.trainer", *argv],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    log = tmp_path / "run" / trainer.LOG_NAME
+def _started(cmd, log, env=None):
+    """``cmd`` started in a session of its own, once ``log`` (a loss log) holds two steps."""
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                            start_new_session=True)
     deadline = time.time() + 120
     while not (log.exists() and log.read_text().count("\n") >= 2) and time.time() < deadline and proc.poll() is None:
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    return proc
+
+
+@pytest.mark.parametrize("sig", [signal.SIGINT, signal.SIGTERM, signal.SIGUSR1], ids=lambda s: s.name)
+def test_a_real_stop_signal_saves_and_the_resumed_run_is_exact(tmp_path, sig):
+    """SIGINT, SIGTERM or SIGUSR1 sent to a running qsattn-train and its data-loading worker (the process
+    group, as a terminal or SLURM signals): it finishes the step, saves latest_* and exits 128 + the
+    signal's number (the worker ignores it); --continue_train then ends bit-identical to a run never
+    stopped (without the worker: the data do not depend on it)."""
+    argv = ["--n_epochs", "1000", "--torch_threads", "1"]
+    proc = _started([sys.executable, "-m", "qsattn_fast.train.trainer",
+                     *tiny(tmp_path, *argv, "--num_threads", "1", name="cut")], tmp_path / "cut" / trainer.LOG_NAME)
+    os.killpg(proc.pid, sig)
     out, err = proc.communicate(timeout=120)
-    assert proc.returncode == 130, err[-2000:]
-    assert "interrupted" in err
+    assert proc.returncode == 128 + sig, err[-2000:]
+    assert err.count(f"{sig.name}, saving after this step") == 1 and f"stopped by {sig.name}" in err
+    assert "Traceback" not in err
+    step = torch.load(tmp_path / "cut" / "latest_state.pth", weights_only=True)["step"]
+    assert step >= 2 and step == read_log(tmp_path / "cut")[-1]["step"]
+    end = ["--max_steps", str(step + 2)]
+    assert trainer.main(tiny(tmp_path, *argv, *end, "--continue_train", name="cut")) == 0
+    assert trainer.main(tiny(tmp_path, *argv, *end, name="full")) == 0
+    _assert_same_run(tmp_path / "full", tmp_path / "cut")
+
+
+@pytest.mark.parametrize("second,after", [(signal.SIGINT, 0.0), (signal.SIGUSR1, trainer.REPEAT_S)])
+def test_a_second_stop_signal_aborts_at_once(tmp_path, monkeypatch, capsys, second, after):
+    """The first signal asks for a stop after the step; the same one again at once is the same request
+    (a scheduler's and torchrun's copies); a second one (another signal, or the same later) restores its
+    default action and raises it: the process ends as killed by that signal, nothing saved."""
+    t = trainer.Trainer(options.parse(tiny(tmp_path)))
+    raised, handlers, now = [], {}, [100.0]
+    monkeypatch.setattr(trainer.signal, "raise_signal", raised.append)
+    monkeypatch.setattr(trainer.signal, "signal", handlers.__setitem__)
+    monkeypatch.setattr(trainer.time, "monotonic", lambda: now[0])
+    t._on_signal(signal.SIGUSR1, None)
+    now[0] += trainer.REPEAT_S / 2
+    t._on_signal(signal.SIGUSR1, None)
+    assert t.stop_signal == signal.SIGUSR1 and raised == [] and handlers == {}
+    now[0] += after
+    t._on_signal(second, None)
+    assert raised == [second] and handlers == {second: signal.SIG_DFL}
+    assert f"{second.name} again, aborting without saving" in capsys.readouterr().err
+    assert not (tmp_path / "run" / "latest_state.pth").exists()
+
+
+class _Crash(BaseException):
+    """A process killed in the middle of a save: no except clause runs."""
+
+
+def _crash_after(monkeypatch, n):
+    """Crash a save after its n-th file written or renamed (os.replace, patched everywhere)."""
+    done = []
+
+    def counted(act):
+        def f(*args):
+            act(*args)
+            done.append(args)
+            if len(done) == n:
+                raise _Crash
+        return f
+    monkeypatch.setattr(ckpt, "_write", counted(ckpt._write))
+    monkeypatch.setattr(ckpt.os, "replace", counted(os.replace))
+
+
+def _snapshot(t):
+    """Every network's and optimiser's tensors of Trainer ``t``, by name."""
+    nets = {f"{n}.{k}": v for n, net in t.model.nets.items() for k, v in net.state_dict().items()}
+    return nets | {f"{n}.{i}.{k}": v for n, o in t.model.optimizers.items()
+                   for i, st in o.state_dict()["state"].items() for k, v in st.items()}
+
+
+def test_a_save_cut_short_anywhere_resumes_from_one_whole_checkpoint(tmp_path, monkeypatch):
+    """The save of step 2 cut short after each of its 4 files, its commit and each of the 4 moves in
+    turn: --continue_train resumes step 1's checkpoint (before the commit) or step 2's (after), whole:
+    every network and optimiser tensor equals that step's; nothing of the cut save is left."""
+    resume = ["--max_steps", "2", "--continue_train"]
+    assert trainer.main(tiny(tmp_path, "--max_steps", "1", name="base")) == 0
+    shutil.copytree(tmp_path / "base", tmp_path / "whole")
+    assert trainer.main(tiny(tmp_path, *resume, name="whole")) == 0
+    expect = {step: _snapshot(trainer.Trainer(options.parse(tiny(tmp_path, "--continue_train", name=run))))
+              for step, run in ((1, "base"), (2, "whole"))}
+    for n in range(1, 10):
+        run = f"cut{n}"
+        shutil.copytree(tmp_path / "base", tmp_path / run)
+        with monkeypatch.context() as m:
+            _crash_after(m, n)
+            with pytest.raises(_Crash):
+                trainer.main(tiny(tmp_path, *resume, name=run))
+        t = trainer.Trainer(options.parse(tiny(tmp_path, "--continue_train", name=run)))
+        assert t.step == (1 if n <= 4 else 2), n
+        got, want = _snapshot(t), expect[t.step]
+        assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), n
+        assert not [e for e in os.listdir(tmp_path / run) if e.startswith(".")], n
+
+
+def test_a_full_disk_during_a_save_is_one_line_and_keeps_the_checkpoint(tmp_path, monkeypatch, capsys):
+    assert trainer.main(tiny(tmp_path, "--max_steps", "1")) == 0
+
+    def full(obj, path):
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+    monkeypatch.setattr(ckpt, "_write", full)
+    assert trainer.main(tiny(tmp_path, "--max_steps", "2", "--continue_train")) == 2
+    _one_line_error(capsys, "cannot write latest", os.strerror(errno.ENOSPC), "intact")
+    monkeypatch.undo()
+    assert trainer.Trainer(options.parse(tiny(tmp_path, "--continue_train"))).step == 1
+
+
+def _poison(monkeypatch, step):
+    """A NaN in real A from this process's training step ``step`` (counted from 1) on that step only."""
+    set_input, seen = GANModel.set_input, []
+
+    def poisoned(self, batch):
+        set_input(self, batch)
+        seen.append(1)
+        if len(seen) == step:
+            self.real_A = self.real_A * math.nan
+    monkeypatch.setattr(GANModel, "set_input", poisoned)
+
+
+def _assert_finite_files(run):
+    """No .pth file in the folder ``run`` holds a non-finite tensor; returns their names."""
+    names = sorted(p.name for p in run.glob("*.pth"))
+    for name in names:
+        assert ckpt.first_nonfinite(torch.load(run / name, weights_only=True)) is None, name
+    return names
+
+
+@pytest.mark.parametrize("freqs,kept", [(["--save_latest_freq", "1", "--print_freq", "2"], "latest_* (step 2)"),
+                                        (["--print_freq", "1000"], "no checkpoint was written")])
+def test_nonfinite_stop_names_the_first_bad_step_and_keeps_the_last_good_checkpoint(tmp_path, monkeypatch, capsys,
+                                                                                     freqs, kept):
+    """A NaN entering step 3: exit 3 with one line naming step 3 and its non-finite losses, whether the
+    next boundary is that step's save or the epoch's end at step 4; nothing saved after step 2."""
+    _poison(monkeypatch, 3)
+    assert trainer.main(tiny(tmp_path, *freqs)) == trainer.EXIT_NONFINITE
+    assert "D_real" not in _one_line_error(capsys, "non-finite loss at step 3 (", "D_fake nan", kept)
+    assert _assert_finite_files(tmp_path / "run") == (["latest_net_D.pth", "latest_net_F.pth", "latest_net_G.pth",
+                                                        "latest_state.pth"] if "step 2" in kept else [])
+    if "step 2" in kept:
+        assert torch.load(tmp_path / "run" / "latest_state.pth", weights_only=True)["step"] == 2
+
+
+def test_nonfinite_skip_skips_those_updates_and_counts_them(tmp_path, monkeypatch):
+    """--nonfinite skip, a NaN entering step 3 of 8: no optimiser steps on it (Adam counts 7), the run
+    ends normally, the log counts the skipped step from step 3 on, every checkpoint is finite."""
+    _poison(monkeypatch, 3)
+    assert trainer.main(tiny(tmp_path, "--nonfinite", "skip")) == 0
+    log = read_log(tmp_path / "run")
+    assert [r["skipped"] for r in log] == [0, 0, 1, 1, 1, 1, 1, 1]
+    assert [math.isnan(r["losses"]["G"]) for r in log] == [False, False, True] + [False] * 5
     state = torch.load(tmp_path / "run" / "latest_state.pth", weights_only=True)
-    assert state["step"] >= 2 and state["step"] == read_log(tmp_path / "run")[-1]["step"]
+    assert {float(s["step"]) for o in state["optimizers"].values() for s in o["state"].values()} == {7.0}
+    assert len(_assert_finite_files(tmp_path / "run")) == 8
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_the_nonfinite_watch_adds_no_host_sync_per_step_on_a_gpu(tmp_path):
+    """--nonfinite stop on a GPU: noting a step's losses (finite or not) and deciding whether to stop
+    synchronise nothing; the flag is read at the next boundary."""
+    t = trainer.Trainer(options.parse(tiny(tmp_path, "--gpu_ids", "0")))
+    losses = t.model.optimize(torch.utils.data.default_collate([t.dataset[(0, 11)]]))
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        for t.step in (1, 2):
+            t._watch(losses if t.step == 1 else {k: v * math.nan for k, v in losses.items()}, False)
+            assert t._stop_code() is None
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    with pytest.raises(ckpt.NonFiniteError, match="non-finite loss at step 2"):
+        t._guard()
+
+
+@pytest.mark.parametrize("mode,needle", [("stop", "non-finite loss at step 1 ("), ("skip", "3 steps in a row")])
+def test_a_diverging_run_exits_3_with_one_line_and_no_non_finite_file(tmp_path, capsys, mode, needle):
+    """--lr 1e25 diverges at once: stop ends at the first step, skip after --nonfinite_patience skipped
+    steps in a row; one line, and no checkpoint holds a non-finite tensor."""
+    argv = tiny(tmp_path, "--lr", "1e25", "--save_latest_freq", "1", "--nonfinite", mode, "--nonfinite_patience", "3")
+    assert trainer.main(argv) == trainer.EXIT_NONFINITE
+    _one_line_error(capsys, needle)
+    _assert_finite_files(tmp_path / "run")
 
 
 def test_cpu_run_never_touches_cuda(tmp_path, monkeypatch):
@@ -247,9 +432,11 @@ def _folders(root, n=3, size=40):
 
 
 def _one_line_error(capsys, *needles):
+    """The one error line on stderr, which holds every needle (no traceback)."""
     err = capsys.readouterr().err
     lines = [line for line in err.splitlines() if "error" in line]
     assert len(lines) == 1 and "Traceback" not in err and all(n in lines[0] for n in needles), err
+    return lines[0]
 
 
 def test_every_usage_and_path_error_is_one_line_and_exit_2(tmp_path, capsys):
@@ -314,16 +501,23 @@ def test_failed_construction_leaves_the_process_group(tmp_path, monkeypatch, cap
     assert group == []
 
 
+def _torchrun(tmp_path, *argv):
+    """``python -m torch.distributed.run`` of tests/support/ddp_worker.py on 2 processes with the tiny
+    ``argv``: (command, environment, the worker's output folder)."""
+    out = tmp_path / "ranks"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2",
+           os.path.join(SUPPORT, "ddp_worker.py"), str(out), *tiny(tmp_path, *argv)]
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=SUPPORT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    return cmd, env, out
+
+
 @pytest.mark.parametrize("model,loss", [("qs", "NCE"), ("cycle_gan", "cycle_A")])
 def test_two_process_gloo_ddp(tmp_path, model, loss):
     """torchrun --nproc_per_node 2 (as ``python -m torch.distributed.run``): both processes end with
     identical weights (averaged gradients, broadcast start) that moved from the start; rank 0 wrote
     the checkpoints and the log, whose losses are the mean of the two ranks' own."""
-    out = tmp_path / "ranks"
-    out.mkdir()
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", os.path.join(SUPPORT, "ddp_worker.py"), str(out),
-           *tiny(tmp_path, "--model", model, "--qs_backend", "torch", "--max_steps", "2")]
-    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONPATH=SUPPORT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    cmd, env, out = _torchrun(tmp_path, "--model", model, "--qs_backend", "torch", "--max_steps", "2")
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     g0, g1 = (torch.load(out / f"G{r}.pth", weights_only=True) for r in (0, 1))
@@ -338,6 +532,19 @@ def test_two_process_gloo_ddp(tmp_path, model, loss):
         assert rec["losses"].keys() == l0.keys()
         assert all(rec["losses"][k] == pytest.approx((l0[k] + l1[k]) / 2, rel=1e-6) for k in l0), rec["step"]
     assert os.path.exists(tmp_path / "run" / ("latest_net_G_A.pth" if model == "cycle_gan" else "latest_net_G.pth"))
+
+
+def test_ddp_processes_stop_at_the_same_step_when_one_gets_a_signal(tmp_path):
+    """SIGUSR1 to rank 1 alone of a two-process run: both ranks stop after the same step and exit 138;
+    rank 0 saved that step."""
+    cmd, env, out = _torchrun(tmp_path, "--n_epochs", "1000")
+    proc = _started(cmd, tmp_path / "run" / trainer.LOG_NAME, env)
+    os.kill(int((out / "pid1").read_text()), signal.SIGUSR1)
+    _, err = proc.communicate(timeout=120)
+    ends = [json.loads((out / f"end{r}.json").read_text()) for r in (0, 1)]
+    assert ends[0] == ends[1] and ends[0]["code"] == 138, err[-3000:]
+    state = torch.load(tmp_path / "run" / "latest_state.pth", weights_only=True)
+    assert state["step"] == ends[0]["step"] >= 2
 
 
 def test_max_dataset_size_caps_the_synthetic_set():

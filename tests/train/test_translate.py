@@ -80,6 +80,9 @@ def test_every_bad_path_and_checkpoint_is_one_line_and_exit_2(tmp_path, capsys):
     text.write_text("not a checkpoint")
     torch.save({"weight": torch.zeros(2)}, tmp_path / "other_net_G.pth")
     torch.save(networks.define_D(ndf=4).state_dict(), tmp_path / "d_net_G.pth")   # another model's keys
+    diverged = g.state_dict()
+    diverged["model.1.weight"][0, 0, 0, 0] = float("nan")
+    torch.save(diverged, tmp_path / "nan_net_G.pth")
     empty = tmp_path / "empty"
     empty.mkdir()
     cases = {"missing.png": ["--checkpoint", str(ck), "--input", str(tmp_path / "missing.png")],
@@ -89,6 +92,8 @@ def test_every_bad_path_and_checkpoint_is_one_line_and_exit_2(tmp_path, capsys):
              "text_net_G.pth": ["--checkpoint", str(text), "--input", str(good)],
              "model.1.weight": ["--checkpoint", str(tmp_path / "other_net_G.pth"), "--input", str(good)],
              "d_net_G.pth": ["--checkpoint", str(tmp_path / "d_net_G.pth"), "--input", str(good)],
+             "non-finite weights (model.1.weight: 1 of": ["--checkpoint", str(tmp_path / "nan_net_G.pth"),
+                                                          "--input", str(good)],
              "neither": ["--checkpoint", str(empty), "--input", str(good)],
              "batch_size": ["--checkpoint", str(ck), "--input", str(good), "--batch_size", "0"],
              "CUDA": ["--checkpoint", str(ck), "--input", str(good), "--gpu_ids", "0"] if not torch.cuda.is_available()

@@ -1,6 +1,7 @@
 """train/viz.py: the sample grid's layout, the matplotlib loss curves, QS-Attn's selection figure and the
 qsattn-viz command."""
 import json
+import math
 import os
 
 import numpy as np
@@ -66,6 +67,17 @@ def test_loss_plot_one_panel_per_family(tmp_path):
     assert np.asarray(img.convert("L")).std() > 10                          # something drawn
     plot_losses([], str(tmp_path / "empty.png"))
     assert Image.open(tmp_path / "empty.png").size == (400, 300)
+
+
+def test_loss_plot_leaves_non_finite_losses_out(tmp_path):
+    """A record with NaN and infinite losses (a step skipped under --nonfinite skip) draws the picture of
+    the records without it: it does not poison the smoothed curves after it."""
+    records = [{"step": s, "losses": {"G": float(v), "D_real": float(v) / 2}} for s, v in enumerate(torch.rand(30), 1)]
+    bad = {"step": 31, "losses": {"G": math.nan, "D_real": math.inf}}
+    plot_losses(records[:10] + [bad] + records[10:], str(tmp_path / "with.png"))
+    plot_losses(records, str(tmp_path / "without.png"))
+    pictures = [np.asarray(Image.open(tmp_path / f"{name}.png")) for name in ("with", "without")]
+    assert np.array_equal(*pictures)
 
 
 @pytest.mark.parametrize("mode", ["global", "local", "local_global"])
@@ -135,8 +147,13 @@ def test_qsattn_viz_command_without_options_and_its_errors(tmp_path, capsys):
     capsys.readouterr()
     assert main(argv + ["--checkpoint", str(tmp_path / "missing")]) == 2
     assert main(argv + ["--checkpoint", str(run), "--layers", "4,99"]) == 2
+    diverged = torch.load(run / "latest_net_G.pth", weights_only=True)
+    diverged["model.1.weight"][0, 1, 2, 3] = -float("inf")
+    torch.save(diverged, run / "inf_net_G.pth")
+    assert main(argv + ["--checkpoint", str(run / "inf_net_G.pth")]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 2 and all(e.startswith("qsattn-viz: error: ") for e in err) and "99" in err[1]
+    assert len(err) == 3 and all(e.startswith("qsattn-viz: error: ") for e in err) and "99" in err[1]
+    assert "inf_net_G.pth holds non-finite weights" in err[2]
     for bad in (["--size", "30"], ["--layers", "a,b"], ["--k", "0"]):
         with pytest.raises(SystemExit) as e:
             main(argv + ["--checkpoint", str(run)] + bad)
