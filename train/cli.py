@@ -26,6 +26,13 @@ def add_debug_flag(parser) -> None:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error, not one line")
 
 
+def add_no_ema_flag(parser) -> None:
+    """--no_ema: a folder's raw generator weights instead of its EMA ones (qsattn-translate, qsattn-viz)."""
+    parser.add_argument("--no_ema", action="store_true",
+                        help="in a folder: the raw weights (<which>_net_G.pth) even where the EMA ones "
+                             "(<which>_net_G_ema.pth, the default) are there")
+
+
 def one_line_errors(prog: str, work, debug: bool = False, codes: dict | None = None) -> int:
     """``work()``'s exit code; an :data:`EXPECTED` error is printed as ``<prog>: error: <message>`` and
     gives 2, or ``codes[type]`` for an error of a type in ``codes`` (re-raised with ``debug``)."""

@@ -85,7 +85,7 @@ class CycleGANModel(GANModel):
         self.optimizers = {"G": torch.optim.Adam([*self.netG_A.parameters(), *self.netG_B.parameters()], **adam),
                            "D": torch.optim.Adam([*self.netD_A.parameters(), *self.netD_B.parameters()], **adam)}
         self.pool_A, self.pool_B = ImagePool(opt.pool_size, self.gen), ImagePool(opt.pool_size, self.gen)
-        self._broadcast()
+        self._ready()
 
     @property
     def nets(self):

@@ -17,10 +17,12 @@ passes of G and D per step. Parameters are broadcast from rank 0 at start.
 from __future__ import annotations
 
 import contextlib
+import copy
 import math
 
 import torch
 import torch.distributed as dist
+from torch import nn
 
 from qsattn_fast import QSPatchSampler
 
@@ -60,9 +62,12 @@ class GANModel:
     (:meth:`gan`), learning rates, inputs and gradient averaging over ``world`` processes, and the
     interface the trainer calls (:meth:`optimize`, :meth:`state_for_resume`, ...). Subclasses build
     ``nets`` ({name: module}, the checkpoint file names) and ``optimizers`` ({"G": ..., "D": ...}), then
-    call :meth:`_broadcast`; their steps update through :meth:`_update`. ``TRANSLATOR``: the net that
-    maps the source domain to the target (evaluation, best_net_*). ``LOSS_NAMES``: every loss the model
-    can log, ``loss_<name>`` attributes set by the step, in CUT's order."""
+    call :meth:`_ready`; their steps update through :meth:`_update`. ``TRANSLATOR``: the net that maps
+    the source domain to the target (evaluation, best_net_*). With ``--ema_decay`` > 0, ``ema`` is an
+    exponential moving average of its weights (saved as ``<which>_net_<TRANSLATOR>_ema.pth``), and
+    :meth:`translator` (what evaluation, grids and the best checkpoint use) is the EMA net.
+    ``LOSS_NAMES``: every loss the model can log, ``loss_<name>`` attributes set by the step, in CUT's
+    order."""
 
     TRANSLATOR = "G"
     LOSS_NAMES: tuple[str, ...] = ()
@@ -84,12 +89,44 @@ class GANModel:
         (only rank 0's state is saved)."""
         self.gen.manual_seed(self.opt.seed * 7919 + self.rank + 1_000_003 * step)
 
-    def _broadcast(self):
-        """Rank 0's parameters and buffers to every process."""
+    def _ready(self):
+        """Rank 0's parameters and buffers to every process, then the EMA net: a copy of the translator
+        (so the same on every process, and after identical updates it stays so)."""
         if self.world > 1:
             for net in self.nets.values():
                 for t in list(net.parameters()) + list(net.buffers()):
                     dist.broadcast(t.data, 0)
+        self.ema_updates = 0
+        self.ema = copy.deepcopy(self.nets[self.TRANSLATOR]).requires_grad_(False) if self.opt.ema_decay > 0 else None
+
+    @property
+    def ema_name(self) -> str:
+        """The EMA net's name in checkpoints: ``<TRANSLATOR>_ema``."""
+        return self.TRANSLATOR + "_ema"
+
+    @property
+    def checkpoint_nets(self) -> dict:
+        """{name: module} of every file of a checkpoint: ``nets`` and the EMA net, if any."""
+        return self.nets | ({self.ema_name: self.ema} if self.ema is not None else {})
+
+    def translator(self) -> nn.Module:
+        """The net that translates for evaluation, sample grids and the best checkpoint: the EMA net if
+        there is one, else ``nets[TRANSLATOR]``."""
+        return self.ema if self.ema is not None else self.nets[self.TRANSLATOR]
+
+    def _ema_step(self):
+        """ema <- d ema + (1 - d) w for the translator's parameters w, d = min(ema_decay, (1 + t) / (10 + t))
+        at the t-th update (the warm-up lets a short run's average forget its random start); buffers
+        are copied."""
+        self.ema_updates += 1
+        t = self.ema_updates
+        decay = min(self.opt.ema_decay, (1 + t) / (10 + t))
+        net = self.nets[self.TRANSLATOR]
+        with torch.no_grad():
+            for e, w in zip(self.ema.parameters(), net.parameters()):
+                e.lerp_(w, 1 - decay)
+            for e, b in zip(self.ema.buffers(), net.buffers()):
+                e.copy_(b)
 
     def set_lr(self, epoch: int) -> float:
         lr = self.opt.lr * lr_factor(self.opt, epoch)
@@ -127,6 +164,8 @@ class GANModel:
                 return
         for o in optimizers:
             o.step()
+        if self.ema is not None and "G" in names:
+            self._ema_step()
 
     def loss_names(self) -> tuple[str, ...]:
         """The ``LOSS_NAMES`` this run computes (all of them unless a subclass leaves some out)."""
@@ -194,7 +233,7 @@ class CUTModel(GANModel):
             self.optimizers["F"] = torch.optim.Adam(self.netF.parameters(), **adam)
         self.last_patch_ids = None
         self.source_needs_grad = opt.model == "qs" and not opt.qs_detach_attention
-        self._broadcast()
+        self._ready()
 
     @property
     def nets(self):

@@ -175,6 +175,11 @@ def build_parser() -> Parser:
     _bool(g, "--tensorboard", "also log losses, learning rate, evaluations, sample grids and (qs) the selection "
           "picture to <checkpoints_dir>/<name>/tensorboard (needs the tensorboard package)", default=False)
     g.add_argument("--max_steps", type=int, default=0, help="stop after this many steps in total (0: no limit)")
+    g.add_argument("--ema_decay", type=float, default=0.999,
+                   help="keep an exponential moving average of G's weights with this decay (warmed up as "
+                        "min(decay, (1+t)/(10+t)) at update t), saved as <which>_net_G_ema.pth and used for "
+                        "evaluation, test grids, best_net_* and by qsattn-translate/qsattn-viz; 0: none "
+                        "(net_G always holds the raw weights, as CUT's)")
     g.add_argument("--nonfinite", default="stop", choices=NONFINITE_POLICIES,
                    help="a step with a non-finite loss: stop: end the run at the next log or save (exit 3), "
                         "saving nothing after it; skip: skip optimiser updates whose gradients are not finite, "
@@ -184,8 +189,8 @@ def build_parser() -> Parser:
     g = p.add_argument_group("evaluation (qsattn-eval's metrics on the test split during training)")
     g.add_argument("--eval_freq", type=int, default=0,
                    help="evaluate the test split every this many epochs and after the last (0: never); "
-                        "logs eval_log.jsonl and keeps the best epoch's G as best_net_G.pth "
-                        "(cycle_gan: G_A as best_net_G_A.pth)")
+                        "logs eval_log.jsonl and keeps the best epoch's G as best_net_G.pth and its EMA as "
+                        "best_net_G_ema.pth (cycle_gan: G_A)")
     g.add_argument("--eval_metrics", default="auto",
                    help="comma list of fid, kid, swd, synthetic; auto: swd (+ synthetic on the synthetic "
                         "set) + fid,kid when Inception weights are found")
@@ -227,6 +232,8 @@ def parse(argv=None) -> argparse.Namespace:
                  "nonfinite_patience"):
         if getattr(opt, name) < 1:
             parser.error(f"--{name} must be >= 1, got {getattr(opt, name)}")
+    if not 0 <= opt.ema_decay < 1:
+        parser.error(f"--ema_decay must lie in [0, 1) (0: no EMA), got {opt.ema_decay}")
     if opt.pool_size < 0 or min(opt.lambda_A, opt.lambda_B, opt.lambda_identity) < 0:
         parser.error("--pool_size, --lambda_A, --lambda_B and --lambda_identity must be >= 0")
     if opt.model == "cycle_gan" and opt.lambda_identity > 0 and opt.input_nc != opt.output_nc:

@@ -175,7 +175,7 @@ class Trainer:
             ckpt.recover(load_dir)
         if self.world > 1:
             dist.barrier()
-        ckpt.load_networks(load_dir, opt.epoch, self.model.nets)
+        self._load_networks(load_dir)
         self.last_saved = (opt.epoch, None)
         spath = ckpt.state_path(load_dir, opt.epoch)
         if not os.path.exists(spath):  # CUT's checkpoints: weights only, start at --epoch_count
@@ -186,6 +186,7 @@ class Trainer:
             o.load_state_dict(state["optimizers"][k])
         self.epoch, self.epoch_iter, self.step = state["epoch"], state["epoch_iter"], state["step"]
         self.skipped_steps, self.skip_streak = state.get("nonfinite_skipped", 0), state.get("nonfinite_streak", 0)
+        self.model.ema_updates = state.get("ema_updates", 0)
         self.last_saved = (opt.epoch, self.step)
         if self.rank == 0:
             _set_rng_state(state["rng"], self.device)
@@ -193,6 +194,19 @@ class Trainer:
         else:
             torch.manual_seed(opt.seed * 1_000_003 + self.rank + self.step)
             self.model.reseed(self.step)
+
+    def _load_networks(self, load_dir):
+        """The nets of checkpoint --epoch; without its EMA file (CUT's checkpoints, a run that had
+        --ema_decay 0) the EMA net starts from the loaded translator."""
+        model, which = self.model, self.opt.epoch
+        ema_file = ckpt.net_path(load_dir, which, model.ema_name)
+        if model.ema is None or os.path.isfile(ema_file):
+            ckpt.load_networks(load_dir, which, model.checkpoint_nets)
+            return
+        ckpt.load_networks(load_dir, which, model.nets)
+        model.ema.load_state_dict(model.nets[model.TRANSLATOR].state_dict())
+        if self.rank == 0:
+            print(f"qsattn-train: no {ema_file}; the EMA generator starts from the loaded {model.TRANSLATOR}")
 
     def save(self, which):
         """Write checkpoint ``which``, ``<which>_net_*.pth`` and ``<which>_state.pth``, all or nothing
@@ -204,8 +218,9 @@ class Trainer:
                  "epoch": self.epoch, "epoch_iter": self.epoch_iter, "step": self.step,
                  "rng": _rng_state(self.device), "lr": self.model.optimizers["G"].param_groups[0]["lr"],
                  "nonfinite_skipped": self.skipped_steps, "nonfinite_streak": self.skip_streak,
+                 "ema_updates": self.model.ema_updates,
                  **self.model.state_for_resume()}
-        ckpt.save_checkpoint(self.save_dir, which, self.model.nets, state)
+        ckpt.save_checkpoint(self.save_dir, which, self.model.checkpoint_nets, state)
         self.last_saved = (which, self.step)
 
     # ---- non-finite values ---------------------------------------------------------------------
@@ -411,13 +426,13 @@ class Trainer:
             f.write(json.dumps(rec) + "\n")
 
     def run_evaluation(self, epoch):
-        """Rank 0: the test split's metrics after ``epoch`` (translated by the model's TRANSLATOR: G, or
-        G_A), appended to eval_log.jsonl; a new best (lowest primary metric) rewrites eval_best.json and
-        best_net_<TRANSLATOR>.pth. Other ranks wait."""
+        """Rank 0: the test split's metrics after ``epoch`` (translated by the model's translator: the EMA
+        net, else G or G_A), appended to eval_log.jsonl; a new best (lowest primary metric) rewrites
+        eval_best.json and best_net_<TRANSLATOR>[_ema].pth. Other ranks wait."""
         if self.rank == 0:
             t0 = time.time()
             name = self.model.TRANSLATOR
-            numbers = self.evaluator.run(self.model.nets[name], self.model.autocast)
+            numbers = self.evaluator.run(self.model.translator(), self.model.autocast)
             primary = self.evaluator.primary
             rec = {"epoch": epoch, "step": self.step, "primary": primary, "seconds": round(time.time() - t0, 2),
                    "metrics": jsonable(numbers)}
@@ -425,7 +440,8 @@ class Trainer:
                 f.write(json.dumps(rec) + "\n")
             if self.best is None or numbers[primary] < self.best["metrics"][primary]:
                 self.best = rec
-                ckpt.save_checkpoint(self.save_dir, "best", {name: self.model.nets[name]})
+                ckpt.save_checkpoint(self.save_dir, "best", {k: v for k, v in self.model.checkpoint_nets.items()
+                                                             if k in (name, self.model.ema_name)})
                 with open(os.path.join(self.save_dir, EVAL_BEST), "w") as f:
                     json.dump(rec, f, indent=1)
             self.last_eval = rec, os.path.join(self.save_dir, "samples", f"test_epoch{epoch:03d}.png")
@@ -446,8 +462,8 @@ class Trainer:
     @torch.no_grad()
     def save_selection(self, epoch):
         """samples/selection_epochNNN.png: QS-Attn's selection (train/viz.py, the paper's Figure 2) on the
-        first test image, per QS layer, through G's encoder in eval mode."""
-        opt, net = self.opt, self.model.netG
+        first test image, per QS layer, through the translator's encoder (the EMA net's) in eval mode."""
+        opt, net = self.opt, self.model.translator()
         layers = [opt.nce_layers_list[i] for i in sorted(self.model.netF.qs_positions(len(opt.nce_layers_list)))]
         x = dequantize(self.evaluator.sources[:1]).to(self.device)
         was = net.training

@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from .checkpoint import NonFiniteError, first_nonfinite, load_state_dict_file, net_path
-from .cli import Parser, add_debug_flag, one_line_errors
+from .cli import Parser, add_debug_flag, add_no_ema_flag, one_line_errors
 from .data import IMG_EXTENSIONS, list_images, load_image, resize_for, to_image, to_tensor
 from .device import pick_device
 from .networks import GENERATOR_BLOCKS, ResnetGenerator, define_G
@@ -69,13 +69,13 @@ def generator_from_state_dict(sd: dict, opt: dict | None = None, generator: str 
                      f"{candidates[0]['netG']}, norm {candidates[0]['norm']})")
 
 
-def load_generator(path: str, direction: str | None = None, epoch="latest") -> ResnetGenerator:
+def load_generator(path: str, direction: str | None = None, epoch="latest", ema: bool = True) -> ResnetGenerator:
     """The generator of ``--checkpoint`` ``path`` (a file or an experiment folder, see
-    :func:`resolve_checkpoint`), built from the ``opt.json`` beside it when there is one. Errors are
-    ValueError / FileNotFoundError naming the file; weights that are not finite (a diverged run's) are
-    refused (NonFiniteError)."""
-    file = resolve_checkpoint(path, direction, epoch)
-    m = re.search(r"_net_(G_A|G_B|G)\.pth$", file)
+    :func:`resolve_checkpoint`; ``ema``: its EMA weights where the folder has them), built from the
+    ``opt.json`` beside it when there is one. Errors are ValueError / FileNotFoundError naming the file;
+    weights that are not finite (a diverged run's) are refused (NonFiniteError)."""
+    file = resolve_checkpoint(path, direction, epoch, ema)
+    m = re.search(r"_net_(G_A|G_B|G)(?:_ema)?\.pth$", file)
     generator = m.group(1) if m else "G"
     opt_file = os.path.join(os.path.dirname(file), "opt.json")
     opt = None
@@ -99,11 +99,19 @@ def load_generator(path: str, direction: str | None = None, epoch="latest") -> R
 GENERATORS = {"AtoB": "G_A", "BtoA": "G_B"}  # CycleGAN's generator of each direction
 
 
-def resolve_checkpoint(path: str, direction: str | None = None, epoch="latest") -> str:
+def resolve_checkpoint(path: str, direction: str | None = None, epoch="latest", ema: bool = True) -> str:
     """The generator file to use. A folder: ``<epoch>_net_<G_A|G_B>.pth`` by ``direction`` (None:
-    AtoB) when present, else ``<epoch>_net_G.pth`` for AtoB. A file: itself; a ``direction`` that its
-    CycleGAN name (``*_net_G_A.pth`` / ``*_net_G_B.pth``) contradicts, or BtoA for any other file,
-    is an error."""
+    AtoB) when present, else ``<epoch>_net_G.pth`` for AtoB; with ``ema``, the same name with ``_ema``
+    (the EMA weights, --ema_decay) where the folder has it. A file: itself; a ``direction`` that its
+    CycleGAN name (``*_net_G_A.pth`` / ``*_net_G_B.pth``) contradicts, or BtoA for any other file, is an
+    error."""
+    raw = _resolve_raw(path, direction, epoch)
+    averaged = raw[:-len(".pth")] + "_ema.pth"
+    return averaged if ema and os.path.isdir(path) and os.path.isfile(averaged) else raw
+
+
+def _resolve_raw(path: str, direction: str | None, epoch) -> str:
+    """:func:`resolve_checkpoint` without the EMA weights."""
     if os.path.isdir(path):
         cycle, cut = (net_path(path, epoch, name) for name in (GENERATORS[direction or "AtoB"], "G"))
         if os.path.isfile(cycle):
@@ -116,7 +124,7 @@ def resolve_checkpoint(path: str, direction: str | None = None, epoch="latest") 
                              "only; --direction BtoA needs CycleGAN's _net_G_B.pth")
         return cut
     if direction is not None:
-        m = re.search(r"_net_(G_A|G_B)\.pth$", path)
+        m = re.search(r"_net_(G_A|G_B)(?:_ema)?\.pth$", path)
         if (m.group(1) if m else "G_A") != GENERATORS[direction]:  # any other generator file maps A to B
             what = f"CycleGAN's {m.group(1)}" if m else "a generator for A to B"
             raise ValueError(f"checkpoint: {path} is {what}, not the --direction {direction} generator "
@@ -181,6 +189,7 @@ def build_parser() -> Parser:
     p.add_argument("--direction", default=None, choices=sorted(GENERATORS),
                    help="CycleGAN: AtoB uses G_A, BtoA G_B (picked in a folder, checked for a file; default AtoB)")
     p.add_argument("--epoch", default="latest", help="in a folder: which checkpoint, latest or an epoch number")
+    add_no_ema_flag(p)
     p.add_argument("--input", required=True, nargs="+", help="image files and/or folders of images")
     p.add_argument("--output", required=True, help="output folder (one file per input, same name)")
     p.add_argument("--gpu_ids", default="auto", help="GPU id, -1 for CPU, auto: GPU 0 where CUDA is present")
@@ -201,7 +210,7 @@ def main(argv=None) -> int:
             raise ValueError(f"--batch_size must be >= 1, got {args.batch_size}")
         device = pick_device(args.gpu_ids)
         paths = collect_inputs(args.input)
-        net = load_generator(args.checkpoint, args.direction, args.epoch).to(device)
+        net = load_generator(args.checkpoint, args.direction, args.epoch, not args.no_ema).to(device)
         written, skipped = translate(net, paths, args.output, device, args.batch_size, args.load_size)
         print(f"qsattn-translate: wrote {len(written)} images to {args.output}"
               + (f"; {len(skipped)} inputs could not be read and were skipped" if skipped else ""))

@@ -200,7 +200,7 @@ def run_selection_options(checkpoint: str) -> dict:
 def build_parser():
     from qsattn_fast import BACKENDS, OP_MODES
 
-    from .cli import Parser, add_debug_flag
+    from .cli import Parser, add_debug_flag, add_no_ema_flag
     p = Parser(prog="qsattn-viz", description="QS-Attn's selection (the paper's Figure 2) for images: per QS "
                "layer, the row-entropy heat map and the k lowest-entropy queries, through a generator's encoder.")
     p.add_argument("inputs", nargs="+", help="image files or folders")
@@ -214,6 +214,7 @@ def build_parser():
     p.add_argument("--output", default=os.path.join("results", "selection"), help="folder for <name>_selection.png")
     p.add_argument("--backend", default="auto", choices=["auto", *BACKENDS])
     p.add_argument("--gpu_ids", default="auto", help="auto (a GPU if there is one), -1 (CPU) or a GPU id")
+    add_no_ema_flag(p)
     add_debug_flag(p)
     return p
 
@@ -238,7 +239,7 @@ def main(argv=None) -> int:
                             else [int(x) for x in a.layers.split(",")]))
         mode, k, window = a.mode or run["mode"], a.k or run["k"], a.window or run["window"]
         device = pick_device(a.gpu_ids)
-        net = load_generator(a.checkpoint).to(device)
+        net = load_generator(a.checkpoint, ema=not a.no_ema).to(device)
         bad = [i for i in layers if not 0 <= i < len(net.model)]
         if bad:
             raise ValueError(f"--layers {bad}: the generator has layers 0..{len(net.model) - 1}")

@@ -1,6 +1,6 @@
 """Run under torchrun by tests/train/test_trainer.py: train with the given argv, then each rank writes its
 generator weights (the model's TRANSLATOR: G, or CycleGAN's G_A; rank 0 also the weights it started
-from), its own losses of every step (``losses<rank>.json``: one {name: value} per step) and how it ended
+from) and those of its EMA (``G_ema<rank>.pth``), its own losses of every step (``losses<rank>.json``: one {name: value} per step) and how it ended
 (``end<rank>.json``: exit code and step) to the folder ``argv[1]``, where ``pid<rank>`` holds its process
 id from the start."""
 import json
@@ -29,6 +29,7 @@ if __name__ == "__main__":
     t.model.optimize = recording_optimize
     code = t.run()
     torch.save(net_g.state_dict(), os.path.join(out, f"G{rank}.pth"))
+    torch.save(t.model.ema.state_dict(), os.path.join(out, f"G_ema{rank}.pth"))
     with open(os.path.join(out, f"losses{rank}.json"), "w") as f:
         json.dump(own_losses, f)
     with open(os.path.join(out, f"end{rank}.json"), "w") as f:

@@ -139,12 +139,12 @@ def test_resume_is_exact(tmp_path):
 
 def _assert_same_run(full, resumed):
     """Two experiment folders hold the same run bit for bit: every logged step's losses, learning rate
-    and epoch, and the latest networks."""
+    and epoch, and the latest networks, the EMA generator's too."""
     a, b = read_log(full), read_log(resumed)
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for x, y in zip(a, b):
         assert (x["losses"], x["lr"], x["epoch"]) == (y["losses"], y["lr"], y["epoch"]), x["step"]
-    for name in ("G", "F", "D"):
+    for name in ("G", "F", "D", "G_ema"):
         na, nb = (ckpt.load_state_dict_file(ckpt.net_path(str(d), "latest", name)) for d in (full, resumed))
         assert na.keys() == nb.keys() and all(torch.equal(na[k], nb[k]) for k in na), name
 
@@ -156,6 +156,43 @@ def test_continue_from_weights_without_state(tmp_path):
     t = trainer.Trainer(options.parse(tiny(tmp_path, "--continue_train", "--epoch_count", "2", name="a")))
     saved = torch.load(tmp_path / "a" / "latest_net_G.pth", weights_only=True)
     assert t.epoch == 2 and all(torch.equal(v, saved[k]) for k, v in t.model.netG.state_dict().items())
+
+
+def test_ema_is_the_warmed_up_average_of_g(tmp_path):
+    """The EMA generator follows G as ema <- d ema + (1 - d) G with d = min(ema_decay, (1 + t) / (10 + t))
+    at update t (checked against that recursion on G's own weights after every step), and evaluation
+    would use it; --ema_decay 0 keeps none and writes no file."""
+    t = trainer.Trainer(options.parse(tiny(tmp_path, "--ema_decay", "0.5", "--max_steps", "4")))
+    model, expect = t.model, {k: v.clone() for k, v in t.model.netG.state_dict().items()}
+    optimize = model.optimize
+
+    def step_and_average(batch):
+        losses = optimize(batch)
+        d = min(0.5, (1 + model.ema_updates) / (10 + model.ema_updates))
+        for k, v in model.netG.state_dict().items():
+            expect[k] = d * expect[k] + (1 - d) * v if v.is_floating_point() else v.clone()
+        return losses
+
+    model.optimize = step_and_average
+    assert t.run() == 0 and model.ema_updates == 4 and model.translator() is model.ema
+    ema = model.ema.state_dict()
+    assert all(torch.allclose(ema[k], expect[k], rtol=0, atol=1e-6) for k in ema)
+    saved = ckpt.load_state_dict_file(ckpt.net_path(str(tmp_path / "run"), "latest", "G_ema"))
+    assert all(torch.equal(saved[k], ema[k].cpu()) for k in ema)
+    off = trainer.Trainer(options.parse(tiny(tmp_path, "--ema_decay", "0", "--max_steps", "1", name="off")))
+    assert off.run() == 0 and off.model.ema is None and off.model.translator() is off.model.netG
+    assert not os.path.exists(tmp_path / "off" / "latest_net_G_ema.pth")
+
+
+def test_continuing_a_checkpoint_without_ema_weights_starts_them_from_g(tmp_path, capsys):
+    """CUT's checkpoints (no _ema file): the EMA generator starts from the loaded G, and says so."""
+    assert trainer.main(tiny(tmp_path, "--max_steps", "1", "--ema_decay", "0", name="a")) == 0
+    t = trainer.Trainer(options.parse(tiny(tmp_path, "--continue_train", name="a")))
+    saved = torch.load(tmp_path / "a" / "latest_net_G.pth", weights_only=True)
+    assert all(torch.equal(v, saved[k]) for k, v in t.model.ema.state_dict().items())
+    assert "the EMA generator starts from the loaded G" in capsys.readouterr().out
+    with pytest.raises(SystemExit):
+        options.parse(tiny(tmp_path, "--ema_decay", "1"))
 
 
 def test_demo_path_tiny(tmp_path, capsys):
@@ -515,8 +552,9 @@ def _torchrun(tmp_path, *argv):
 @pytest.mark.parametrize("model,loss", [("qs", "NCE"), ("cycle_gan", "cycle_A")])
 def test_two_process_gloo_ddp(tmp_path, model, loss):
     """torchrun --nproc_per_node 2 (as ``python -m torch.distributed.run``): both processes end with
-    identical weights (averaged gradients, broadcast start) that moved from the start; rank 0 wrote
-    the checkpoints and the log, whose losses are the mean of the two ranks' own."""
+    identical weights (averaged gradients, broadcast start) that moved from the start, and identical EMA
+    weights, which differ from both; rank 0 wrote the checkpoints and the log, whose losses are the mean
+    of the two ranks' own."""
     cmd, env, out = _torchrun(tmp_path, "--model", model, "--qs_backend", "torch", "--max_steps", "2")
     res = subprocess.run(cmd, capture_output=True, text=True, timeout=180, env=env)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
@@ -524,6 +562,9 @@ def test_two_process_gloo_ddp(tmp_path, model, loss):
     start = torch.load(out / "G_start0.pth", weights_only=True)
     assert all(torch.equal(g0[k], g1[k]) for k in g0)
     assert any(not torch.equal(g0[k], start[k]) for k in g0)
+    e0, e1 = (torch.load(out / f"G_ema{r}.pth", weights_only=True) for r in (0, 1))
+    assert all(torch.equal(e0[k], e1[k]) for k in e0)
+    assert any(not torch.equal(e0[k], g0[k]) for k in g0) and any(not torch.equal(e0[k], start[k]) for k in g0)
     log = read_log(tmp_path / "run")
     assert [r["step"] for r in log] == [1, 2] and log[-1]["images"] == 4
     own = [json.loads((out / f"losses{r}.json").read_text()) for r in (0, 1)]

@@ -133,19 +133,22 @@ def test_unreadable_inputs_are_skipped_and_counted(tmp_path, capsys):
     (["--normG", "none", "--no_antialias", "--no_antialias_up"], "G"), (["--no_antialias"], "G"),
     (["--model", "cycle_gan", "--normG", "none"], "G_A"), (["--model", "cycle_gan"], "G_B")])
 def test_round_trip_of_every_generator_the_trainer_writes(tmp_path, capsys, flags, generator):
-    """Train one step with the flags; qsattn-translate on the experiment folder (opt.json read) and on the
-    bare file (the architecture inferred, opt.json moved away) both equal the generator applied directly."""
+    """Train one step with the flags; qsattn-translate on the experiment folder (opt.json read; the EMA
+    weights of the run's translator, G or G_A) and on the bare raw file (the architecture inferred, opt.json
+    moved away) both equal their generator applied directly."""
     assert trainer.main(tiny(tmp_path, "--max_steps", "1", *flags)) == 0
     run = tmp_path / "run"
     opt = json.load(open(run / "opt.json"))
     write(tmp_path / "x.png", (16, 12), 1)
-    g = networks.define_G(opt["input_nc"], opt["output_nc"], opt["ngf"], opt["netG"], opt["normG"],
-                          no_antialias=opt["no_antialias"], no_antialias_up=opt["no_antialias_up"])
-    g.load_state_dict(torch.load(run / f"latest_net_{generator}.pth", weights_only=True))
     x = to_tensor(Image.open(tmp_path / "x.png").convert("RGB"))[None]
-    with torch.no_grad():
-        expect = np.asarray(to_image(g.eval()(x)[0]))
-    for k, source in enumerate((str(run), str(run / f"latest_net_{generator}.pth"))):
+    folder_file = f"latest_net_{generator}_ema.pth" if generator != "G_B" else f"latest_net_{generator}.pth"
+    for k, (source, file) in enumerate(((str(run), folder_file),
+                                        (str(run / f"latest_net_{generator}.pth"), f"latest_net_{generator}.pth"))):
+        g = networks.define_G(opt["input_nc"], opt["output_nc"], opt["ngf"], opt["netG"], opt["normG"],
+                              no_antialias=opt["no_antialias"], no_antialias_up=opt["no_antialias_up"])
+        g.load_state_dict(torch.load(run / file, weights_only=True))
+        with torch.no_grad():
+            expect = np.asarray(to_image(g.eval()(x)[0]))
         if k == 1:
             os.rename(run / "opt.json", tmp_path / "opt.json")
         out = tmp_path / f"out{k}"
@@ -176,14 +179,15 @@ def test_one_device_helper_reads_gpu_ids_and_device_names(monkeypatch):
 
 def test_direction_picks_cycle_gans_generator(tmp_path):
     """A CycleGAN experiment folder: --direction AtoB (the default) translates with latest_net_G_A.pth,
-    BtoA with latest_net_G_B.pth (--epoch picks the file's prefix); a file is used as given, and a
+    BtoA with latest_net_G_B.pth (--epoch picks the file's prefix; AtoB takes G_A's EMA weights,
+    latest_net_G_A_ema.pth, where they are: only the translator has them); a file is used as given, and a
     direction that its name contradicts is refused, as is BtoA for CUT's one-way G."""
     assert trainer.main(tiny(tmp_path, "--model", "cycle_gan", "--n_epochs_decay", "0", name="cyc")) == 0  # 1 epoch
     assert trainer.main(tiny(tmp_path, "--max_steps", "1", name="cut")) == 0
     cyc, cut = tmp_path / "cyc", tmp_path / "cut"
     write(tmp_path / "x.png", (32, 32), 4)
     x = to_tensor(Image.open(tmp_path / "x.png").convert("RGB"))[None]
-    for direction, name in ((None, "G_A"), ("AtoB", "G_A"), ("BtoA", "G_B")):
+    for direction, name in ((None, "G_A_ema"), ("AtoB", "G_A_ema"), ("BtoA", "G_B")):   # G_A's EMA, if any
         out = tmp_path / f"out_{direction}"
         flags = ["--direction", direction] if direction else []
         assert translate.main(["--checkpoint", str(cyc), "--input", str(tmp_path / "x.png"), "--output", str(out),
@@ -194,8 +198,10 @@ def test_direction_picks_cycle_gans_generator(tmp_path):
             assert np.array_equal(np.asarray(Image.open(out / "x.png")), np.asarray(to_image(g.eval()(x)[0]))), name
     resolve = translate.resolve_checkpoint
     assert resolve(str(cyc), "BtoA", epoch=1) == str(cyc / "1_net_G_B.pth")
+    assert resolve(str(cyc), "AtoB", epoch=1) == str(cyc / "1_net_G_A_ema.pth")
     assert resolve(str(cyc / "latest_net_G_B.pth"), "BtoA") == str(cyc / "latest_net_G_B.pth")
-    assert resolve(str(cut), None) == resolve(str(cut), "AtoB") == str(cut / "latest_net_G.pth")
+    assert resolve(str(cut), None) == resolve(str(cut), "AtoB") == str(cut / "latest_net_G_ema.pth")
+    assert resolve(str(cut), None, ema=False) == str(cut / "latest_net_G.pth")
     with pytest.raises(ValueError, match="G_A, not the --direction BtoA generator"):
         resolve(str(cyc / "latest_net_G_A.pth"), "BtoA")
     with pytest.raises(ValueError, match="generator for A to B"):
@@ -204,3 +210,28 @@ def test_direction_picks_cycle_gans_generator(tmp_path):
         resolve(str(cut), "BtoA")
     with pytest.raises(FileNotFoundError, match="7_net_G_A.pth nor 7_net_G.pth"):
         resolve(str(cyc), None, epoch=7)
+
+
+def test_a_folder_translates_with_the_ema_weights_unless_no_ema(tmp_path):
+    """A run's folder holds latest_net_G.pth (raw) and latest_net_G_ema.pth, which differ: translate uses
+    the EMA weights, --no_ema the raw ones; a file path is used as given."""
+    assert trainer.main(tiny(tmp_path, "--max_steps", "2")) == 0
+    run = tmp_path / "run"
+    inp = tmp_path / "in"
+    inp.mkdir()
+    write(inp / "a.png", (20, 16), 0)
+    outputs = {}
+    for flags in ([], ["--no_ema"]):
+        out = tmp_path / ("raw" if flags else "ema")
+        assert translate.main(["--checkpoint", str(run), "--input", str(inp), "--output", str(out), *flags]) == 0
+        outputs[out.name] = np.asarray(Image.open(out / "a.png"), dtype=np.int16)
+    for name in ("raw", "ema"):
+        g = networks.define_G(ngf=8, netG="resnet_6blocks")
+        file = "latest_net_G.pth" if name == "raw" else "latest_net_G_ema.pth"
+        g.load_state_dict(torch.load(run / file, weights_only=True))
+        with torch.no_grad():
+            expect = np.asarray(to_image(g.eval()(to_tensor(Image.open(inp / "a.png").convert("RGB"))[None])[0]))
+        assert np.abs(outputs[name] - expect.astype(np.int16)).max() <= 1, name
+    assert np.abs(outputs["raw"] - outputs["ema"]).max() > 1
+    assert translate.resolve_checkpoint(str(run / "latest_net_G.pth")) == str(run / "latest_net_G.pth")
+    assert translate.resolve_checkpoint(str(run), ema=False) == str(run / "latest_net_G.pth")
