@@ -1,6 +1,6 @@
 """The synthetic-task study: CUT, FastCUT, QS-Attn variants and CycleGAN over seeds, at one step budget.
 
-    python benchmarks/study_synthetic.py                  # 7 configurations x 4 seeds x 1 100 steps (about 30 min on 2 cores)
+    python benchmarks/study_synthetic.py                  # 8 configurations x 4 seeds x 1 100 steps (about 40 min on 2 cores)
     python benchmarks/study_synthetic.py --configs cut qs_global --seeds 0 --epochs 2   # a quick look
 
 Every run is ``qsattn-train --demo`` (the demo's task, data, networks, learning rate and, by default,
@@ -45,6 +45,7 @@ CONFIGS = {
     "cut": ["--model", "cut"],
     "fastcut": ["--model", "fastcut"],
     "qs_global": ["--model", "qs", "--qs_mode", "global"],
+    "qs_global_all": ["--model", "qs", "--qs_mode", "global", "--qs_layers", "all"],
     "qs_local": ["--model", "qs", "--qs_mode", "local"],
     "qs_local_global": ["--model", "qs", "--qs_mode", "local_global"],
     "qs_global_detached": ["--model", "qs", "--qs_mode", "global", "--qs_detach_attention"],
