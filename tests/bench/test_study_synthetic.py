@@ -49,7 +49,8 @@ def test_every_configuration_is_a_valid_demo_run(tmp_path):
         assert opt.model == model and opt.eval_freq == 1 and opt.name == f"{name}-s0"
         assert opt.qs_detach_attention == name.endswith("detached")
         if opt.model == "qs":
-            assert opt.qs_mode == name[3:].replace("_detached", "")
+            assert opt.qs_mode == name[3:].replace("_detached", "").replace("_all", "")
+            assert (opt.qs_layers == "all") == name.endswith("_all")
 
 
 def test_welch_against_the_closed_form_of_two_degrees_of_freedom():
