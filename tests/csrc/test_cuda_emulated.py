@@ -9,6 +9,7 @@ single tile hides races), odd sizes, B >= 2, k = N and windows larger than the m
 import os
 import shutil
 import subprocess
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -16,7 +17,7 @@ import pytest
 import torch
 
 from qsattn_fast import native
-from qsattn_fast.ops import op
+from qsattn_fast.ops import SCHEMAS, op
 from support import ROOT
 from support.numerics import ROUTE_TOL, random_idx, rel_err
 
@@ -94,19 +95,17 @@ def cases(table, build):
     return table[CASES[build]]
 
 
-@pytest.mark.parametrize("build", BUILDS)
-def test_entropy_global(emulator, build, tmp_path):
+def check_entropy_global(binary, build, tmp_path):
     for B, N, C, scale in cases(ENTROPY_GLOBAL, build):
         f = rows(B, N, C, scale)
-        got = emulated(emulator(build), "entropy_global", (B, N, C), {"f": f}, {"out": (B, N)}, tmp_path)
+        got = emulated(binary, "entropy_global", (B, N, C), {"f": f}, {"out": (B, N)}, tmp_path)
         assert rel_err(got["out"], op("entropy_global", "native")(f.double(), None)) < OUT_TOL
 
 
-@pytest.mark.parametrize("build", BUILDS)
-def test_entropy_local(emulator, build, tmp_path):
+def check_entropy_local(binary, build, tmp_path):
     for B, H, W, C, window in cases(ENTROPY_LOCAL, build):
         f = rows(B, H * W, C, 0.7)
-        got = emulated(emulator(build), "entropy_local", (B, H, W, C, window), {"f": f}, {"out": (B, H * W)},
+        got = emulated(binary, "entropy_local", (B, H, W, C, window), {"f": f}, {"out": (B, H * W)},
                        tmp_path)
         assert rel_err(got["out"], op("entropy_local", "native")(f.double(), H, W, window)) < OUT_TOL
 
@@ -123,11 +122,10 @@ def select_inputs():
     return [(e, 700), (torch.randn(3, 37), 37), (torch.zeros(2, 5), 1), (e, 1024)]
 
 
-@pytest.mark.parametrize("build", BUILDS)
-def test_select(emulator, build, tmp_path):
+def check_select(binary, build, tmp_path):
     for e, k in cases(select_inputs(), build):
         B, N = e.shape
-        got = emulated(emulator(build), "select", (B, N, k), {"e": e}, {"out": (B, k)}, tmp_path)
+        got = emulated(binary, "select", (B, N, k), {"e": e}, {"out": (B, k)}, tmp_path)
         assert torch.equal(got["out"], op("select", "native")(e, k))
 
 
@@ -143,30 +141,45 @@ def route_case(shape, mode):
     return sizes, {"f": f, "idx": idx, "v": v}, tail
 
 
-@pytest.mark.parametrize("build", BUILDS)
-@pytest.mark.parametrize("mode", ["global", "local"])
-def test_route(emulator, build, mode, tmp_path):
+def check_route(binary, build, tmp_path, mode):
     for shape in cases(ROUTE_GLOBAL if mode == "global" else ROUTE_LOCAL, build):
         sizes, x, tail = route_case(shape, mode)
         B, k, Cv = x["idx"].shape + x["v"].shape[2:]
-        got = emulated(emulator(build), f"route_{mode}", sizes, x, {"out": (B, k, Cv), "lse": (B, k)}, tmp_path)
+        got = emulated(binary, f"route_{mode}", sizes, x, {"out": (B, k, Cv), "lse": (B, k)}, tmp_path)
         (out,), lse = op(f"route_{mode}", "native")(x["f"].double(), x["idx"], [x["v"].double()], *tail)
         assert rel_err(got["out"], out) < OUT_TOL and rel_err(got["lse"], lse) < OUT_TOL
 
 
-@pytest.mark.parametrize("build", BUILDS)
-@pytest.mark.parametrize("mode", ["global", "local"])
-def test_route_backward(emulator, build, mode, tmp_path):
+def check_route_backward(binary, build, tmp_path, mode):
     for shape in cases(ROUTE_GLOBAL if mode == "global" else ROUTE_LOCAL, build):
         sizes, x, tail = route_case(shape, mode)
         f, idx, v = x["f"], x["idx"], x["v"]
         fwd, bwd = op(f"route_{mode}", "native"), op(f"route_{mode}_backward", "native")
         (out,), lse = fwd(f, idx, [v], *tail)
         g = torch.randn_like(out)
-        got = emulated(emulator(build), f"route_{mode}_backward", sizes,
+        got = emulated(binary, f"route_{mode}_backward", sizes,
                        dict(x, out=out, lse=lse, grad_out=g), {"df": f.shape, "dv": v.shape}, tmp_path)
         df, (dv,) = bwd(f.double(), idx, [v.double()], [out.double()], lse.double(), [g.double()], *tail)
         assert rel_err(got["df"], df) < GRAD_TOL and rel_err(got["dv"], dv) < GRAD_TOL
+
+
+#: Every launcher of csrc/qsattn_cuda.h (the ops of qsattn_fast/ops.py) and its check against the native kernels.
+CHECKS = {"entropy_global": check_entropy_global, "entropy_local": check_entropy_local, "select": check_select,
+          "route_global": partial(check_route, mode="global"),
+          "route_global_backward": partial(check_route_backward, mode="global"),
+          "route_local": partial(check_route, mode="local"),
+          "route_local_backward": partial(check_route_backward, mode="local")}
+
+
+def test_every_op_of_the_contract_is_checked():
+    assert list(CHECKS) == list(SCHEMAS)
+
+
+@pytest.mark.parametrize("build", BUILDS)
+@pytest.mark.parametrize("op_name", CHECKS)
+def test_kernel_against_native(emulator, op_name, build, tmp_path):
+    """The op's CUDA kernels in the build agree with the native CPU kernels on its shapes (above)."""
+    CHECKS[op_name](emulator(build), build, tmp_path)
 
 
 # Routing shapes (global, local) with an empty size: k = 0, C_v = 0, C = 0, B = 0 (as the CPU kernels take
@@ -203,7 +216,7 @@ def mutated(tmp_path, file, old, new):
 
 def test_tsan_reports_a_deleted_syncthreads(emulator, tmp_path):
     """entropy_global without the barrier between staging a tile and reading it: ThreadSanitizer reports
-    the race (the unmutated kernel passes test_entropy_global[tsan])."""
+    the race (the unmutated kernel passes test_kernel_against_native[entropy_global-tsan])."""
     csrc = mutated(tmp_path, "entropy_global.cu", "__syncthreads();", "")
     B, N, C, _ = ENTROPY_GLOBAL[0]
     rc, err = run(emulator("tsan", csrc), "entropy_global", (B, N, C), {"f": rows(B, N, C)}, tmp_path)
