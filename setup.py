@@ -61,7 +61,7 @@ setup(
     long_description_content_type="text/markdown",
     license="MIT",
     python_requires=">=3.9",
-    packages=["qsattn_fast", "qsattn_fast.kernels", "qsattn_fast.train"],
+    packages=["qsattn_fast", "qsattn_fast.backends", "qsattn_fast.kernels", "qsattn_fast.train"],
     package_dir={"qsattn_fast": "qsattn_fast", "qsattn_fast.kernels": "kernels", "qsattn_fast.train": "train"},
     ext_modules=ext_modules,
     cmdclass=cmdclass,

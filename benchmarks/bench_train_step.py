@@ -40,7 +40,8 @@ import torch
 import qsattn_fast as q
 from qsattn_fast import sampler
 from qsattn_fast._memory import PeakMemory
-from qsattn_fast.registry import Request, resolve
+from qsattn_fast.backends.base import Request
+from qsattn_fast.registry import resolve
 from qsattn_fast.train import options
 from qsattn_fast.train.data import synthetic_pair
 from qsattn_fast.train.model import CUTModel

@@ -75,7 +75,7 @@ CHECK_OPS = """\
 import json, sys
 import torch
 import qsattn_fast._C  # an ImportError here names what is wrong with the build
-from qsattn_fast.native import has_kernel
+from qsattn_fast.backends.native import has_kernel
 path, ops = sys.argv[1], sys.argv[2:]
 got = {op: has_kernel(op, "cuda") for op in ops}
 with open(path, "w") as fh:

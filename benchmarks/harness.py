@@ -51,7 +51,7 @@ def peers(device: str) -> list[str]:
     """The backends that run float32 calls on ``device`` (the Triton interpreter on CPU is not a
     benchmark), then ``sdpa`` on CUDA."""
     import qsattn_fast as q
-    from qsattn_fast.registry import Request
+    from qsattn_fast.backends.base import Request
     names = [n for n, be in q.backends().items()
              if not be.why_not(Request("qsattn", device, torch.float32, "global"))
              and not (n == "triton" and device != "cuda")]

@@ -1,5 +1,5 @@
 // CPU kernels of qsattn::route_global.native and its backward (docs/design.md §3: the math of
-// qsattn_fast/torch_backend.py, except the pivots below), arranged like the entropy kernel: OpenMP threads
+// qsattn_fast/backends/torch.py, except the pivots below), arranged like the entropy kernel: OpenMP threads
 // take independent tasks whose products are single-threaded MKL calls on cache-sized tiles.
 // Forward: a task is a block of BQ selected rows x all N keys; it writes its own rows of out and lse.
 // Several value maps v_1..v_m are routed by the same P (no concatenated copy of them is made).

@@ -1,9 +1,9 @@
 """qsattn_fast: QS-Attn (query-selected attention, CVPR 2022) without the N x N matrix.
 
 Public API: :func:`entropy`, :func:`select`, :func:`route`, :func:`qsattn` (the op names of every layer
-below, docs/design.md §7), :class:`QSPatchSampler`; backends in :mod:`qsattn_fast.registry`; the choice
-lists ``OP_MODES`` (each op's modes), ``VARIANTS``, ``PRECISIONS`` and ``BACKENDS``, defined once, for
-command lines. The 0.1 names ``attention_entropy``, ``select_queries`` and ``query_selected_attention``
+below, docs/design.md §7), :class:`QSPatchSampler`; the backends in :mod:`qsattn_fast.backends`, which
+``backends()`` lists by name; the choice lists ``OP_MODES`` (each op's modes), ``VARIANTS``, ``PRECISIONS``
+and ``BACKENDS``, defined once, for command lines. The 0.1 names ``attention_entropy``, ``select_queries`` and ``query_selected_attention``
 are deprecated aliases until 0.2.
 Nothing here touches CUDA at import time.
 
@@ -18,10 +18,10 @@ import sys as _sys
 if "torch" not in _sys.modules:
     _os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
-from . import native, reference, torch_backend, triton_backend  # noqa: F401  (register the backends)
+from . import backends  # registers the backends; backends() lists them
 from ._checks import BACKENDS, OP_MODES, PRECISIONS, VARIANTS
 from .api import attention_entropy, entropy, qsattn, query_selected_attention, route, select, select_queries
-from .registry import AUTO_PRIORITY, BackendUnavailableError, backends
+from .registry import AUTO_PRIORITY, BackendUnavailableError
 from .sampler import QSPatchSampler
 
 __version__ = "0.1.0"

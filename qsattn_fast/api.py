@@ -18,7 +18,8 @@ import warnings
 import torch
 
 from . import _checks as chk
-from .registry import Request, request, resolve
+from .backends.base import Request, request
+from .registry import resolve
 
 
 def _prepare(op, feat_src, mode, window, precision, variant, check_finite, values=None):

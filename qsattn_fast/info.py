@@ -7,7 +7,8 @@ import platform
 import torch
 
 from . import __version__
-from .registry import AUTO_PRIORITY, Request, backends
+from .backends.base import Request
+from .registry import AUTO_PRIORITY, backends
 
 
 def _probe_devices() -> list[str]:

@@ -100,7 +100,7 @@ def test_driver_without_cuda_exits_with_a_message(monkeypatch):
 
 def test_native_cases_reach_their_kernels_on_cpu():
     """The driver's claims checked by its own recorder (the first dispatch mode imports torch._dynamo, ~3 s)."""
-    from qsattn_fast import native
+    from qsattn_fast.backends import native
     if native.LOAD_ERROR:
         pytest.skip(native.LOAD_ERROR)
     small = driver.SIZES[0][0]

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 import torch
 
-from qsattn_fast import native
+from qsattn_fast.backends import native
 from qsattn_fast.ops import SCHEMAS, op
 from support import ROOT
 from support.numerics import ROUTE_TOL, random_idx, rel_err

@@ -5,7 +5,8 @@ import torch
 
 import qsattn_fast as q
 from qsattn_fast import registry
-from qsattn_fast.registry import Backend, BackendUnavailableError, Request
+from qsattn_fast.backends.base import Backend, Request, request
+from qsattn_fast.registry import BackendUnavailableError
 
 from support import ROOT
 from support.numerics import features
@@ -151,7 +152,7 @@ def test_native_declares_the_cuda_kernels_window_limit():
     k_max = int(re.search(r"constexpr int kMaxWindow = (\d+);", header).group(1))
     native = registry.backends()["native"]
     assert native.limits["cuda"]["window"] == k_max
-    req = registry.request("qsattn", torch.empty(1, 4, 8, 8, device="meta"), "local", window=k_max + 2)
+    req = request("qsattn", torch.empty(1, 4, 8, 8, device="meta"), "local", window=k_max + 2)
     assert req.window == k_max + 2 and req.channels == 4 and req.n == 64
     req = Request("qsattn", "cuda", torch.float32, "local", window=k_max + 2)
     assert f"window {k_max + 2} exceeds the cuda kernels' limit {k_max}" in native.why_not(req)
@@ -204,3 +205,12 @@ def test_old_names_are_deprecated_aliases(old, new):
     want = getattr(q, new)(*args)
     flat = torch.utils._pytree.tree_leaves
     assert len(flat(got)) == len(flat(want)) and all(torch.equal(a, b) for a, b in zip(flat(got), flat(want)))
+
+
+def test_backends_is_both_the_listing_and_the_package():
+    """``qsattn_fast.backends()`` lists the registered backends, and ``qsattn_fast.backends`` is also the
+    package of their modules, reachable by every import form."""
+    import qsattn_fast.backends.torch as torch_module
+    from qsattn_fast import registry
+    assert q.backends() == registry.backends() and q.backends()["torch"].__module__ == torch_module.__name__
+    assert q.backends.torch is torch_module and q.backends.base.Backend is type(q.backends()["torch"]).__mro__[1]

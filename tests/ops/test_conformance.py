@@ -10,7 +10,7 @@ import torch
 import qsattn_fast as q
 from qsattn_fast import ops
 from qsattn_fast._common import rows
-from qsattn_fast.registry import request
+from qsattn_fast.backends.base import request
 
 from support.numerics import assert_valid_selection, features, rel_err
 

@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import qsattn_fast as q
+from qsattn_fast.backends.base import Request
 from qsattn_fast.sampler import QSPatchSampler
 from qsattn_fast.train.networks import define_G
 
@@ -15,7 +16,7 @@ from support.numerics import rel_err
 
 NCE_LAYERS = [0, 4, 8, 12, 16]
 FAST = [b for b in ("torch", "native") if not q.backends()[b].why_not(
-    q.registry.Request("qsattn", "cpu", torch.float64, "global"))]
+    Request("qsattn", "cpu", torch.float64, "global"))]
 
 
 def generator_maps(B, crop):

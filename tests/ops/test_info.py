@@ -11,7 +11,7 @@ def test_info_lists_backends_and_availability():
     for name in qsattn_fast.backends():
         assert f"  {name} " in out
     assert "cpu   available" in out and "compiled extension qsattn_fast._C:" in out
-    from qsattn_fast import native
+    from qsattn_fast.backends import native
     if native.LOAD_ERROR is None:
         from qsattn_fast import _C
         assert f"compiled extension qsattn_fast._C: built; CPU loops at {_C.cpu_isa()}" in out

@@ -10,8 +10,9 @@ import torch
 
 import qsattn_fast as q
 from qsattn_fast.ops import split_mode
-from qsattn_fast import native
-from qsattn_fast.registry import Request, resolve
+from qsattn_fast.backends import native
+from qsattn_fast.backends.base import Request
+from qsattn_fast.registry import resolve
 
 from support.numerics import assert_valid_selection, features, rel_err
 
@@ -43,8 +44,10 @@ def test_package_falls_back_when_the_extension_is_missing():
     code = (
         "import sys; sys.modules['qsattn_fast._C'] = None\n"
         "import torch, qsattn_fast as q\n"
-        "from qsattn_fast import info, native\n"
-        "from qsattn_fast.registry import Request, resolve\n"
+        "from qsattn_fast import info\n"
+        "from qsattn_fast.backends import native\n"
+        "from qsattn_fast.backends.base import Request\n"
+        "from qsattn_fast.registry import resolve\n"
         "assert native.LOAD_ERROR and 'qsattn_fast._C is not built' in native.LOAD_ERROR\n"
         "assert q.backends()['native'].why_not(Request('qsattn', 'cpu', torch.float32, 'global'))\n"
         "assert resolve('auto', Request('qsattn', 'cpu', torch.float32, 'global')).name == 'torch'\n"

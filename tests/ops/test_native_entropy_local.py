@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import qsattn_fast as q
-from qsattn_fast import native
+from qsattn_fast.backends import native
 
 from support.numerics import features, rel_err
 

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 import qsattn_fast as q
-from qsattn_fast import native
+from qsattn_fast.backends import native
 
 from support.numerics import features, random_idx, rel_err
 

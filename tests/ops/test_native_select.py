@@ -4,7 +4,7 @@ import pytest
 import torch
 
 import qsattn_fast as q
-from qsattn_fast import native
+from qsattn_fast.backends import native
 
 pytestmark = pytest.mark.skipif(native.LOAD_ERROR is not None, reason=str(native.LOAD_ERROR))
 

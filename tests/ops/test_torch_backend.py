@@ -7,7 +7,7 @@ import torch
 
 import qsattn_fast as q
 from qsattn_fast.ops import split_mode
-from qsattn_fast import torch_backend
+from qsattn_fast.backends import torch as torch_backend
 
 from support.numerics import assert_valid_selection, features, rel_err
 

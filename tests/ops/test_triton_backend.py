@@ -6,8 +6,9 @@ import sys
 import pytest
 import torch
 
-from qsattn_fast.registry import BackendUnavailableError, Request, backends, resolve
-from qsattn_fast.triton_backend import TritonBackend
+from qsattn_fast.backends.base import Request
+from qsattn_fast.backends.triton import TritonBackend
+from qsattn_fast.registry import BackendUnavailableError, backends, resolve
 
 from support.numerics import features, rel_err
 from support.triton_env import DEVICE, INTERPRET

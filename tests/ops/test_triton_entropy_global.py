@@ -4,7 +4,7 @@ import torch
 
 from qsattn_fast import entropy
 from qsattn_fast._common import rows
-from qsattn_fast.reference import ReferenceBackend
+from qsattn_fast.backends.reference import ReferenceBackend
 
 from support.numerics import features, rel_err
 from support.triton_env import DEVICE, INTERPRET, triton_op

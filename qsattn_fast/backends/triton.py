@@ -16,8 +16,9 @@ import sys
 
 import torch
 
-from ._checks import PRECISIONS
-from .registry import Backend, register_backend
+from .._checks import PRECISIONS
+from ..registry import register_backend
+from .base import Backend
 
 _KERNELS = "qsattn_fast.kernels"
 

@@ -11,10 +11,11 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ._checks import VARIANTS
-from ._common import rows, stable_select
-from .ops import acc_dtype
-from .registry import Backend, register_backend
+from .._checks import VARIANTS
+from .._common import rows, stable_select
+from ..ops import acc_dtype
+from ..registry import register_backend
+from .base import Backend
 
 
 def _entropy(attn: torch.Tensor, variant: str = "paper") -> torch.Tensor:

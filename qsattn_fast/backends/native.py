@@ -10,8 +10,9 @@ from __future__ import annotations
 
 import torch
 
-from . import ops  # noqa: F401  (defines the schemas before _C registers its kernels for them)
-from .registry import Backend, Request, register_backend
+from .. import ops  # noqa: F401  (defines the schemas before _C registers its kernels for them)
+from ..registry import register_backend
+from .base import Backend, Request
 
 _BUILD = "'python setup.py build_ext --inplace' or 'pip install --no-build-isolation -e .'"
 
@@ -19,7 +20,7 @@ _BUILD = "'python setup.py build_ext --inplace' or 'pip install --no-build-isola
 def _load_extension() -> str | None:
     """Import qsattn_fast._C (which registers the kernels qsattn::<op>.native); None, or why it is not usable."""
     try:
-        from . import _C  # noqa: F401
+        from .. import _C  # noqa: F401
     except ImportError as exc:
         if isinstance(exc, ModuleNotFoundError) or "cannot import name '_C'" in str(exc):
             return f"compiled extension qsattn_fast._C is not built; build it with {_BUILD}"

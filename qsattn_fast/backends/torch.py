@@ -17,9 +17,10 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from ._common import stable_select
-from .ops import acc_dtype, as_grad, implement
-from .registry import Backend, register_backend
+from .._common import stable_select
+from ..ops import acc_dtype, as_grad, implement
+from ..registry import register_backend
+from .base import Backend
 
 #: Attention entries (rows x keys) held at once per block; 2**18 fp32 values = 1 MiB, cache-sized.
 BLOCK_ELEMS = 1 << 18
