@@ -13,9 +13,9 @@ the kernels without the API's checks and casts.
 import pytest
 import torch
 
-from harness import SHAPES, SUITE_SHAPES, bench, cases, peers, suite_device
-
 from qsattn_fast import ops
+
+from harness import SHAPES, SUITE_SHAPES, bench, cases, peers, suite_device
 
 
 @cases()

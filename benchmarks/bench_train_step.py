@@ -46,6 +46,7 @@ from qsattn_fast.train import options
 from qsattn_fast.train.data import synthetic_pair
 from qsattn_fast.train.model import CUTModel
 from qsattn_fast.train.trainer import training_device
+
 from harness import environment
 
 
@@ -84,10 +85,10 @@ def qsattn_calls(model, data) -> list:
     return [(leaf(c.args[0]), [leaf(v) for v in c.args[1]], c.kwargs) for c in spy.call_args_list]
 
 
-def run_ops(calls, backward=False, autocast=contextlib.nullcontext()):
-    """Run the recorded ``calls`` once (under ``autocast``, as the step does); with ``backward``, also the
-    gradient of every routed output (ones) w.r.t. the inputs that need one."""
-    with autocast:
+def run_ops(calls, backward=False, autocast=None):
+    """Run the recorded ``calls`` once (under the ``autocast`` context, as the step does; None: none); with
+    ``backward``, also the gradient of every routed output (ones) w.r.t. the inputs that need one."""
+    with autocast if autocast is not None else contextlib.nullcontext():
         outs = [o for f, values, kw in calls for o in q.qsattn(f, values, **kw)[1]]
     if backward:   # outputs without a graph (e.g. layer 0's routed source, the image itself) add nothing
         outs = [o for o in outs if o.requires_grad]

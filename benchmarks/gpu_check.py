@@ -148,7 +148,8 @@ def plan(stage: str, out: str, timeouts: dict, tools=TOOLS) -> list[Command]:
                         CHECK_S, "build_cuda_ops.log"),
                 Command("info", [PY, "-m", "qsattn_fast.info"], CHECK_S, "build_info.log")]
     if stage == "test":
-        return [Command("pytest", [PY, "-m", "pytest", "-q", "-rfE", os.path.join("tests", "ops", "test_conformance.py"),
+        conformance = os.path.join("tests", "ops", "test_conformance.py")
+        return [Command("pytest", [PY, "-m", "pytest", "-q", "-rfE", conformance,
                                    f"--junitxml={os.path.join(out, 'pytest.xml')}"], t, "test_pytest.log")]
     if stage == "sanitize":
         sanitizer = find_tool("compute-sanitizer")
@@ -315,7 +316,8 @@ def key_step(recs: list, out: str) -> tuple[dict, str, bool]:
                                        peak_extra_bytes=r.get("peak_extra_bytes")) for name, r in rows.items()}
         cut = rows.get("cut", {}).get("median_ms", float("nan"))
         parts.append(f"{rec['name']}x{rec['name']}: cut {cut:.1f} ms, " + ", ".join(
-            f"{name} {r['vs_cut']:.2f}x" + (f" {r['peak_extra_bytes'] / 2**30:.2f} GiB" if r.get("peak_extra_bytes") else "")
+            f"{name} {r['vs_cut']:.2f}x"
+            + (f" {r['peak_extra_bytes'] / 2**30:.2f} GiB" if r.get("peak_extra_bytes") else "")
             for name, r in rows.items() if name != "cut"))
     return key, "; ".join(parts), len(key) == len(recs)
 
@@ -408,7 +410,8 @@ def dry_run(stages: list, out: str, timeouts: dict, budget: float, tools=TOOLS) 
             late = budget and clock + MIN_STEP_S > budget
             print(f"  {cmd.name}: {cmd.show()}")
             print(f"    env: {' '.join(f'{k}={v}' for k, v in cmd.env.items()) or '(inherited)'}; "
-                  f"timeout {cmd.timeout:.0f} s; starts by {clock:.0f} s at the latest; log {os.path.join(out, cmd.log)}"
+                  f"timeout {cmd.timeout:.0f} s; starts by {clock:.0f} s at the latest; "
+                  f"log {os.path.join(out, cmd.log)}"
                   + (f"\n    not run, recorded as failed: {cmd.blocked}" if cmd.blocked else "")
                   + ("\n    past the budget if everything before it runs to its timeout" if late else ""))
             if late and stage not in cut:

@@ -125,16 +125,28 @@ def table(report: dict) -> str:
     for (s, w, bwd, p), r in key.items():
         if p != "triton":
             continue
-        get = lambda peer, f: key.get((s, w, bwd, peer), {}).get(f)
-        ms = lambda peer: f"{get(peer, 'median_s') * 1e3:.3f}" if get(peer, "median_s") else "—"
-        ratio = lambda peer: (f"{get(peer, 'median_s') / r['median_s']:.1f}x"
-                              if get(peer, "median_s") and r.get("median_s") else "—")
-        mib = lambda peer: f"{get(peer, 'peak_extra_bytes') / 2**20:.1f}" if get(peer, "peak_extra_bytes") is not None else "—"
+        at = {peer: key.get((s, w, bwd, peer), {}) for peer in ("triton", "native", "sdpa", "reference")}
         frac = r.get("fraction_of_dense")
-        lines.append(f"| {s} | {w} | {'fwd+bwd' if bwd else 'fwd'} | {ms('triton')} | {ms('native')} | {ms('sdpa')} | "
-                     f"{ms('reference')} | {ratio('sdpa')} | {ratio('native')} | {ratio('reference')} | "
-                     f"{mib('triton')} | {mib('reference')} | {r.get('tflops', 0):.1f} | {f'{frac:.0%}' if frac else '—'} |")
+        lines.append(f"| {s} | {w} | {'fwd+bwd' if bwd else 'fwd'} | {_ms(at['triton'])} | {_ms(at['native'])} | "
+                     f"{_ms(at['sdpa'])} | {_ms(at['reference'])} | {_ratio(at['sdpa'], r)} | "
+                     f"{_ratio(at['native'], r)} | {_ratio(at['reference'], r)} | {_mib(at['triton'])} | "
+                     f"{_mib(at['reference'])} | {r.get('tflops', 0):.1f} | {f'{frac:.0%}' if frac else '—'} |")
     return "\n".join(lines)
+
+
+def _ms(row: dict) -> str:
+    """A peer's median time in ms, or a dash."""
+    return f"{row['median_s'] * 1e3:.3f}" if row.get("median_s") else "—"
+
+
+def _ratio(row: dict, triton: dict) -> str:
+    """How many times triton's time a peer's time is, or a dash."""
+    return f"{row['median_s'] / triton['median_s']:.1f}x" if row.get("median_s") and triton.get("median_s") else "—"
+
+
+def _mib(row: dict) -> str:
+    """A peer's peak extra memory in MiB, or a dash."""
+    return f"{row['peak_extra_bytes'] / 2**20:.1f}" if row.get("peak_extra_bytes") is not None else "—"
 
 
 def main(argv=None) -> int:

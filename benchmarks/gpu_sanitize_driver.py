@@ -90,7 +90,8 @@ def registered_ops(root: str = ROOT) -> list[str]:
     csrc/*.cpp) and ``qsattn::<op>.triton`` (``@implement`` in kernels/*.py), so that coverage is checked
     against the code, not against a copy of its list."""
     found = set()
-    for pattern, regex in (("csrc/*.cpp", r'm\.impl\("(\w+)\.native"'), ("kernels/*.py", r'@implement\("(\w+)", "triton"')):
+    for pattern, regex in (("csrc/*.cpp", r'm\.impl\("(\w+)\.native"'),
+                           ("kernels/*.py", r'@implement\("(\w+)", "triton"')):
         backend = "native" if pattern.startswith("csrc") else "triton"
         for path in sorted(glob.glob(os.path.join(root, pattern))):
             with open(path) as fh:

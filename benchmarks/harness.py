@@ -284,6 +284,7 @@ def bench(benchmark, what: str, shape: str, peer: str, backward: bool = False, p
 def environment(device: str) -> dict:
     """Device, versions and commit, for every JSON under benchmarks/results/."""
     import numpy
+
     import qsattn_fast
     here = os.path.dirname(os.path.abspath(__file__))
     try:

@@ -20,6 +20,7 @@ from qsattn_fast import OP_MODES
 from qsattn_fast.train import options
 from qsattn_fast.train.data import synthetic_pair
 from qsattn_fast.train.model import CUTModel
+
 from harness import environment
 
 

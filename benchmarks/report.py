@@ -56,7 +56,8 @@ def worker(cfg: dict) -> dict:
     what, dev = f"{cfg['op']}_{cfg['mode']}", cfg["device"]
     set_cpu_level(cfg.get("cpu_level"))
     fn = harness.workload(cfg["backend"], what, k=cfg["k"])
-    harness.runner(fn, *harness.inputs(what, cfg["C"], 8, cfg["B"], dev, cfg["backward"]), cfg["backward"])()  # initialisation
+    # initialisation
+    harness.runner(fn, *harness.inputs(what, cfg["C"], 8, cfg["B"], dev, cfg["backward"]), cfg["backward"])()
     run = harness.runner(fn, *harness.inputs(what, cfg["C"], cfg["H"], cfg["B"], dev, cfg["backward"]),
                          cfg["backward"])
     peak = harness.peak_extra_bytes(run, dev)
@@ -107,7 +108,8 @@ def main(argv=None) -> int:
     ap.add_argument("--cpu-level", type=int, choices=[0, 1, 2],
                     help="run the native CPU loops at x86-64 (0), -v3 = AVX2 (1) or -v4 = AVX-512 (2) "
                          "instead of the detected level, to compare them on one machine")
-    ap.add_argument("--plot", metavar="JSON", help="only draw the time/memory figure of a report's JSON (beside it, .png)")
+    ap.add_argument("--plot", metavar="JSON",
+                    help="only draw the time/memory figure of a report's JSON (beside it, .png)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     if args.worker:

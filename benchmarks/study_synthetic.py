@@ -1,6 +1,6 @@
 """The synthetic-task study: CUT, FastCUT, QS-Attn variants and CycleGAN over seeds, at one step budget.
 
-    python benchmarks/study_synthetic.py                  # 8 configurations x 4 seeds x 1 100 steps (about 40 min on 2 cores)
+    python benchmarks/study_synthetic.py     # 8 configurations x 4 seeds x 1 100 steps (about 40 min on 2 cores)
     python benchmarks/study_synthetic.py --configs cut qs_global --seeds 0 --epochs 2   # a quick look
 
 Every run is ``qsattn-train --demo`` (the demo's task, data, networks, learning rate and, by default,
@@ -16,8 +16,9 @@ epoch and at each run's best epoch (lowest SWD, the trainer's primary number on 
 test of each measure at the last epoch against the first configuration (``cut``), and the
 median step time, measured after training in one process with the configurations' steps interleaved
 round by round (``--timing_rounds``), so that the machine's drift touches them alike (the training logs'
-step times, also kept per run, depend on what else ran at the time). Output: ``--out`` JSON (settings, versions, commit, every run's eval log and step
-times, the summary) and a PNG of the three measures per configuration (dots: seeds, bars: means).
+step times, also kept per run, depend on what else ran at the time). Output: ``--out`` JSON (settings,
+versions, commit, every run's eval log and step times, the summary) and a PNG of the three measures per
+configuration (dots: seeds, bars: means).
 """
 from __future__ import annotations
 
@@ -33,12 +34,13 @@ import time
 
 import torch
 
-from bench_train_step import interleaved_times
-from harness import environment
 from qsattn_fast.train import options
 from qsattn_fast.train.data import synthetic_pair
 from qsattn_fast.train.trainer import build_model
 from qsattn_fast.train.viz import figure, redraw, save_figure
+
+from bench_train_step import interleaved_times
+from harness import environment
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 CONFIGS = {
@@ -132,7 +134,8 @@ def train_all(todo, args):
 def step_times(folder):
     """Seconds between consecutive logged steps of one process (a resumed process restarts its clock)."""
     recs = read_jsonl(os.path.join(folder, "loss_log.jsonl"))
-    return [b["time"] - a["time"] for a, b in zip(recs, recs[1:]) if b["step"] == a["step"] + 1 and b["time"] > a["time"]]
+    return [b["time"] - a["time"] for a, b in zip(recs, recs[1:])
+            if b["step"] == a["step"] + 1 and b["time"] > a["time"]]
 
 
 def timed_steps(configs, args) -> dict:

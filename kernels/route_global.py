@@ -20,8 +20,18 @@ import torch
 import triton
 import triton.language as tl
 
-from ._common import (INTERPRET, TRITON_DEVICES, acc_dtype, as_grad, block, dot_precision, fill_sms, implement, mm,
-                      selected_rows)
+from ._common import (
+    INTERPRET,
+    TRITON_DEVICES,
+    acc_dtype,
+    as_grad,
+    block,
+    dot_precision,
+    fill_sms,
+    implement,
+    mm,
+    selected_rows,
+)
 
 
 def _precisions(dtype, precision):
@@ -81,7 +91,7 @@ def _route_global_fwd_kernel(x_ptr, idx_ptr, v_ptr, out_ptr, lse_ptr, N, C, CV, 
                              WRITE_LSE: tl.constexpr):
     """Per (block of BM selected rows, block of BV value channels): online softmax over key blocks,
     out = softmax(Q K^T) V for those channels; with WRITE_LSE the first channel block also stores
-    lse = m + log l."""
+    lse = m + log l_i."""
     pid_m = tl.program_id(0)
     pid_v = tl.program_id(1)
     b = tl.program_id(2).to(tl.int64)
@@ -91,7 +101,7 @@ def _route_global_fwd_kernel(x_ptr, idx_ptr, v_ptr, out_ptr, lse_ptr, N, C, CV, 
     rm, live, qi = selected_rows(idx_ptr, b, pid_m, K, BM)
     rv = pid_v * BV + tl.arange(0, BV)
     m = tl.full((BM,), float("-inf"), acc_t)
-    l = tl.zeros((BM,), acc_t)
+    l_i = tl.zeros((BM,), acc_t)
     acc = tl.zeros((BM, BV), acc_t)
     for n0 in range(0, N, BN):
         rn = n0 + tl.arange(0, BN)
@@ -100,17 +110,17 @@ def _route_global_fwd_kernel(x_ptr, idx_ptr, v_ptr, out_ptr, lse_ptr, N, C, CV, 
         m_new = tl.maximum(m, tl.max(tl.where(valid, s, float("-inf")), 1))
         alpha = tl.exp(m - m_new)
         p = tl.where(valid, tl.exp(s - m_new[:, None]), 0.0)
-        l = alpha * l + tl.sum(p, 1)
+        l_i = alpha * l_i + tl.sum(p, 1)
         vt = tl.load(vb + rv[None, :] * svc + rn[:, None] * svn, mask=(rn[:, None] < N) & (rv[None, :] < CV),
                      other=0.0).to(acc_t)
         acc = mm(p, vt, acc * alpha[:, None], PREC2, INTERP)
         m = m_new
-    out = acc / l[:, None]
+    out = acc / l_i[:, None]
     tl.store(out_ptr + (b * K + rm[:, None]) * CV + rv[None, :], out.to(out_ptr.dtype.element_ty),
              mask=live[:, None] & (rv[None, :] < CV))
     if WRITE_LSE:
         if pid_v == 0:
-            tl.store(lse_ptr + b * K + rm, m + tl.log(l), mask=live)
+            tl.store(lse_ptr + b * K + rm, m + tl.log(l_i), mask=live)
 
 
 @triton.jit
@@ -205,7 +215,8 @@ def route_global(f: torch.Tensor, idx: torch.Tensor, v: list[torch.Tensor],
         vv = vi.transpose(1, 2)
         out = torch.empty(B, K, CV, dtype=at, device=f.device)
         blk, warps = _tiles("fwd", N, C, K, CV)
-        blk["BM"] = fill_sms(blk["BM"], lambda m: B * triton.cdiv(K, m) * triton.cdiv(CV, blk["BV"]), f.device)
+        blk["BM"] = fill_sms(blk["BM"], lambda m: B * triton.cdiv(K, m) * triton.cdiv(CV, blk["BV"]),  # noqa: B023 (called here)
+                             f.device)
         grid = (triton.cdiv(K, blk["BM"]), triton.cdiv(CV, blk["BV"]), B)
         _route_global_fwd_kernel[grid](x, idx, vv, out, lse, N, C, CV, K, *x.stride(), *vv.stride(),
                                        DOT_PREC=p1, PREC2=p2, INTERP=INTERPRET, WRITE_LSE=i == 0,

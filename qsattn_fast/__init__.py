@@ -3,8 +3,8 @@
 Public API: :func:`entropy`, :func:`select`, :func:`route`, :func:`qsattn` (the op names of every layer
 below, docs/design.md §7), :class:`QSPatchSampler`; the backends in :mod:`qsattn_fast.backends`, which
 ``backends()`` lists by name; the choice lists ``OP_MODES`` (each op's modes), ``VARIANTS``, ``PRECISIONS``
-and ``BACKENDS``, defined once, for command lines. The 0.1 names ``attention_entropy``, ``select_queries`` and ``query_selected_attention``
-are deprecated aliases until 0.2.
+and ``BACKENDS``, defined once, for command lines. The 0.1 names ``attention_entropy``, ``select_queries``
+and ``query_selected_attention`` are deprecated aliases until 0.2.
 Nothing here touches CUDA at import time.
 
 OpenMP threads wait passively (``OMP_WAIT_POLICY=PASSIVE``) unless the environment says otherwise: set

@@ -24,7 +24,6 @@ from ._common import rows
 from .api import qsattn, route
 from .ops import split_mode
 
-
 #: CUT's weight initialisations by ``--init_type``: (weight, gain) -> None, in place.
 _INITS = {"normal": lambda w, gain: nn.init.normal_(w, 0.0, gain),
           "xavier": lambda w, gain: nn.init.xavier_normal_(w, gain=gain),

@@ -164,5 +164,7 @@ class CycleGANModel(GANModel):
         """{name: (B, C, H, W)}, both directions of the last step: real A, fake B, rec A[, idt B], real B,
         fake A, rec B[, idt A] (CUT's visual names; idt B = G_B(A), idt A = G_A(B))."""
         idt = self.opt.lambda_identity > 0
-        return ({"real A": self.real_A, "fake B": self.fake_B, "rec A": self.rec_A} | ({"idt B": self.idt_B} if idt else {})
-                | {"real B": self.real_B, "fake A": self.fake_A, "rec B": self.rec_B} | ({"idt A": self.idt_A} if idt else {}))
+        return ({"real A": self.real_A, "fake B": self.fake_B, "rec A": self.rec_A}
+                | ({"idt B": self.idt_B} if idt else {})
+                | {"real B": self.real_B, "fake A": self.fake_A, "rec B": self.rec_B}
+                | ({"idt A": self.idt_A} if idt else {}))

@@ -7,7 +7,8 @@ import torch
 def pick_device(spec: str, local_rank: int = 0) -> torch.device:
     """``spec``: CUT's ``--gpu_ids`` ("-1" or "" CPU, "0", "0,1": process ``local_rank`` takes
     ``ids[local_rank % len(ids)]``), a torch device name ("cpu", "cuda", "cuda:1") or "auto" (GPU
-    ``local_rank`` modulo the GPU count where CUDA is available, else the CPU). CUDA is never touched for a CPU spec. Raises ValueError for a GPU asked for without CUDA."""
+    ``local_rank`` modulo the GPU count where CUDA is available, else the CPU). CUDA is never touched for a
+    CPU spec. Raises ValueError for a GPU asked for without CUDA."""
     spec = str(spec).strip()
     if not spec:
         return torch.device("cpu")

@@ -23,8 +23,9 @@ def format_table(numbers: dict) -> str:
 
 
 def build_parser() -> Parser:
-    p = Parser(prog="qsattn-eval", description="FID, KID and SWD between real and translated images "
-                                            "(and the synthetic tasks' own measures against their paired ground truth).")
+    p = Parser(prog="qsattn-eval",
+               description="FID, KID and SWD between real and translated images "
+                           "(and the synthetic tasks' own measures against their paired ground truth).")
     p.add_argument("--real", help="folder of real target-domain images (e.g. testB)")
     p.add_argument("--fake", help="folder of translated images")
     p.add_argument("--metrics", default=None,
@@ -53,7 +54,8 @@ def build_parser() -> Parser:
                         "it is square, else 256)")
     p.add_argument("--kid_subsets", type=int, default=100, help="KID: number of random subsets")
     p.add_argument("--kid_subset_size", type=int, default=1000, help="KID: images per subset (at most n)")
-    p.add_argument("--quiet", action="store_true", help="no progress bars (there are none when stderr is not a terminal)")
+    p.add_argument("--quiet", action="store_true",
+                   help="no progress bars (there are none when stderr is not a terminal)")
     add_debug_flag(p)
     return p
 

@@ -18,7 +18,8 @@ The protocol (also in docs/evaluation.md):
   by ``--write_synthetic DIR``: ``testA/`` and ``testB/``, files ``<item index>.png``); the object masks
   are regenerated from the indices (with the run's ``--synthetic_task``), and
   :func:`.metrics.synthetic_measures` gives the task's measures (``recolour``: conformity, shape_iou,
-  detail_error, background_error; ``stripes``: stripe_energy, background_error). SWD compares with the split's ``testB`` images unless ``--real`` is given.
+  detail_error, background_error; ``stripes``: stripe_energy, background_error). SWD compares with the
+  split's ``testB`` images unless ``--real`` is given.
 
 Papers (CUT, QS-Attn) report the best epoch's numbers, not the last; ``qsattn-train --eval_freq``
 records both (see :mod:`.trainer`).
@@ -35,8 +36,17 @@ import torch
 from PIL import Image
 
 from . import metrics as M
-from .data import (dequantize, list_images, load_image, pil_to_uint8, quantize, synthetic_pair,
-                   synthetic_test_indices, to_image, uint8_to_pil)
+from .data import (
+    dequantize,
+    list_images,
+    load_image,
+    pil_to_uint8,
+    quantize,
+    synthetic_pair,
+    synthetic_test_indices,
+    to_image,
+    uint8_to_pil,
+)
 from .device import pick_device
 from .inception import InceptionUnavailable, find_weights, load_inception
 from .swd import swd

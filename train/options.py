@@ -28,6 +28,7 @@ MODEL_DEFAULTS = {
     "cycle_gan": dict(),
 }
 
+
 def str2bool(v) -> bool:
     if isinstance(v, bool):
         return v
@@ -170,7 +171,8 @@ def build_parser() -> Parser:
     g.add_argument("--pretrained_name", default=None, help="resume from the checkpoints of this experiment")
     g.add_argument("--save_epoch_freq", type=int, default=5, help="save <epoch>_net_*.pth every this many epochs")
     g.add_argument("--save_latest_freq", type=int, default=5000, help="save latest_net_*.pth every this many images")
-    g.add_argument("--display_freq", type=int, default=400, help="write a sample grid and the loss plot every this many images")
+    g.add_argument("--display_freq", type=int, default=400,
+                   help="write a sample grid and the loss plot every this many images")
     g.add_argument("--print_freq", type=int, default=100, help="log losses every this many images")
     _bool(g, "--tensorboard", "also log losses, learning rate, evaluations, sample grids and (qs) the selection "
           "picture to <checkpoints_dir>/<name>/tensorboard (needs the tensorboard package)", default=False)

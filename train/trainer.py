@@ -50,16 +50,15 @@ import time
 import torch
 import torch.distributed as dist
 
-from . import checkpoint as ckpt
-from . import demo
+from . import checkpoint as ckpt, demo
+from .cli import one_line_errors
 from .cycle_gan import CycleGANModel
 from .data import EpochSampler, SyntheticDataset, UnalignedDataset, dequantize
 from .device import pick_device
 from .diagnostics import selection_stats
 from .evaluation import TestSetEvaluator, jsonable
-from .cli import one_line_errors
-from .model import CUTModel
 from .metrics import MEANINGS
+from .model import CUTModel
 from .options import parse
 from .viz import plot_losses, plot_selection, save_grid, selection_maps
 
@@ -139,7 +138,8 @@ class Trainer:
         self.save_dir = os.path.join(opt.checkpoints_dir, opt.name)
         self.log_path = os.path.join(self.save_dir, LOG_NAME)
         self.dataset = make_dataset(opt)   # validates the data (and the evaluation's) before anything is written
-        self.board = open_tensorboard(os.path.join(self.save_dir, "tensorboard")) if opt.tensorboard and self.rank == 0 else None
+        board = opt.tensorboard and self.rank == 0
+        self.board = open_tensorboard(os.path.join(self.save_dir, "tensorboard")) if board else None
         self.evaluator, self.best, self.last_eval = None, None, None
         if self.rank == 0 and opt.eval_freq > 0:
             self.evaluator = TestSetEvaluator(opt, self.device, log=lambda m: print(m, file=sys.stderr))
@@ -414,8 +414,9 @@ class Trainer:
                 return
             except ValueError as e:   # a worker's error arrives with its traceback; the last line is the message
                 self.save("latest")
-                raise ValueError(f"{str(e).strip().splitlines()[-1]}; saved {self.save_dir}/latest_* after step {self.step} (resume with "
-                                 "--continue_train once the image is fixed or removed)") from e
+                last = str(e).strip().splitlines()[-1]
+                raise ValueError(f"{last}; saved {self.save_dir}/latest_* after step {self.step} "
+                                 "(resume with --continue_train once the image is fixed or removed)") from e
             yield batch
 
     def log_selection(self, epoch):

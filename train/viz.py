@@ -67,7 +67,8 @@ def save_grid(columns, path: str, labels=None, pad: int = 2, min_tile: int = 128
         if labels:
             draw.text((pad + j * (tw + pad) + 4, 4), labels[j], fill=(0, 0, 0), font=ImageFont.load_default(13))
         for i in range(b):
-            grid.paste(to_image(col[i]).resize((tw, th), Image.NEAREST), (pad + j * (tw + pad), head + pad + i * (th + pad)))
+            grid.paste(to_image(col[i]).resize((tw, th), Image.NEAREST),
+                       (pad + j * (tw + pad), head + pad + i * (th + pad)))
     _save_png(grid, path)
 
 
@@ -160,17 +161,16 @@ def plot_selection(image: torch.Tensor, maps: dict, path: str, title: str | None
 
         size = min(14.0, max(2.0, (200 / max(h, w)) ** 2))      # a circle about a cell wide in a ~280 px panel
 
-        def mark(ax):
-            ax.scatter(px, py, s=size, facecolors="none", edgecolors="cyan", linewidths=0.9 if size > 6 else 0.6)
+        circles = dict(x=px, y=py, s=size, facecolors="none", edgecolors="cyan", linewidths=0.9 if size > 6 else 0.6)
 
         row[0].imshow(img.permute(1, 2, 0).numpy(), extent=(0, W, H, 0))
-        mark(row[0])
-        row[0].set_title(f"layer {layer}: the k = {k} of N = {h}x{w} = {n}\nqueries of lowest {m['selected_by']} entropy",
-                         fontsize="medium")
+        row[0].scatter(**circles)
+        row[0].set_title(f"layer {layer}: the k = {k} of N = {h}x{w} = {n}\n"
+                         f"queries of lowest {m['selected_by']} entropy", fontsize="medium")
         for ax, (name, e) in zip(row[1:], m["entropy"].items()):
             im = ax.imshow(e.reshape(h, w).double().numpy(), cmap="magma", extent=(0, W, H, 0), interpolation="nearest")
             if name == m["selected_by"]:
-                mark(ax)
+                ax.scatter(**circles)
             fig.colorbar(im, ax=ax, shrink=0.85, label="row entropy (nats)")
             ax.set_title(f"layer {layer}: {name} entropy, N = {n}, k = {k}", fontsize="medium")
         for ax in row[1 + len(m["entropy"]):]:

@@ -55,12 +55,12 @@ def test_flop_model_counts_the_products_of_the_math(B, C, H, W, k, window):
     idx = torch.stack([torch.randperm(N)[:k] for _ in range(B)])
     cv = C + 2
     for mode in ("global", "local"):
-        _, n = counted(lambda: q.entropy(x, mode, window, backend="reference"))
+        _, n = counted(lambda: q.entropy(x, mode, window, backend="reference"))  # noqa: B023 (called at once)
         assert n == fm.entropy_flops(mode, C, N, B, window)
         route = ((lambda: dense_local_route(x, idx, [x, t], window)) if mode == "local"
                  else (lambda: dense_global_route(x, idx, [x, t])))
         outs, fwd = counted(route)
-        _, bwd = counted(lambda: sum(o.sum() for o in outs).backward())
+        _, bwd = counted(lambda: sum(o.sum() for o in outs).backward())  # noqa: B023 (called at once)
         m = N if mode == "global" else window * window
         assert fwd == fm.route_flops(mode, C, N, k, cv, B, window)
         assert fwd + bwd + 2 * B * k * m * C == fm.route_flops(mode, C, N, k, cv, B, window, backward=True)

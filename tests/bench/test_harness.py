@@ -35,8 +35,6 @@ def test_peers_on_cpu():
 @pytest.mark.parametrize("peer", PEERS)
 @pytest.mark.parametrize("what,backward", [(w, False) for w in harness.WHATS]
                          + [(w, True) for w in harness.WHATS if w.startswith(("route", "qsattn"))])
-
-
 def test_same_quantity_as_reference(peer, what, backward):
     got, want = outputs(peer, what, backward), outputs("reference", what, backward)
     assert len(got) == len(want)

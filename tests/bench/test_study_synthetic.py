@@ -22,7 +22,8 @@ def test_study_trains_resumes_and_summarises(tmp_path, capsys):
     # an interrupted run: one epoch of cut seed 1 done, with its latest state
     first = ["--configs", "cut", "--seeds", "1", "--epochs", "2", "--runs", str(tmp_path / "runs"),
              "--trainer_args", TINY + " --max_steps 3", "--out", str(tmp_path / "partial.json")]
-    with pytest.raises(SystemExit, match="stopped before its last epoch"):  # stopped by --max_steps before its last epoch
+    # stopped by --max_steps before its last epoch
+    with pytest.raises(SystemExit, match="stopped before its last epoch"):
         study.main(first)
     assert not study.finished("cut", 1, study.parse(first))
     result = study.main(argv)

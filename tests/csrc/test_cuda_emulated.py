@@ -10,7 +10,6 @@ import os
 import shutil
 import subprocess
 from functools import partial
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,6 +17,7 @@ import torch
 
 from qsattn_fast.backends import native
 from qsattn_fast.ops import SCHEMAS, op
+
 from support import ROOT
 from support.numerics import ROUTE_TOL, random_idx, rel_err
 

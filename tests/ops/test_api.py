@@ -60,8 +60,6 @@ def test_bad_input_names_the_argument(call, exc, words):
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), -float("inf")])
 @pytest.mark.parametrize("where", ["feat_src", "values[1]"])
-
-
 def test_non_finite_inputs_rejected_and_switchable(bad, where):
     x, v = x_and_values()
     (x if where == "feat_src" else v[1])[1, 2, 3, 4] = bad
@@ -147,7 +145,6 @@ def test_a_window_above_a_declared_limit_falls_back_under_auto(monkeypatch, mode
 
 def test_native_declares_the_cuda_kernels_window_limit():
     import re
-    from pathlib import Path
     header = (ROOT / "csrc" / "qsattn_cuda.h").read_text()
     k_max = int(re.search(r"constexpr int kMaxWindow = (\d+);", header).group(1))
     native = registry.backends()["native"]
@@ -184,7 +181,8 @@ def test_choice_lists_have_one_source():
     assert (q.OP_MODES, q.VARIANTS, q.BACKENDS, q.PRECISIONS) == (_checks.OP_MODES, _checks.VARIANTS,
                                                                   _checks.BACKENDS, _checks.PRECISIONS)
     assert tuple(q.backends()) and set(q.backends()) == set(_checks.BACKENDS)
-    assert set(ops.IMPLEMENTATIONS) == set(_checks.BACKENDS) - {"reference"} and set(AUTO_PRIORITY) <= set(_checks.BACKENDS)
+    assert set(ops.IMPLEMENTATIONS) == set(_checks.BACKENDS) - {"reference"}
+    assert set(AUTO_PRIORITY) <= set(_checks.BACKENDS)
     assert q.backends()["triton"].precisions == _checks.PRECISIONS
     assert q.backends()["reference"].variants == _checks.VARIANTS
     assert all(set(be.variants) <= set(_checks.VARIANTS) for be in q.backends().values())

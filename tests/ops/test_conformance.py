@@ -68,12 +68,8 @@ def test_opcheck(backend, sample, case):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", ["global", "local"])
-
-
 @pytest.mark.parametrize("B,C,H,W", SHAPES)
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-12)])
-
-
 def test_entropy(backend, mode, B, C, H, W, dtype, tol):
     x = features(B, C, H, W, dtype, scale=1.0)
     runs(backend, "entropy", on(x), mode)
@@ -85,12 +81,8 @@ def test_entropy(backend, mode, B, C, H, W, dtype, tol):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", MODES)
-
-
 @pytest.mark.parametrize("B,C,H,W", SHAPES)
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-12)])
-
-
 def test_qsattn_against_reference(backend, mode, B, C, H, W, dtype, tol):
     """The selection is the stable argsort of the backend's own entropies and valid against the
     reference's; the routed values equal the reference routing of that selection."""
@@ -112,8 +104,6 @@ def test_qsattn_against_reference(backend, mode, B, C, H, W, dtype, tol):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", MODES)
-
-
 @pytest.mark.parametrize("dtype,tol", [(torch.float64, 1e-8), (torch.float32, 1e-4)])
 def test_gradients_against_reference(backend, mode, dtype, tol):
     """Outputs and gradients (source and value maps) against the float64 reference routing of the
@@ -138,8 +128,6 @@ def test_gradients_against_reference(backend, mode, dtype, tol):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", ["global", "local"])
-
-
 def test_route_gradcheck(backend, mode):
     x = features(2, 3, 3, 5, torch.float64)
     runs(backend, "route", on(x), mode, 3)
@@ -152,8 +140,6 @@ def test_route_gradcheck(backend, mode):
 
 @pytest.mark.parametrize("backend", ops.IMPLEMENTATIONS)
 @pytest.mark.parametrize("mode", ["global", "local"])
-
-
 def test_routing_returns_each_rows_log_sum_exp(backend, mode):
     """lse, what every routing saves for its backward, is the log-sum-exp of each selected attention row
     (local: over the zero-padded 3 x 3 window, out-of-map keys with logit 0)."""
@@ -173,8 +159,6 @@ def test_routing_returns_each_rows_log_sum_exp(backend, mode):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", ["global", "local"])
-
-
 def test_three_value_maps(backend, mode):
     """A list of three value maps (the Triton backward reads two in place and concatenates the rest) routes
     like the reference, outputs and gradients."""
@@ -194,8 +178,6 @@ def test_three_value_maps(backend, mode):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("mode", MODES)
-
-
 def test_k_equals_n(backend, mode):
     x = features(2, 4, 3, 4, torch.float64)
     runs(backend, "qsattn", on(x), mode)
@@ -236,8 +218,6 @@ def test_local_borders(backend):
 
 @pytest.mark.parametrize("backend", BACKENDS)
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
-
-
 def test_half_inputs_accumulate_in_fp32(backend, dtype):
     x, t = features(2, 8, 5, 6, dtype), features(2, 8, 5, 6, dtype)
     runs(backend, "qsattn", on(x), "global")
@@ -257,8 +237,6 @@ def test_half_inputs_accumulate_in_fp32(backend, dtype):
     (lambda x, be: q.route(x, torch.full((2, 3), 30, device=x.device), [x], backend=be), ["idx", "[0, 30)"]),
     (lambda x, be: q.entropy(x, "local", 4, backend=be), ["window", "odd"]),
 ])
-
-
 def test_bad_inputs_are_refused_whatever_the_backend(backend, call, words):
     x = on(features(2, 4, 5, 6, scale=1.0))
     with pytest.raises(ValueError) as info:

@@ -28,8 +28,6 @@ def generator_maps(B, crop):
 
 @pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("mode", ["global", "local", "local_global"])
-
-
 @pytest.mark.parametrize("B,crop", [(1, 28), (2, 20)])
 def test_all_five_layers_through_the_sampler(backend, mode, B, crop):
     """Every layer is a QS layer; selections, pooled rows and the gradients that reach every source map
@@ -102,8 +100,6 @@ def extra_peak(backend, mode, side, C, seed):
 
 @pytest.mark.parametrize("backend", FAST)
 @pytest.mark.parametrize("mode", ["global", "local", "local_global"])
-
-
 def test_no_path_holds_n_by_n(backend, mode, fresh_seed):
     """N = 9216 (a 96 x 96 map): one fp32 N x N matrix is 324 MiB. The whole QS-Attn step, forward and
     backward, each in a fresh process, must stay far below it (< 81 MiB extra peak; measured 10-23 MiB),

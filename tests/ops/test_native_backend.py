@@ -9,9 +9,9 @@ import pytest
 import torch
 
 import qsattn_fast as q
-from qsattn_fast.ops import split_mode
 from qsattn_fast.backends import native
 from qsattn_fast.backends.base import Request
+from qsattn_fast.ops import split_mode
 from qsattn_fast.registry import resolve
 
 from support.numerics import assert_valid_selection, features, rel_err
@@ -62,8 +62,6 @@ def test_package_falls_back_when_the_extension_is_missing():
 
 @cuda
 @pytest.mark.parametrize("mode", MODES)
-
-
 def test_cuda_kernels_against_reference(mode):
     x, t = features(2, 37, 19, 23, scale=0.4), features(2, 11, 19, 23)
     xc, tc = x.cuda().requires_grad_(), t.cuda().requires_grad_()
@@ -90,8 +88,6 @@ def test_cuda_select_equals_stable_argsort():
 
 @built
 @pytest.mark.parametrize("mode", ["global", "local"])
-
-
 def test_torch_compile_runs_the_native_ops(mode):
     x, t = features(1, 4, 5, 6, requires_grad=True), features(1, 4, 5, 6)
 

@@ -30,8 +30,6 @@ SHAPES = [(1, 8, 7, 9), (2, 5, 6, 11), (3, 3, 5, 5),
 
 @pytest.mark.parametrize("B,C,H,W", SHAPES)
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-12)])
-
-
 @pytest.mark.parametrize("scale", [0.3, 1.5])
 def test_against_reference(B, C, H, W, dtype, tol, scale, cpu_level):
     x = features(B, C, H, W, dtype, scale=scale)
@@ -202,6 +200,7 @@ def test_fast_exp_against_a_float64_exp_over_its_range(lo, cpu_level):
     every logit gap it is used on, d in [lo, 0], and across the flush: within 1.5 ulp of the float64 exp
     above lo, exactly 0 below it; fresh random points as well as a dense grid."""
     import numpy as np
+
     from qsattn_fast import _C
     grid = np.linspace(lo - 2, 0, 400_001, dtype=np.float32)
     fresh = (np.random.default_rng(int(torch.randint(0, 2**31, ()))).random(200_000) * (lo - 2)).astype(np.float32)

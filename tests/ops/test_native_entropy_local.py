@@ -13,8 +13,6 @@ pytestmark = pytest.mark.skipif(native.LOAD_ERROR is not None, reason=str(native
 
 @pytest.mark.parametrize("B,C,H,W", [(1, 8, 7, 9), (2, 5, 6, 11), (3, 3, 2, 3)])
 @pytest.mark.parametrize("window", [1, 3, 7, 9])
-
-
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-12)])
 def test_against_reference(B, C, H, W, window, dtype, tol, cpu_level):
     x = features(B, C, H, W, dtype, scale=1.0)

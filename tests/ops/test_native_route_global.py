@@ -16,8 +16,6 @@ pytestmark = pytest.mark.skipif(native.LOAD_ERROR is not None, reason=str(native
 
 @pytest.mark.parametrize("B,C,H,W,k", [(1, 8, 7, 9, 13), (2, 5, 6, 11, 66), (3, 3, 5, 5, 1)])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-12)])
-
-
 def test_forward_against_reference(B, C, H, W, k, dtype, tol, cpu_level):
     x, t = features(B, C, H, W, dtype, scale=1.0), features(B, C + 3, H, W, dtype)
     idx = random_idx(B, H * W, k)

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 import qsattn_fast as q
-from qsattn_fast.backends import native
 from qsattn_fast._common import rows
+from qsattn_fast.backends import native
 
 from support.numerics import features, random_idx, rel_err
 
@@ -17,8 +17,6 @@ pytestmark = pytest.mark.skipif(native.LOAD_ERROR is not None, reason=str(native
 
 @pytest.mark.parametrize("B,C,H,W,k", [(1, 8, 7, 9, 13), (2, 5, 6, 11, 66), (3, 3, 5, 5, 1)])
 @pytest.mark.parametrize("window", [3, 7])
-
-
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-12)])
 def test_forward_against_reference(B, C, H, W, k, window, dtype, tol, cpu_level):
     x, t = features(B, C, H, W, dtype, scale=1.0), features(B, C + 3, H, W, dtype)
@@ -69,8 +67,6 @@ def route_local(f, idx, v, H, W, window):
 @pytest.mark.parametrize("B,C,H,W,k,window,channels", [(2, 3, 5, 7, 9, 3, (1, 5)),
                                                        (1, 67, 7, 9, 13, 5, (70, 3))])
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 1e-5), (torch.float64, 1e-13)])
-
-
 def test_value_maps_route_as_if_alone(B, C, H, W, k, window, channels, dtype, tol):
     """Two value maps of different channel counts (rows(.) views of NCHW maps; 67 and 70 channels span
     two 64-channel scatter segments) in one call equal each map routed alone: out_i, lse and dv_i

@@ -7,8 +7,8 @@ import torch
 import qsattn_fast as q
 from qsattn_fast.sampler import l2_normalize
 
-from support.official import OFFICIAL, OFFICIAL_IDS, official_example
 from support.numerics import features, rel_err
+from support.official import OFFICIAL, OFFICIAL_IDS, official_example
 
 
 def np_softmax_entropy(logits):
@@ -151,8 +151,6 @@ def released_local_patch_sample(feat, values, num_patches, mode, k_s=7):
 
 @pytest.mark.parametrize("mode", ["local", "local_global"])
 @pytest.mark.parametrize("k", [64, 256])
-
-
 def test_official_float32_matches_the_released_code_among_near_ties(mode, k):
     """CUT-like float32 features (a fresh generator's layer 12 on synthetic images, x 0.1), B=2 (the released
     local gather needs B > 1): the same entropies bit for bit, the same selection in the same order (many

@@ -6,8 +6,8 @@ import qsattn_fast as q
 from qsattn_fast.ops import split_mode
 from qsattn_fast.sampler import QSPatchSampler, l2_normalize
 
-from support.official import OFFICIAL, OFFICIAL_IDS, official_example
 from support.numerics import features, rel_err
+from support.official import OFFICIAL, OFFICIAL_IDS, official_example
 
 SHAPES = [(3, 9, 10), (8, 7, 7), (12, 5, 6), (12, 4, 5), (12, 4, 5)]   # CUT's 5 layers in miniature
 
@@ -22,8 +22,6 @@ def head(sampler, i, x):
 
 @pytest.mark.parametrize("B", [1, 3])
 @pytest.mark.parametrize("mode", ["global", "local", "local_global"])
-
-
 def test_qs_and_random_layers(B, mode):
     feats = layer_feats(B)
     s = QSPatchSampler(nc=16, mode=mode, backend="torch")

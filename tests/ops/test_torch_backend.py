@@ -6,8 +6,8 @@ import pytest
 import torch
 
 import qsattn_fast as q
-from qsattn_fast.ops import split_mode
 from qsattn_fast.backends import torch as torch_backend
+from qsattn_fast.ops import split_mode
 
 from support.numerics import assert_valid_selection, features, rel_err
 
@@ -25,8 +25,6 @@ def block(monkeypatch):
 
 @pytest.mark.parametrize("mode", ["global", "local"])
 @pytest.mark.parametrize("B,C,H,W", SHAPES)
-
-
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-12)])
 def test_entropy(block, mode, B, C, H, W, dtype, tol):
     x = features(B, C, H, W, dtype, scale=1.0)
@@ -53,8 +51,6 @@ def test_entropy_peaked_rows_do_not_cancel():
 
 @pytest.mark.parametrize("mode", MODES)
 @pytest.mark.parametrize("B,C,H,W", SHAPES)
-
-
 def test_qsattn_fp32_against_reference(block, mode, B, C, H, W):
     x, t = features(B, C, H, W), features(B, C + 2, H, W)
     k = min(13, H * W)

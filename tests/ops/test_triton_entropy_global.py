@@ -13,6 +13,8 @@ from support.triton_env import DEVICE, INTERPRET, triton_op
 def entropy_global(x, precision=None):
     """The Triton op on the rows of x (B, C, H, W), as the backend calls it."""
     return triton_op("entropy_global")(rows(x), precision)
+
+
 REF = ReferenceBackend()
 
 

@@ -13,6 +13,8 @@ from support.triton_env import DEVICE, triton_op
 def entropy_local(x, window):
     """The Triton op on the rows of x (B, C, H, W), as the backend calls it."""
     return triton_op("entropy_local")(rows(x), x.shape[2], x.shape[3], window)
+
+
 REF = ReferenceBackend()
 
 
@@ -22,8 +24,6 @@ def ref_entropy(x, window):
 
 @pytest.mark.parametrize("window", [1, 3, 5, 7, 9])
 @pytest.mark.parametrize("B,C,H,W", [(1, 3, 7, 9), (2, 19, 9, 11), (3, 6, 3, 4)])
-
-
 def test_fp32_matches_reference(window, B, C, H, W):
     x = features(B, C, H, W, scale=1.0).to(DEVICE)
     h = entropy_local(x, window)

@@ -42,8 +42,6 @@ def compare(x, idx, values, dtype, mode="global", precision=None, tol=None) -> f
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
 @pytest.mark.parametrize("B,C,H,W,k,cvs", SHAPES)
-
-
 def test_matches_reference(dtype, B, C, H, W, k, cvs):
     x = features(B, C, H, W, dtype, scale=1.5 * C ** -0.5)   # logits O(1): well-conditioned gradients
     values = [torch.randn(B, cv, H, W, dtype=torch.float64).to(dtype) for cv in cvs]

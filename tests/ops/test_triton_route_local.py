@@ -20,13 +20,12 @@ def run(backend, x, idx, values, window):
 
 
 # (B, C, H, W, k, value channels, window); (3, 4) maps are smaller than the 7 x 7 window.
-CASES = [(1, 3, 7, 9, 20, (3, 5), 7), (2, 19, 9, 11, 99, (4,), 3), (3, 6, 3, 4, 12, (6, 2), 7), (2, 5, 6, 5, 17, (5,), 5)]
+CASES = [(1, 3, 7, 9, 20, (3, 5), 7), (2, 19, 9, 11, 99, (4,), 3), (3, 6, 3, 4, 12, (6, 2), 7),
+         (2, 5, 6, 5, 17, (5,), 5)]
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])
 @pytest.mark.parametrize("B,C,H,W,k,cvs,window", CASES)
-
-
 def test_matches_reference(dtype, B, C, H, W, k, cvs, window):
     out_tol, grad_tol = TOL[dtype]
     x = features(B, C, H, W, dtype, scale=1.5 * C ** -0.5)

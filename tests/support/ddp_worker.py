@@ -1,8 +1,8 @@
 """Run under torchrun by tests/train/test_trainer.py: train with the given argv, then each rank writes its
 generator weights (the model's TRANSLATOR: G, or CycleGAN's G_A; rank 0 also the weights it started
-from) and those of its EMA (``G_ema<rank>.pth``), its own losses of every step (``losses<rank>.json``: one {name: value} per step) and how it ended
-(``end<rank>.json``: exit code and step) to the folder ``argv[1]``, where ``pid<rank>`` holds its process
-id from the start."""
+from) and those of its EMA (``G_ema<rank>.pth``), its own losses of every step (``losses<rank>.json``:
+one {name: value} per step) and how it ended (``end<rank>.json``: exit code and step) to the folder
+``argv[1]``, where ``pid<rank>`` holds its process id from the start."""
 import json
 import os
 import sys

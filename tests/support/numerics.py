@@ -24,7 +24,8 @@ def assert_valid_selection(idx, ref_entropy, k, tol):
     for b in range(idx.shape[0]):
         assert idx[b].unique().numel() == k, "selected indices are not distinct"
     picked = ref_entropy.gather(1, idx)
-    assert bool((picked <= kth + tol).all()), f"selected entropies exceed the k-th smallest by {float((picked - kth).max())}"
+    excess = float((picked - kth).max())
+    assert bool((picked <= kth + tol).all()), f"selected entropies exceed the k-th smallest by {excess}"
 
 
 #: dtype -> (output, gradient) relative tolerances of a routing against the float64 reference (docs/design.md §8).

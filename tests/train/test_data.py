@@ -38,7 +38,8 @@ def test_resize_and_crop_is_bicubic_then_crop(tmp_path):
     a = ds[(0, 7)]["A"]
     full = Image.open(tmp_path / "trainA" / "im0.png").convert("RGB").resize((24, 24), Image.BICUBIC)
     full = torch.from_numpy(np.array(full)).permute(2, 0, 1).float() / 127.5 - 1
-    hits = [(t, l) for t in range(9) for l in range(9) if torch.equal(full[:, t:t + 16, l:l + 16], a)]
+    hits = [(top, left) for top in range(9) for left in range(9)
+            if torch.equal(full[:, top:top + 16, left:left + 16], a)]
     assert hits, "the crop is not a window of the bicubic resize"
 
 

@@ -18,8 +18,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from qsattn_fast.train import data as D
-from qsattn_fast.train import data_cli as C
+from qsattn_fast.train import data as D, data_cli as C
 
 SPLIT_SIZES = {"trainA": 3, "trainB": 4, "testA": 1, "testB": 2}
 
@@ -320,7 +319,7 @@ def test_prepare_cityscapes_builds_cut_layout(tmp_path, capsys):
             assert img.size == (256, 256) and img.mode == "RGB" and img.format == "JPEG"
             assert np.abs(np.asarray(img, dtype=int) - colour).max() <= 2
     assert "trainA 2, trainB 2, testA 1, testB 1 images" in out
-    assert f"--name cityscapes --model qs --direction BtoA" in out
+    assert "--name cityscapes --model qs --direction BtoA" in out
     assert leftovers(tmp_path / "ds") == []
 
 

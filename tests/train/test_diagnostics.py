@@ -3,7 +3,7 @@ itself: tests/train/test_trainer.py)."""
 import pytest
 import torch
 
-from qsattn_fast.backends.reference import global_attention, local_attention   # the dense oracle
+from qsattn_fast.backends.reference import global_attention, local_attention  # the dense oracle
 from qsattn_fast.train.diagnostics import textbook_entropy
 
 

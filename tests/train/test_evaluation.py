@@ -1,14 +1,12 @@
-"""qsattn-eval end to end (train/eval_cli.py, its library train/evaluation.py) and the trainer's --eval_freq, on small synthetic sets and
-a randomly initialised Inception (no download)."""
+"""qsattn-eval end to end (train/eval_cli.py, its library train/evaluation.py) and the trainer's --eval_freq,
+on small synthetic sets and a randomly initialised Inception (no download)."""
 import json
 import shutil
 
 import pytest
 import torch
 
-from qsattn_fast.train import eval_cli as cli
-from qsattn_fast.train import evaluation as E
-from qsattn_fast.train import trainer
+from qsattn_fast.train import eval_cli as cli, evaluation as E, trainer
 from qsattn_fast.train.data import list_images
 from qsattn_fast.train.translate import generator_from_state_dict
 
@@ -133,7 +131,8 @@ def test_trainer_eval_freq_logs_every_epoch_and_keeps_the_best(tmp_path, one_thr
     run = tmp_path / "run"
     log = [json.loads(line) for line in open(run / "eval_log.jsonl")]
     assert [r["epoch"] for r in log] == [1, 2] and all(r["primary"] == "fid" for r in log)
-    assert {"fid", "kid", "swd", "conformity", "shape_iou", "detail_error", "background_error"} <= set(log[0]["metrics"])
+    measures = {"fid", "kid", "swd", "conformity", "shape_iou", "detail_error", "background_error"}
+    assert measures <= set(log[0]["metrics"])
     best = json.load(open(run / "eval_best.json"))
     assert best["epoch"] == min(log, key=lambda r: r["metrics"]["fid"])["epoch"]
     sd = torch.load(run / "best_net_G.pth", weights_only=True)

@@ -157,7 +157,8 @@ def test_paired_measures_against_direct_computations():
     assert painted["shape_iou"] < 0.5
     # What a person sees change: the repainted background counts; the whole picture is farther from B.
     seen, truth = moved > M.CHANGED, (b - a).abs().mean(1) / 2 > M.CHANGED
-    assert painted["changed_iou"] == pytest.approx(float(((seen & truth).sum((1, 2)) / (seen | truth).sum((1, 2))).mean()))
+    iou = ((seen & truth).sum((1, 2)) / (seen | truth).sum((1, 2))).mean()
+    assert painted["changed_iou"] == pytest.approx(float(iou))
     assert painted["image_error"] == pytest.approx(float((fake - b).abs().sum() / (a - b).abs().sum()))
     assert half["image_error"] == pytest.approx(0.5)
     with pytest.raises(ValueError, match="differ"):

@@ -169,7 +169,8 @@ def test_torch_instance_norm_layout_bug_is_detected_and_our_norms_hold_either_wa
                 with torch.no_grad():
                     fd = float(((norm(xp) - norm(xm)) * g).sum()) / (2 * eps)
                 assert math.isclose(fd, float(want[i]), rel_tol=1e-5, abs_tol=1e-8)
-            for layout in (g.contiguous(memory_format=torch.channels_last), g.transpose(2, 3).contiguous().transpose(2, 3)):
+            transposed = g.transpose(2, 3).contiguous().transpose(2, 3)
+            for layout in (g.contiguous(memory_format=torch.channels_last), transposed):
                 got = torch.autograd.grad(norm(x), x, layout)[0]
                 assert torch.allclose(got, want, rtol=1e-10, atol=1e-12), (type(norm).__name__, batch)
             if plain is not None:

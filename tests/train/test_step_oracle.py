@@ -20,10 +20,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from qsattn_fast.train import networks, options
 from qsattn_fast.ops import split_mode
-from qsattn_fast.train.data import SyntheticDataset
+from qsattn_fast.train import networks, options
 from qsattn_fast.train.cycle_gan import CycleGANModel
+from qsattn_fast.train.data import SyntheticDataset
 from qsattn_fast.train.model import CUTModel
 
 from support.training import TINY, one_thread, pool_query  # noqa: F401 (fixture)
@@ -327,16 +327,12 @@ def test_cut_step(batch):
 
 @pytest.mark.parametrize("flip", [True, False])
 @pytest.mark.parametrize("batch", [1, 2])
-
-
 def test_fastcut_step(batch, flip):
     check_step(["--model", "fastcut"], batch, flip=flip)
 
 
 @pytest.mark.parametrize("backend", QS_BACKENDS)
 @pytest.mark.parametrize("mode", ["global", "local", "local_global"])
-
-
 @pytest.mark.parametrize("batch", [1, 2])
 def test_qs_step(batch, mode, backend):
     check_step(["--model", "qs", "--qs_mode", mode, "--qs_backend", backend], batch)

@@ -16,10 +16,9 @@ import pytest
 import torch
 from PIL import Image
 
-from qsattn_fast.train import checkpoint as ckpt
-from qsattn_fast.train import options, trainer
-from qsattn_fast.train.data import SyntheticDataset
+from qsattn_fast.train import checkpoint as ckpt, options, trainer
 from qsattn_fast.train.cycle_gan import CycleGANModel
+from qsattn_fast.train.data import SyntheticDataset
 from qsattn_fast.train.model import CUTModel, GANModel, lr_factor, qs_layer_positions
 
 from support import ROOT
@@ -113,7 +112,8 @@ def test_reference_and_torch_backends_give_the_same_step(tmp_path, mode):
     # conv biases before an instance norm have a zero true gradient: compare those in the whole vector
     for k in [k for k in g_ref if k.endswith("weight")]:
         assert rel_err(g_t[k], g_ref[k]) < 1e-3, k
-    assert rel_err(torch.cat([g.flatten() for g in g_t.values()]), torch.cat([g.flatten() for g in g_ref.values()])) < 1e-3
+    assert rel_err(torch.cat([g.flatten() for g in g_t.values()]),
+                   torch.cat([g.flatten() for g in g_ref.values()])) < 1e-3
 
 
 def test_cut_model_uses_random_patches_everywhere(tmp_path):
@@ -630,6 +630,7 @@ def test_qs_detach_attention_changes_only_the_gradient(tmp_path):
     the attention rows; at initialisation the rows are peaked, nearly one-hot, so that share is small: about
     3e-6 of the gradient here)."""
     from unittest import mock
+
     from qsattn_fast import sampler
     assert options.parse(TINY).qs_detach_attention is False
     runs = []
@@ -676,7 +677,8 @@ def test_cpu_threads_is_an_alias_of_torch_threads(tmp_path):
     json.dump(old, open(path, "w"))
     assert load_generator(str(tmp_path / "run")).training is False
     assert run_selection_options(str(tmp_path / "run"))["qs_layers"] == [12, 16]
-    assert trainer.main(tiny(tmp_path, "--model", "qs", "--max_steps", "2", "--continue_train", "--cpu_threads", "1")) == 0
+    resumed = tiny(tmp_path, "--model", "qs", "--max_steps", "2", "--continue_train", "--cpu_threads", "1")
+    assert trainer.main(resumed) == 0
     new = json.load(open(path))
     assert new["torch_threads"] == 1 and "cpu_threads" not in new and read_log(tmp_path / "run")[-1]["step"] == 2
 
