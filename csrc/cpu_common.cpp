@@ -17,14 +17,14 @@
 #define QSATTN_V4 __attribute__((target("arch=x86-64-v4")))
 // name(params) dispatching on cpu_level() to name_impl compiled at each level; QSATTN_AT_LEVELS_V4 leaves
 // the x86-64-v4 version, name_v4, to be written by hand.
-#define QSATTN_AT_LEVELS_V4(ret, name, params, args)                                 \
-  static ret name##_base params { return name##_impl args; }                        \
-  QSATTN_V3 static ret name##_v3 params { return name##_impl args; }                \
-  ret name params {                                                                 \
-    const int level = cpu_level();                                                  \
+#define QSATTN_AT_LEVELS_V4(ret, name, params, args)                                     \
+  static ret name##_base params { return name##_impl args; }                             \
+  QSATTN_V3 static ret name##_v3 params { return name##_impl args; }                     \
+  ret name params {                                                                      \
+    const int level = cpu_level();                                                       \
     return level >= 2 ? name##_v4 args : level == 1 ? name##_v3 args : name##_base args; \
   }
-#define QSATTN_AT_LEVELS(ret, name, params, args)                   \
+#define QSATTN_AT_LEVELS(ret, name, params, args)                    \
   QSATTN_V4 static ret name##_v4 params { return name##_impl args; } \
   QSATTN_AT_LEVELS_V4(ret, name, params, args)
 #else
@@ -37,8 +37,8 @@ namespace qsattn {
 #ifdef QSATTN_X86
 static int detected_level() {
   __builtin_cpu_init();
-  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") &&
-      __builtin_cpu_supports("avx512dq") && __builtin_cpu_supports("avx512vl"))
+  if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512bw") && __builtin_cpu_supports("avx512dq") &&
+      __builtin_cpu_supports("avx512vl"))
     return 2;
   return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma") ? 1 : 0;
 }
@@ -106,8 +106,7 @@ static inline __attribute__((always_inline)) void row_col_max_impl(const T* s, i
 template <typename T>
 static inline __attribute__((always_inline)) void row_col_exp_sums_impl(const T* s, int64_t ld, int64_t nr, int64_t n,
                                                                         const T* mi, const T* m, T* rp, T* tp, T* cp,
-                                                                        T* rr, T* tt, T* cc, T* /*work*/,
-                                                                        T /*lower*/) {
+                                                                        T* rr, T* tt, T* cc, T* /*work*/, T /*lower*/) {
   for (int64_t i = 0; i < nr; ++i) {
     const T* row = s + i * ld;
     const T m0 = mi[i];
@@ -151,8 +150,7 @@ static inline __attribute__((always_inline)) void small_logits_rows(const T* a, 
     b0 = max2(b0, x0);
     T x = x0;
     if constexpr (R == 4) {
-      const T x1 = dot_c<T, C>(ai[1], b, ld, j), x2 = dot_c<T, C>(ai[2], b, ld, j),
-              x3 = dot_c<T, C>(ai[3], b, ld, j);
+      const T x1 = dot_c<T, C>(ai[1], b, ld, j), x2 = dot_c<T, C>(ai[2], b, ld, j), x3 = dot_c<T, C>(ai[3], b, ld, j);
       row[nc + j] = x1, row[2 * nc + j] = x2, row[3 * nc + j] = x3;
       b1 = max2(b1, x1), b2 = max2(b2, x2), b3 = max2(b3, x3);
       x = max2(max2(x0, x1), max2(x2, x3));
@@ -264,10 +262,9 @@ QSATTN_V4 static inline __attribute__((always_inline)) __mmask16 lanes(int64_t l
 // callers count them as c from this mask). Without Flush the caller knows that every d >= lo.
 template <bool Flush>
 QSATTN_V4 static inline __attribute__((always_inline)) __mmask16 add_terms(__mmask16 k, __m512 d, __m512 p, __m512 n,
-                                                                          __m512& r, __m512& t) {
+                                                                           __m512& r, __m512& t) {
   const __mmask16 below = _mm512_mask_cmp_ps_mask(k, d, _mm512_setzero_ps(), _CMP_LT_OQ);
-  const __mmask16 kept =
-      Flush ? _mm512_mask_cmp_ps_mask(below, d, _mm512_set1_ps(kEntropyExpMin), _CMP_GE_OQ) : below;
+  const __mmask16 kept = Flush ? _mm512_mask_cmp_ps_mask(below, d, _mm512_set1_ps(kEntropyExpMin), _CMP_GE_OQ) : below;
   const __m512 x = _mm512_maskz_scalef_ps(kept, p, n);
   r = _mm512_add_ps(r, x);
   t = _mm512_fmadd_ps(x, d, t);
@@ -295,9 +292,9 @@ QSATTN_V4 static inline __attribute__((always_inline)) void store(__mmask16 k, f
 // given (normal floats, in [e^-32, e^32]).
 template <bool Cols, bool Reuse, bool Flush, bool Whole>
 QSATTN_V4 static inline __attribute__((always_inline)) void chunk(__mmask16 k, int64_t j, const float* row, __m512 mv,
-                                                                 const float* m, __m512 a, const float* b,
-                                                                 __m512& r, __m512& t,
-                                                                 int64_t& nbelow, float* rr, float* tt, float* cc) {
+                                                                  const float* m, __m512 a, const float* b, __m512& r,
+                                                                  __m512& t, int64_t& nbelow, float* rr, float* tt,
+                                                                  float* cc) {
   const __m512 x = load<Whole>(k, row + j), d = _mm512_sub_ps(x, mv);
   const Exp e = split_exp(d);
   nbelow += __builtin_popcount(add_terms<Flush>(k, d, e.p, e.n, r, t));
@@ -323,10 +320,9 @@ QSATTN_V4 static inline __attribute__((always_inline)) void chunk(__mmask16 k, i
 // for the tile constant M.
 template <bool Cols, bool Reuse, bool Flush>
 QSATTN_V4 static inline __attribute__((always_inline)) void sums(const float* s, int64_t ld, int64_t nr, int64_t n,
-                                                                const float* mi, const float* m,
-                                                                const float* b, const float* a, float* rp,
-                                                                float* tp, float* cp, float* rr, float* tt,
-                                                                float* cc) {
+                                                                 const float* mi, const float* m, const float* b,
+                                                                 const float* a, float* rp, float* tp, float* cp,
+                                                                 float* rr, float* tt, float* cc) {
   const int64_t whole = n / 16 * 16;
   if (Cols)  // each row takes 1 from cc[j] where below column j's max: what is left counts the ties
     for (int64_t j = 0; j < n; ++j) cc[j] += static_cast<float>(nr);
@@ -395,8 +391,8 @@ QSATTN_V4 static float probe_pass_v4(const float* x, int64_t n) {  // n: a multi
 namespace v4 {
 // y = e^{x - m} where x - m >= lo, else 0, for the lanes of k; returns z plus their sum.
 template <bool Whole>
-QSATTN_V4 static inline __attribute__((always_inline)) __m512 exp_chunk(__mmask16 k, const float* x, float* y,
-                                                                       __m512 m, __m512 lo, __m512 z) {
+QSATTN_V4 static inline __attribute__((always_inline)) __m512 exp_chunk(__mmask16 k, const float* x, float* y, __m512 m,
+                                                                        __m512 lo, __m512 z) {
   const __m512 d = _mm512_sub_ps(load<Whole>(k, x), m);
   const __m512 e = exp_where(_mm512_mask_cmp_ps_mask(k, d, lo, _CMP_GE_OQ), d);
   store<Whole>(k, y, e);

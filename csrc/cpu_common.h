@@ -18,9 +18,7 @@ namespace qsattn {
 
 // t (B, N, C) itself when each t[b] is a matrix BLAS can read in place (unit stride along one of its
 // dimensions, e.g. the view rows(feat) of an NCHW map), else a contiguous copy.
-inline at::Tensor blas_rows(const at::Tensor& t) {
-  return (t.stride(2) == 1 || t.stride(1) == 1) ? t : t.contiguous();
-}
+inline at::Tensor blas_rows(const at::Tensor& t) { return (t.stride(2) == 1 || t.stride(1) == 1) ? t : t.contiguous(); }
 
 inline int num_threads() { return at::get_num_threads(); }
 

@@ -70,8 +70,8 @@ at::Tensor select_cuda(const at::Tensor& e_, int64_t k) {
   const int B = i32(e.size(0), "B"), kk = i32(k, "k");
   at::Tensor out = at::empty({e.size(0), k}, e.options().dtype(at::kLong));
   at::Tensor ws = at::empty({static_cast<int64_t>(cuda::select_workspace(B, kk))}, e.options().dtype(at::kByte));
-  launched(cuda::select(e.data_ptr<float>(), B, i32(e.size(1), "N"), kk, out.data_ptr<int64_t>(),
-                             ws.data_ptr(), current_stream()));
+  launched(cuda::select(e.data_ptr<float>(), B, i32(e.size(1), "N"), kk, out.data_ptr<int64_t>(), ws.data_ptr(),
+                        current_stream()));
   return out;
 }
 
@@ -121,25 +121,26 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> route_global_cuda(const at::Tens
   const RouteArgs a(f_, idx_, v_);
   at::Tensor out = at::empty({a.B, a.k, a.Cv}, a.f.options());
   at::Tensor lse = at::empty({a.B, a.k}, a.f.options());
-  at::Tensor ws = at::empty({static_cast<int64_t>(cuda::route_global_workspace(a.N, a.k))},
-                            a.f.options().dtype(at::kByte));
+  at::Tensor ws =
+      at::empty({static_cast<int64_t>(cuda::route_global_workspace(a.N, a.k))}, a.f.options().dtype(at::kByte));
   launched(cuda::route_global(a.f.data_ptr<float>(), a.idx.data_ptr<int64_t>(), a.v.data_ptr<float>(), a.B, a.N, a.C,
                               a.k, a.Cv, out.data_ptr<float>(), lse.data_ptr<float>(), ws.data_ptr(),
                               current_stream()));
   return {split_outputs(out, v_), lse};
 }
 
-std::tuple<at::Tensor, std::vector<at::Tensor>> route_global_backward_cuda(
-    const at::Tensor& f_, const at::Tensor& idx_, at::TensorList v_, at::TensorList out_, const at::Tensor& lse,
-    at::TensorList g_, std::optional<std::string_view> precision) {
+std::tuple<at::Tensor, std::vector<at::Tensor>> route_global_backward_cuda(const at::Tensor& f_, const at::Tensor& idx_,
+                                                                           at::TensorList v_, at::TensorList out_,
+                                                                           const at::Tensor& lse, at::TensorList g_,
+                                                                           std::optional<std::string_view> precision) {
   check_precision(precision);
   const c10::cuda::CUDAGuard guard(f_.device());
   const RouteArgs a(f_, idx_, v_);
   check_saved_values(f_, idx_, v_, out_, lse, g_);
   const at::Tensor out = cat_channels(out_), g = cat_channels(g_);
   at::Tensor df = at::zeros_like(a.f), dv = at::zeros_like(a.v);
-  at::Tensor ws = at::empty({static_cast<int64_t>(cuda::route_global_workspace(a.N, a.k))},
-                            a.f.options().dtype(at::kByte));
+  at::Tensor ws =
+      at::empty({static_cast<int64_t>(cuda::route_global_workspace(a.N, a.k))}, a.f.options().dtype(at::kByte));
   launched(cuda::route_global_backward(a.f.data_ptr<float>(), a.idx.data_ptr<int64_t>(), a.v.data_ptr<float>(),
                                        out.data_ptr<float>(), lse.contiguous().data_ptr<float>(), g.data_ptr<float>(),
                                        a.B, a.N, a.C, a.k, a.Cv, df.data_ptr<float>(), dv.data_ptr<float>(),
@@ -162,9 +163,10 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> route_local_cuda(const at::Tenso
   return {split_outputs(out, v_), lse};
 }
 
-std::tuple<at::Tensor, std::vector<at::Tensor>> route_local_backward_cuda(
-    const at::Tensor& f_, const at::Tensor& idx_, at::TensorList v_, at::TensorList out_, const at::Tensor& lse,
-    at::TensorList g_, int64_t H, int64_t W, int64_t window) {
+std::tuple<at::Tensor, std::vector<at::Tensor>> route_local_backward_cuda(const at::Tensor& f_, const at::Tensor& idx_,
+                                                                          at::TensorList v_, at::TensorList out_,
+                                                                          const at::Tensor& lse, at::TensorList g_,
+                                                                          int64_t H, int64_t W, int64_t window) {
   const c10::cuda::CUDAGuard guard(f_.device());
   const RouteArgs a(f_, idx_, v_);
   check_grid(f_, H, W, window);

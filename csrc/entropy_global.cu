@@ -11,8 +11,8 @@ namespace {
 
 constexpr int BM = 64, BN = 64, BK = 16, TM = 4, TN = 4;
 
-__global__ void __launch_bounds__(256) entropy_global_kernel(const float* __restrict__ f, int N, int C,
-                                                               float* __restrict__ out) {
+__global__ void __launch_bounds__(256)
+    entropy_global_kernel(const float* __restrict__ f, int N, int C, float* __restrict__ out) {
   __shared__ float As[BK][BM + 4];
   __shared__ float Bs[BK][BN + 4];
   const int b = blockIdx.y, q0 = blockIdx.x * BM;

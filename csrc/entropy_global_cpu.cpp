@@ -15,9 +15,8 @@
 // slots of each row are merged in slot order (EntropyState::merge): the result does not depend on the
 // thread count or schedule. Extra memory: B * N * slots states (<= 3 * MAX_SLOTS values per row) and
 // one tile plus 11 * TS scratch values per thread.
-#include <torch/library.h>
-
 #include <ATen/ThreadLocalState.h>
+#include <torch/library.h>
 
 #include <array>
 #include <vector>
@@ -27,9 +26,9 @@
 namespace qsattn {
 namespace {
 
-constexpr int64_t TS = 384;         // tile edge (384 x 384 fp32: 576 KiB, in L2); 256 and 512 measured 3-15% slower
-constexpr int64_t MAX_SLOTS = 32;   // partial states per row, at most
-constexpr int64_t SMALL_C = 8;      // up to this many channels, tiles by small_logits instead of sgemm
+constexpr int64_t TS = 384;        // tile edge (384 x 384 fp32: 576 KiB, in L2); 256 and 512 measured 3-15% slower
+constexpr int64_t MAX_SLOTS = 32;  // partial states per row, at most
+constexpr int64_t SMALL_C = 8;     // up to this many channels, tiles by small_logits instead of sgemm
 
 template <typename T>
 void entropy_global_kernel(const at::Tensor& f, at::Tensor& out) {

@@ -11,8 +11,8 @@ namespace {
 
 constexpr int TILE = 16, CB = 8, MAXW2 = kMaxWindow * kMaxWindow;
 
-__global__ void __launch_bounds__(TILE* TILE) entropy_local_kernel(const float* __restrict__ f, int H, int W,
-                                                                     int C, int window, float* __restrict__ out) {
+__global__ void __launch_bounds__(TILE* TILE)
+    entropy_local_kernel(const float* __restrict__ f, int H, int W, int C, int window, float* __restrict__ out) {
   float* tile = dynamic_shared<float>();  // [CB][side][side]
   const int r = window / 2, side = TILE + 2 * r, w2 = window * window;
   const int b = blockIdx.z, h0 = blockIdx.y * TILE, x0 = blockIdx.x * TILE;
@@ -33,7 +33,8 @@ __global__ void __launch_bounds__(TILE* TILE) entropy_local_kernel(const float* 
       const float* tc = tile + c * side * side;
       const float q = tc[(ty + r) * side + tx + r];
       for (int dy = 0; dy < window; ++dy)
-        for (int dx = 0; dx < window; ++dx) s[dy * window + dx] = fmaf(q, tc[(ty + dy) * side + tx + dx], s[dy * window + dx]);
+        for (int dx = 0; dx < window; ++dx)
+          s[dy * window + dx] = fmaf(q, tc[(ty + dy) * side + tx + dx], s[dy * window + dx]);
     }
     __syncthreads();
   }
@@ -52,8 +53,8 @@ int entropy_local(const float* f, int B, int H, int W, int C, int window, float*
   const int side = TILE + 2 * (window / 2);
   const size_t shmem = sizeof(float) * CB * side * side;
   const dim3 grid(ceil_div(W, TILE), ceil_div(H, TILE), B);
-  QSATTN_LAUNCH(entropy_local_kernel, grid, TILE * TILE, shmem, static_cast<cudaStream_t>(stream))(
-      f, H, W, C, window, out);
+  QSATTN_LAUNCH(entropy_local_kernel, grid, TILE * TILE, shmem, static_cast<cudaStream_t>(stream))(f, H, W, C, window,
+                                                                                                   out);
   return static_cast<int>(cudaGetLastError());
 }
 

@@ -13,12 +13,13 @@ template <typename T>
 void entropy_local_kernel(const at::Tensor& f, int64_t H, int64_t W, int64_t window, at::Tensor& out) {
   const int64_t B = f.size(0), N = f.size(1), C = f.size(2), w2 = window * window;
   T* o = out.data_ptr<T>();
-  for_each_window(f.data_ptr<T>(), B, N, H, W, C, window, [](int64_t, int64_t p) { return p; },
-                  [&](int64_t b, int64_t p, const int64_t*, const T* s) {
-                    EntropyState<T> st;
-                    st.update(s, w2);
-                    o[b * N + p] = st.entropy();
-                  });
+  for_each_window(
+      f.data_ptr<T>(), B, N, H, W, C, window, [](int64_t, int64_t p) { return p; },
+      [&](int64_t b, int64_t p, const int64_t*, const T* s) {
+        EntropyState<T> st;
+        st.update(s, w2);
+        o[b * N + p] = st.entropy();
+      });
 }
 
 at::Tensor entropy_local_cpu(const at::Tensor& f_, int64_t H, int64_t W, int64_t window) {

@@ -45,8 +45,8 @@ inline int64_t local_logits(const T* fb, int64_t H, int64_t W, int64_t C, int64_
 // body(b, r, nb, s) with the local_logits of position pos(b, r) of image b of f (B, H*W, C) in per-thread
 // buffers of window*window elements.
 template <typename T, typename Pos, typename Body>
-void for_each_window(const T* f, int64_t B, int64_t R, int64_t H, int64_t W, int64_t C, int64_t window,
-                     const Pos& pos, const Body& body) {
+void for_each_window(const T* f, int64_t B, int64_t R, int64_t H, int64_t W, int64_t C, int64_t window, const Pos& pos,
+                     const Body& body) {
   const int64_t N = H * W, w2 = window * window;
 #pragma omp parallel num_threads(num_threads())
   {

@@ -28,15 +28,14 @@ inline void check_index(const at::Tensor& idx, int64_t B, int64_t n) {
   TORCH_CHECK(idx.dim() == 2 && idx.size(0) == B, "idx: expected shape (B=", B, ", k), got ", idx.sizes());
   TORCH_CHECK(idx.scalar_type() == at::kLong, "idx: expected int64 indices, got ", idx.scalar_type());
   if (idx.numel() > 0 && idx.device().is_cpu()) {  // on CUDA the API checks the range (check_finite=True)
-    TORCH_CHECK(idx.min().item<int64_t>() >= 0 && idx.max().item<int64_t>() < n,
-                "idx: indices must lie in [0, ", n, ")");
+    TORCH_CHECK(idx.min().item<int64_t>() >= 0 && idx.max().item<int64_t>() < n, "idx: indices must lie in [0, ", n,
+                ")");
   }
 }
 
 // H, W, window for the local ops on rows f (B, N, C).
 inline void check_grid(const at::Tensor& f, int64_t H, int64_t W, int64_t window) {
-  TORCH_CHECK(H >= 1 && W >= 1 && H * W == f.size(1), "H, W: H*W must equal N = ", f.size(1), ", got H=", H,
-              ", W=", W);
+  TORCH_CHECK(H >= 1 && W >= 1 && H * W == f.size(1), "H, W: H*W must equal N = ", f.size(1), ", got H=", H, ", W=", W);
   TORCH_CHECK(window >= 1 && window % 2 == 1, "window: must be a positive odd number, got ", window);
 }
 
@@ -45,8 +44,8 @@ inline void check_route_inputs(const at::Tensor& f, const at::Tensor& idx, const
   check_float_input(f, "f", 3);
   check_float_input(v, "v", 3);
   check_same_dtype(v, "v", f);
-  TORCH_CHECK(v.size(0) == f.size(0) && v.size(1) == f.size(1), "v: expected shape (B=", f.size(0), ", N=",
-              f.size(1), ", C_v), got ", v.sizes());
+  TORCH_CHECK(v.size(0) == f.size(0) && v.size(1) == f.size(1), "v: expected shape (B=", f.size(0), ", N=", f.size(1),
+              ", C_v), got ", v.sizes());
   TORCH_CHECK(idx.device() == f.device(), "idx: on ", idx.device(), " but the features are on ", f.device());
   check_index(idx, f.size(0), f.size(1));
 }

@@ -33,7 +33,8 @@ static PyObject* py_fast_exp_f32(PyObject*, PyObject* args) {
   if (!PyArg_ParseTuple(args, "y*f", &in, &lo)) return nullptr;
   const Py_ssize_t n = in.len / static_cast<Py_ssize_t>(sizeof(float));
   PyObject* out = PyBytes_FromStringAndSize(nullptr, n * static_cast<Py_ssize_t>(sizeof(float)));
-  if (out) qsattn::fast_exp_buffer(static_cast<const float*>(in.buf), n, lo, reinterpret_cast<float*>(PyBytes_AS_STRING(out)));
+  if (out)
+    qsattn::fast_exp_buffer(static_cast<const float*>(in.buf), n, lo, reinterpret_cast<float*>(PyBytes_AS_STRING(out)));
   PyBuffer_Release(&in);
   return out;
 }

@@ -127,8 +127,8 @@ int route_global(const float* f, const int64_t* idx, const float* v, int B, int 
       const int64_t* rows = idx + static_cast<int64_t>(b) * k + i0;
       gemm(nq, N, C, Mat{fb, C, 1, rows}, Mat{fb, 1, C, nullptr}, s, N, 0.f, nullptr, st);  // S = Q K^T
       QSATTN_LAUNCH(softmax_rows_kernel, nq, 256, 0, st)(s, N, lse + static_cast<int64_t>(b) * k + i0);
-      gemm(nq, Cv, N, Mat{s, N, 1, nullptr}, Mat{vb, Cv, 1, nullptr},
-           out + (static_cast<int64_t>(b) * k + i0) * Cv, Cv, 0.f, nullptr, st);              // O = P V
+      gemm(nq, Cv, N, Mat{s, N, 1, nullptr}, Mat{vb, Cv, 1, nullptr}, out + (static_cast<int64_t>(b) * k + i0) * Cv, Cv,
+           0.f, nullptr, st);  // O = P V
     }
   }
   return static_cast<int>(cudaGetLastError());
@@ -154,13 +154,13 @@ int route_global_backward(const float* f, const int64_t* idx, const float* v, co
       const int nq = k - i0 < QC ? k - i0 : QC;
       const int64_t* rows = idx + static_cast<int64_t>(b) * k + i0;
       const float* gq = gb + static_cast<int64_t>(i0) * Cv;
-      gemm(nq, N, C, Mat{fb, C, 1, rows}, Mat{fb, 1, C, nullptr}, p, N, 0.f, nullptr, st);     // S = Q K^T
+      gemm(nq, N, C, Mat{fb, C, 1, rows}, Mat{fb, 1, C, nullptr}, p, N, 0.f, nullptr, st);         // S = Q K^T
       gemm(nq, N, Cv, Mat{gq, Cv, 1, nullptr}, Mat{vb, 1, Cv, nullptr}, ds, N, 0.f, nullptr, st);  // dO V^T
       QSATTN_LAUNCH(grad_logits_kernel, dim3(ceil_div(N, 1024), nq), 256, 0, st)(
           p, ds, N, lse + static_cast<int64_t>(b) * k + i0, d + i0);
-      gemm(N, Cv, nq, Mat{p, 1, N, nullptr}, Mat{gq, Cv, 1, nullptr}, dvb, Cv, 1.f, nullptr, st);   // dV += P^T dO
-      gemm(N, C, nq, Mat{ds, 1, N, nullptr}, Mat{fb, C, 1, rows}, dfb, C, 1.f, nullptr, st);        // dK = dS^T Q
-      gemm(nq, C, N, Mat{ds, N, 1, nullptr}, Mat{fb, C, 1, nullptr}, dfb, C, 1.f, rows, st);        // dQ = dS K
+      gemm(N, Cv, nq, Mat{p, 1, N, nullptr}, Mat{gq, Cv, 1, nullptr}, dvb, Cv, 1.f, nullptr, st);  // dV += P^T dO
+      gemm(N, C, nq, Mat{ds, 1, N, nullptr}, Mat{fb, C, 1, rows}, dfb, C, 1.f, nullptr, st);       // dK = dS^T Q
+      gemm(nq, C, N, Mat{ds, N, 1, nullptr}, Mat{fb, C, 1, nullptr}, dfb, C, 1.f, rows, st);       // dQ = dS K
     }
   }
   return static_cast<int>(cudaGetLastError());

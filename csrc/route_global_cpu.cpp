@@ -193,9 +193,10 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> route_global_cpu(const at::Tenso
   return {out, lse};
 }
 
-std::tuple<at::Tensor, std::vector<at::Tensor>> route_global_backward_cpu(
-    const at::Tensor& f_, const at::Tensor& idx_, at::TensorList v_, at::TensorList out_, const at::Tensor& lse_,
-    at::TensorList g_, std::optional<std::string_view> precision) {
+std::tuple<at::Tensor, std::vector<at::Tensor>> route_global_backward_cpu(const at::Tensor& f_, const at::Tensor& idx_,
+                                                                          at::TensorList v_, at::TensorList out_,
+                                                                          const at::Tensor& lse_, at::TensorList g_,
+                                                                          std::optional<std::string_view> precision) {
   check_values(f_, idx_, v_);
   check_saved_values(f_, idx_, v_, out_, lse_, g_);
   check_precision(precision);

@@ -31,10 +31,9 @@ __device__ void local_logits(const float* fb, int H, int W, int C, int window, i
   __syncthreads();
 }
 
-__global__ void __launch_bounds__(THREADS) route_local_kernel(const float* __restrict__ f, const int64_t* __restrict__ idx,
-                                                              const float* __restrict__ v, int H, int W, int C, int k,
-                                                              int Cv, int window, float* __restrict__ out,
-                                                              float* __restrict__ lse) {
+__global__ void __launch_bounds__(THREADS)
+    route_local_kernel(const float* __restrict__ f, const int64_t* __restrict__ idx, const float* __restrict__ v, int H,
+                       int W, int C, int k, int Cv, int window, float* __restrict__ out, float* __restrict__ lse) {
   __shared__ int64_t nb[MAXW2];
   __shared__ float s[MAXW2];
   __shared__ float scratch[32];
@@ -53,10 +52,11 @@ __global__ void __launch_bounds__(THREADS) route_local_kernel(const float* __res
   }
 }
 
-__global__ void __launch_bounds__(THREADS) route_local_backward_kernel(
-    const float* __restrict__ f, const int64_t* __restrict__ idx, const float* __restrict__ v,
-    const float* __restrict__ out, const float* __restrict__ lse, const float* __restrict__ g, int H, int W, int C,
-    int k, int Cv, int window, float* __restrict__ df, float* __restrict__ dv) {
+__global__ void __launch_bounds__(THREADS)
+    route_local_backward_kernel(const float* __restrict__ f, const int64_t* __restrict__ idx,
+                                const float* __restrict__ v, const float* __restrict__ out,
+                                const float* __restrict__ lse, const float* __restrict__ g, int H, int W, int C, int k,
+                                int Cv, int window, float* __restrict__ df, float* __restrict__ dv) {
   __shared__ int64_t nb[MAXW2];
   __shared__ float pw[MAXW2];
   __shared__ float dsw[MAXW2];
@@ -106,8 +106,8 @@ int route_local(const float* f, const int64_t* idx, const float* v, int B, int H
                 int window, float* out, float* lse, void* stream) {
   if (window > kMaxWindow || window < 1 || window % 2 == 0) return static_cast<int>(cudaErrorInvalidValue);
   if (B == 0 || k == 0) return 0;
-  QSATTN_LAUNCH(route_local_kernel, B * k, THREADS, 0, static_cast<cudaStream_t>(stream))(
-      f, idx, v, H, W, C, k, Cv, window, out, lse);
+  QSATTN_LAUNCH(route_local_kernel, B * k, THREADS, 0, static_cast<cudaStream_t>(stream))(f, idx, v, H, W, C, k, Cv,
+                                                                                          window, out, lse);
   return static_cast<int>(cudaGetLastError());
 }
 

@@ -63,16 +63,17 @@ void route_local_kernel(const at::Tensor& f, const at::Tensor& idx, const std::v
   const int64_t* ip = idx.data_ptr<int64_t>();
   T* lp = lse.data_ptr<T>();
   const std::vector<Rows<T>> vs = rows_of<T>(v), os = rows_of<T>(out);
-  for_each_window(f.data_ptr<T>(), B, k, H, W, C, window, [&](int64_t b, int64_t i) { return ip[b * k + i]; },
-                  [&](int64_t b, int64_t i, const int64_t* nb, T* w) {
-                    lp[b * k + i] = softmax(w, w2);
-                    for (size_t m = 0; m < vs.size(); ++m) {
-                      T* o = os[m].row(b, i);
-                      std::fill(o, o + vs[m].C, T(0));
-                      for (int64_t j = 0; j < w2; ++j)
-                        if (nb[j] >= 0) axpy(w[j], vs[m].row(b, nb[j]), o, vs[m].C);
-                    }
-                  });
+  for_each_window(
+      f.data_ptr<T>(), B, k, H, W, C, window, [&](int64_t b, int64_t i) { return ip[b * k + i]; },
+      [&](int64_t b, int64_t i, const int64_t* nb, T* w) {
+        lp[b * k + i] = softmax(w, w2);
+        for (size_t m = 0; m < vs.size(); ++m) {
+          T* o = os[m].row(b, i);
+          std::fill(o, o + vs[m].C, T(0));
+          for (int64_t j = 0; j < w2; ++j)
+            if (nb[j] >= 0) axpy(w[j], vs[m].row(b, nb[j]), o, vs[m].C);
+        }
+      });
 }
 
 // All contiguous; df (B, N, C) and dv_i (B, N, C_i) zeros.
@@ -162,9 +163,10 @@ std::tuple<std::vector<at::Tensor>, at::Tensor> route_local_cpu(const at::Tensor
   return {out, lse};
 }
 
-std::tuple<at::Tensor, std::vector<at::Tensor>> route_local_backward_cpu(
-    const at::Tensor& f_, const at::Tensor& idx_, at::TensorList v_, at::TensorList out_, const at::Tensor& lse,
-    at::TensorList g_, int64_t H, int64_t W, int64_t window) {
+std::tuple<at::Tensor, std::vector<at::Tensor>> route_local_backward_cpu(const at::Tensor& f_, const at::Tensor& idx_,
+                                                                         at::TensorList v_, at::TensorList out_,
+                                                                         const at::Tensor& lse, at::TensorList g_,
+                                                                         int64_t H, int64_t W, int64_t window) {
   check_values(f_, idx_, v_);
   check_grid(f_, H, W, window);
   check_saved_values(f_, idx_, v_, out_, lse, g_);

@@ -42,9 +42,9 @@ __device__ int block_exclusive_scan(int x, int* scratch, int* total) {
   return inc - x + (wid > 0 ? scratch[wid - 1] : 0);
 }
 
-__global__ void __launch_bounds__(THREADS) select_kernel(const float* __restrict__ e, int N, int k,
-                                                         int64_t* __restrict__ out, uint32_t* __restrict__ skey,
-                                                         int* __restrict__ sidx) {
+__global__ void __launch_bounds__(THREADS)
+    select_kernel(const float* __restrict__ e, int N, int k, int64_t* __restrict__ out, uint32_t* __restrict__ skey,
+                  int* __restrict__ sidx) {
   __shared__ int hist[256];
   __shared__ int scratch[32];
   __shared__ uint32_t prefix_s;

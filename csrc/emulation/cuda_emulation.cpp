@@ -4,6 +4,10 @@
 // kernel ends the process with exit code 70.
 #include "cuda_emulation.h"
 
+#include <linux/futex.h>
+#include <sys/syscall.h>
+#include <unistd.h>
+
 #include <algorithm>
 #include <chrono>
 #include <climits>
@@ -11,14 +15,10 @@
 #include <cstdlib>
 #include <map>
 #include <memory>
-#include <string>
 #include <semaphore>
+#include <string>
 #include <thread>
 #include <vector>
-
-#include <linux/futex.h>
-#include <sys/syscall.h>
-#include <unistd.h>
 
 extern "C" {
 // The linker's bounds of the __shared__ variables' section (absent when no kernel declares any).
@@ -101,9 +101,9 @@ struct Barrier {
 
 struct Warp {
   Barrier bar;
-  uint64_t buf[2][32];  // shuffle n writes buf[n % 2]: one barrier per shuffle (see shuffle())
-  unsigned all = 0;                // the lanes the warp has
-  std::atomic<unsigned> live{0};   // the lanes that have not returned
+  uint64_t buf[2][32];            // shuffle n writes buf[n % 2]: one barrier per shuffle (see shuffle())
+  unsigned all = 0;               // the lanes the warp has
+  std::atomic<unsigned> live{0};  // the lanes that have not returned
 };
 
 // What a thread is doing, for the watchdog's report.
@@ -199,8 +199,7 @@ void arrive_and_wait(Barrier& b, const char* what, const Site& site, bool same_s
       b.site_line.store(site.line());
     } else if (first != key) {
       fault(std::string("threads of one block wait at different barriers: ") + what + " at " + where(site) +
-            " and at " + where(b.site_file.load(), b.site_line.load()) +
-            " (on a GPU: undefined, often a hang)");
+            " and at " + where(b.site_file.load(), b.site_line.load()) + " (on a GPU: undefined, often a hang)");
     }
   }
   const uint32_t phase = b.phase.load(std::memory_order_acquire);
@@ -325,7 +324,9 @@ void run(const Launch& L, const std::function<void()>& body) {
 
 void* dynamic_shared_memory() { return ctx.s->dyn; }
 
-void syncthreads(Site site) { arrive_and_wait(ctx.s->block_bar, "__syncthreads", site, true, [] {}); }
+void syncthreads(Site site) {
+  arrive_and_wait(ctx.s->block_bar, "__syncthreads", site, true, [] {});
+}
 
 int lane() { return ctx.tid % 32; }
 

@@ -131,9 +131,8 @@ T __shfl_up_sync(unsigned mask, T v, unsigned delta, int width = 32,
                  qsattn::emu::Site site = qsattn::emu::Site::current()) {
   const int lane = qsattn::emu::lane();
   const bool in_group = lane % width >= static_cast<int>(delta);
-  return qsattn::emu::from_bits<T>(qsattn::emu::shuffle(mask, qsattn::emu::to_bits(v),
-                                                        in_group ? lane - static_cast<int>(delta) : lane,
-                                                        "__shfl_up_sync", site));
+  return qsattn::emu::from_bits<T>(qsattn::emu::shuffle(
+      mask, qsattn::emu::to_bits(v), in_group ? lane - static_cast<int>(delta) : lane, "__shfl_up_sync", site));
 }
 
 template <typename T>

@@ -80,8 +80,9 @@ void check(int err, const char* op) {
 int main(int argc, char** argv) {
   namespace qc = qsattn::cuda;
   static const std::map<std::string, int> kArity = {
-      {"entropy_global", 3}, {"entropy_local", 5}, {"select", 3}, {"route_global", 5},
-      {"route_global_backward", 5}, {"route_local", 7}, {"route_local_backward", 7}};
+      {"entropy_global", 3},      {"entropy_local", 5},         {"select", 3},
+      {"route_global", 5},        {"route_global_backward", 5}, {"route_local", 7},
+      {"route_local_backward", 7}};
   if (argc < 3 || !kArity.count(argv[1]) || argc != 3 + kArity.at(argv[1]))
     die(2, "usage: qsattn-cuda-emu OP DIR SIZES... (see csrc/emulation/emulate.cpp)");
   const std::string op = argv[1];
@@ -111,13 +112,15 @@ int main(int argc, char** argv) {
     void* ws = std::malloc(qc::route_global_workspace(N, k));
     if (op == "route_global") {
       check(qc::route_global(f, idx, v, B, N, C, k, Cv, io.result<float>("out", u(B) * k * Cv),
-                             io.result<float>("lse", u(B) * k), ws, nullptr), argv[1]);
+                             io.result<float>("lse", u(B) * k), ws, nullptr),
+            argv[1]);
     } else {
       const float* out = io.in<float>("out", u(B) * k * Cv);
       const float* lse = io.in<float>("lse", u(B) * k);
       const float* g = io.in<float>("grad_out", u(B) * k * Cv);
       check(qc::route_global_backward(f, idx, v, out, lse, g, B, N, C, k, Cv, io.result<float>("df", u(B) * N * C),
-                                      io.result<float>("dv", u(B) * N * Cv), ws, nullptr), argv[1]);
+                                      io.result<float>("dv", u(B) * N * Cv), ws, nullptr),
+            argv[1]);
     }
     std::free(ws);
   } else {
@@ -128,7 +131,8 @@ int main(int argc, char** argv) {
     const float* v = io.in<float>("v", B * N * Cv);
     if (op == "route_local") {
       check(qc::route_local(f, idx, v, B, H, W, C, k, Cv, window, io.result<float>("out", u(B) * k * Cv),
-                            io.result<float>("lse", u(B) * k), nullptr), argv[1]);
+                            io.result<float>("lse", u(B) * k), nullptr),
+            argv[1]);
     } else {
       const float* out = io.in<float>("out", u(B) * k * Cv);
       const float* lse = io.in<float>("lse", u(B) * k);
