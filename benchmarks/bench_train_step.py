@@ -1,7 +1,7 @@
 """One CUT training step: ``--model cut`` against ``--model qs`` (each available QS-Attn backend), and with
 ``--breakdown`` where a QS step's extra time goes; QS on several layer sets and modes side by side.
 
-The issue's target (H100/H200, 256x256, batch 1, median over >= 50 steps after warm-up): qs with the
+The target (H100/H200, 256x256, batch 1, median over >= 50 steps after warm-up): qs with the
 fastest fused backend in global mode costs at most 1.05x cut; reference is reported beside them.
 
     python benchmarks/bench_train_step.py --gpu_ids 0                      # the full-size GPU report

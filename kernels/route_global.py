@@ -10,9 +10,8 @@ one kernel per (key block, output-channel block) accumulates dK = dS^T Q (channe
 its share dS K of dQ by atomic adds, so the sum order over key blocks is not deterministic on GPUs) or
 dV_i = P^T dO_i (the blocks past C, map 0's channels then map 1's) over the k selected rows;
 dF = dK + index_add(idx, dQ). dP = sum_i dO_i V_i^T needs every map in one kernel: it reads two maps in
-place, and a longer list is routed with maps 1.. concatenated into the second slot (the API routes one
-or two). Nothing of size k x N is stored. The value and output channel blocks trade parallelism for
-recomputation of S (and dP).
+place, and a longer list is routed with maps 1.. concatenated into the second slot. Nothing of size
+k x N is stored. The value and output channel blocks trade parallelism for recomputation of S (and dP).
 """
 from __future__ import annotations
 

@@ -9,8 +9,8 @@ Nothing here touches CUDA at import time.
 
 OpenMP threads wait passively (``OMP_WAIT_POLICY=PASSIVE``) unless the environment says otherwise: set
 here when torch is not imported yet (OpenMP reads it once, when torch loads it), as for the command
-lines. Spinning threads made a 2-thread training run 2-10x slower on a shared 2-core machine, and cost
-a lone run about as much as passive waiting gains back (docs/performance.md).
+lines: spinning threads slow down runs that share the machine's cores (measured in docs/performance.md,
+"A busy machine: OpenMP threads wait passively").
 """
 import os as _os
 import sys as _sys

@@ -6,9 +6,10 @@ B, H, W (C_v may differ); N = H*W, row n = h*W + w. Dtypes float16, bfloat16, fl
 inputs of one call on one device with one dtype; accumulation is float32 (float64 for float64).
 
 ``check_finite=True`` (the default) rejects NaN/Inf in the inputs and, in ``route``, indices outside
-[0, N). It costs one extra read of every input map (B*C*N elements each, about 2 % of a global step at
-C=256) and, on a GPU, one device-to-host synchronisation per input; pass ``check_finite=False`` in tight
-loops. Shapes, dtypes, devices, k and window are always checked (no data is read for that).
+[0, N). It costs one extra read of every input map (B*C*N elements each; measured in docs/performance.md,
+"What the input checks cost") and, on a GPU, one device-to-host synchronisation per input; pass
+``check_finite=False`` in tight loops. Shapes, dtypes, devices, k and window are always checked (no data
+is read for that).
 """
 from __future__ import annotations
 

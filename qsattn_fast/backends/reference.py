@@ -1,7 +1,7 @@
 """The ``reference`` backend: a literal PyTorch transcription of QS-Attn (docs/design.md §1).
 
-It materialises the N x N attention (global) or the unfolded 7x7 neighbourhoods of every position
-(local), exactly as the released code does, and is the ground truth of the test suite. Half inputs are
+It materialises the N x N attention (global) or the unfolded window x window neighbourhoods of every
+position (local), exactly as the released code does, and is the ground truth of the test suite. Half inputs are
 computed in float32. ``variant="official"`` reproduces the released code's local mode, which reads
 ``F.unfold``'s (C, w*w) column layout as (w*w, C) when forming the local attention and regroups the
 gathered neighbourhoods of the selected positions with a reshape that mixes positions and channels.

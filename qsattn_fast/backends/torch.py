@@ -25,7 +25,7 @@ from .base import Backend
 #: Attention entries (rows x keys) held at once per block; 2**18 fp32 values = 1 MiB, cache-sized.
 BLOCK_ELEMS = 1 << 18
 #: Query rows per block, at least: each block's product reads all N keys, so at large N blocks of a few
-#: rows are bound by streaming F (C=128, N=192^2: 7-row blocks 15.9 s, 64-row blocks 5.7 s, 2 threads).
+#: rows are bound by streaming F (measured in docs/performance.md, "The torch backend's row blocks").
 MIN_ROWS = 64
 
 
