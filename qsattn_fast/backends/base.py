@@ -14,6 +14,9 @@ import torch
 from .. import ops
 from .._common import rows
 
+#: Every floating dtype; the backends that take them all declare ``dtypes = FLOAT_DTYPES``.
+FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+
 
 @dataclass(frozen=True)
 class Request:

@@ -12,7 +12,7 @@ import torch
 
 from .. import ops  # noqa: F401  (defines the schemas before _C registers its kernels for them)
 from ..registry import register_backend
-from .base import Backend, Request
+from .base import FLOAT_DTYPES, Backend, Request
 
 _BUILD = "'python setup.py build_ext --inplace' or 'pip install --no-build-isolation -e .'"
 
@@ -42,7 +42,7 @@ class NativeBackend(Backend):
     name = "native"
     summary = "compiled extension qsattn_fast._C: C++/OpenMP kernels on CPU, CUDA kernels on CUDA"
     devices = ("cpu", "cuda")
-    dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    dtypes = FLOAT_DTYPES
     precisions = ("ieee",)
     # The CUDA kernels' limits: kMaxWindow in csrc/qsattn_cuda.h (a test pins it) and 32-bit sizes.
     limits = {"cuda": {"window": 15, "channels": 2**31 - 1, "n": 2**31 - 1}}

@@ -15,7 +15,7 @@ from .._checks import VARIANTS
 from .._common import rows, stable_select
 from ..ops import acc_dtype
 from ..registry import register_backend
-from .base import Backend
+from .base import FLOAT_DTYPES, Backend
 
 
 def _entropy(attn: torch.Tensor, variant: str = "paper") -> torch.Tensor:
@@ -82,7 +82,7 @@ class ReferenceBackend(Backend):
     name = "reference"
     summary = "literal PyTorch, materialises N x N; the ground truth; also variant='official'"
     devices = ("cpu", "cuda")
-    dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    dtypes = FLOAT_DTYPES
     variants = VARIANTS
 
     def entropy(self, feat, mode, window, precision, variant):

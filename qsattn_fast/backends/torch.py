@@ -20,7 +20,7 @@ from torch import Tensor
 from .._common import stable_select
 from ..ops import acc_dtype, as_grad, implement
 from ..registry import register_backend
-from .base import Backend
+from .base import FLOAT_DTYPES, Backend
 
 #: Attention entries (rows x keys) held at once per block; 2**18 fp32 values = 1 MiB, cache-sized.
 BLOCK_ELEMS = 1 << 18
@@ -209,7 +209,7 @@ class TorchBackend(Backend):
     name = "torch"
     summary = "streaming pure PyTorch, O(N*C) memory; the portable fallback"
     devices = ("cpu", "cuda")
-    dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    dtypes = FLOAT_DTYPES
 
 
 register_backend(TorchBackend())

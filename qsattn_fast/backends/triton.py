@@ -18,7 +18,7 @@ import torch
 
 from .._checks import PRECISIONS
 from ..registry import register_backend
-from .base import Backend
+from .base import FLOAT_DTYPES, Backend
 
 _KERNELS = "qsattn_fast.kernels"
 
@@ -35,7 +35,7 @@ class TritonBackend(Backend):
     name = "triton"
     summary = "fused Triton kernels (CUDA; CPU tensors only under TRITON_INTERPRET=1)"
     devices = ("cuda", "cpu")
-    dtypes = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
+    dtypes = FLOAT_DTYPES
     precisions = PRECISIONS
     kernel_dtypes = dtypes                       # half operands go to the tensor cores as they are
     _missing: str | None = None
