@@ -122,6 +122,9 @@ class GANModel:
         t = self.ema_updates
         decay = min(self.opt.ema_decay, (1 + t) / (10 + t))
         net = self.nets[self.TRANSLATOR]
+        w0, e0 = next(net.parameters()), next(self.ema.parameters())
+        if (e0.dtype, e0.device) != (w0.dtype, w0.device):   # the translator was cast or moved after __init__
+            self.ema.to(device=w0.device, dtype=w0.dtype)
         with torch.no_grad():
             for e, w in zip(self.ema.parameters(), net.parameters()):
                 e.lerp_(w, 1 - decay)

@@ -310,22 +310,25 @@ def _crash_after(monkeypatch, n):
 
 def _snapshot(t):
     """Every network's and optimiser's tensors of Trainer ``t``, by name."""
-    nets = {f"{n}.{k}": v for n, net in t.model.nets.items() for k, v in net.state_dict().items()}
+    nets = {f"{n}.{k}": v for n, net in t.model.checkpoint_nets.items() for k, v in net.state_dict().items()}
     return nets | {f"{n}.{i}.{k}": v for n, o in t.model.optimizers.items()
                    for i, st in o.state_dict()["state"].items() for k, v in st.items()}
 
 
 def test_a_save_cut_short_anywhere_resumes_from_one_whole_checkpoint(tmp_path, monkeypatch):
-    """The save of step 2 cut short after each of its 4 files, its commit and each of the 4 moves in
-    turn: --continue_train resumes step 1's checkpoint (before the commit) or step 2's (after), whole:
-    every network and optimiser tensor equals that step's; nothing of the cut save is left."""
+    """The save of step 2 cut short after each of its files (D, F, G, G_ema, state), its commit and each of
+    the moves in turn: --continue_train resumes step 1's checkpoint (before the commit) or step 2's
+    (after), whole: every network and optimiser tensor equals that step's; nothing of the cut save is
+    left."""
     resume = ["--max_steps", "2", "--continue_train"]
     assert trainer.main(tiny(tmp_path, "--max_steps", "1", name="base")) == 0
     shutil.copytree(tmp_path / "base", tmp_path / "whole")
     assert trainer.main(tiny(tmp_path, *resume, name="whole")) == 0
     expect = {step: _snapshot(trainer.Trainer(options.parse(tiny(tmp_path, "--continue_train", name=run))))
               for step, run in ((1, "base"), (2, "whole"))}
-    for n in range(1, 10):
+    files = len([f for f in os.listdir(tmp_path / "base") if f.startswith("latest_")])
+    assert files == 5
+    for n in range(1, 2 * files + 2):
         run = f"cut{n}"
         shutil.copytree(tmp_path / "base", tmp_path / run)
         with monkeypatch.context() as m:
@@ -333,7 +336,7 @@ def test_a_save_cut_short_anywhere_resumes_from_one_whole_checkpoint(tmp_path, m
             with pytest.raises(_Crash):
                 trainer.main(tiny(tmp_path, *resume, name=run))
         t = trainer.Trainer(options.parse(tiny(tmp_path, "--continue_train", name=run)))
-        assert t.step == (1 if n <= 4 else 2), n
+        assert t.step == (1 if n <= files else 2), n
         got, want = _snapshot(t), expect[t.step]
         assert got.keys() == want.keys() and all(torch.equal(got[k], want[k]) for k in want), n
         assert not [e for e in os.listdir(tmp_path / run) if e.startswith(".")], n
@@ -381,14 +384,16 @@ def test_nonfinite_stop_names_the_first_bad_step_and_keeps_the_last_good_checkpo
     assert trainer.main(tiny(tmp_path, *freqs)) == trainer.EXIT_NONFINITE
     assert "D_real" not in _one_line_error(capsys, "non-finite loss at step 3 (", "D_fake nan", kept)
     assert _assert_finite_files(tmp_path / "run") == (["latest_net_D.pth", "latest_net_F.pth", "latest_net_G.pth",
-                                                        "latest_state.pth"] if "step 2" in kept else [])
+                                                        "latest_net_G_ema.pth", "latest_state.pth"]
+                                                       if "step 2" in kept else [])
     if "step 2" in kept:
         assert torch.load(tmp_path / "run" / "latest_state.pth", weights_only=True)["step"] == 2
 
 
 def test_nonfinite_skip_skips_those_updates_and_counts_them(tmp_path, monkeypatch):
-    """--nonfinite skip, a NaN entering step 3 of 8: no optimiser steps on it (Adam counts 7), the run
-    ends normally, the log counts the skipped step from step 3 on, every checkpoint is finite."""
+    """--nonfinite skip, a NaN entering step 3 of 8: no optimiser steps on it (Adam counts 7, and so does
+    the EMA generator), the run ends normally, the log counts the skipped step from step 3 on, every
+    checkpoint is finite."""
     _poison(monkeypatch, 3)
     assert trainer.main(tiny(tmp_path, "--nonfinite", "skip")) == 0
     log = read_log(tmp_path / "run")
@@ -396,7 +401,8 @@ def test_nonfinite_skip_skips_those_updates_and_counts_them(tmp_path, monkeypatc
     assert [math.isnan(r["losses"]["G"]) for r in log] == [False, False, True] + [False] * 5
     state = torch.load(tmp_path / "run" / "latest_state.pth", weights_only=True)
     assert {float(s["step"]) for o in state["optimizers"].values() for s in o["state"].values()} == {7.0}
-    assert len(_assert_finite_files(tmp_path / "run")) == 8
+    assert state["ema_updates"] == 7
+    assert len(_assert_finite_files(tmp_path / "run")) == 10   # latest and epoch 2: D, F, G, G_ema, state
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
