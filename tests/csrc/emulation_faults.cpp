@@ -60,16 +60,26 @@ __global__ void shuffle_after_return(float* out) {
 int main(int argc, char** argv) {
   const std::string c = argc > 1 ? argv[1] : "";
   static float out[4] = {0.f, 0.f, 0.f, 0.f};
-  if (c == "ok") QSATTN_LAUNCH(sum_ids, 2, 96, 96 * sizeof(float), nullptr)(out);
-  else if (c == "too_many_threads") QSATTN_LAUNCH(sum_ids, 1, 1025, 1025 * sizeof(float), nullptr)(out);
-  else if (c == "grid_out_of_range") QSATTN_LAUNCH(sum_ids, dim3(1, 65536), 32, 32 * sizeof(float), nullptr)(out);
-  else if (c == "too_much_shared") QSATTN_LAUNCH(sum_ids, 1, 32, 48 * 1024 + 4, nullptr)(out);
-  else if (c == "read_before_write") QSATTN_LAUNCH(read_before_write, 2, 64, 0, nullptr)(out);
-  else if (c == "barrier_never_reached") QSATTN_LAUNCH(barrier_never_reached, 1, 64, 0, nullptr)(out);
-  else if (c == "divergent_barrier") QSATTN_LAUNCH(divergent_barrier, 1, 64, 0, nullptr)(out);
-  else if (c == "partial_mask") QSATTN_LAUNCH(partial_mask, 1, 32, 0, nullptr)(out);
-  else if (c == "shuffle_after_return") QSATTN_LAUNCH(shuffle_after_return, 1, 32, 0, nullptr)(out);
-  else return 2;
+  if (c == "ok")
+    QSATTN_LAUNCH(sum_ids, 2, 96, 96 * sizeof(float), nullptr)(out);
+  else if (c == "too_many_threads")
+    QSATTN_LAUNCH(sum_ids, 1, 1025, 1025 * sizeof(float), nullptr)(out);
+  else if (c == "grid_out_of_range")
+    QSATTN_LAUNCH(sum_ids, dim3(1, 65536), 32, 32 * sizeof(float), nullptr)(out);
+  else if (c == "too_much_shared")
+    QSATTN_LAUNCH(sum_ids, 1, 32, 48 * 1024 + 4, nullptr)(out);
+  else if (c == "read_before_write")
+    QSATTN_LAUNCH(read_before_write, 2, 64, 0, nullptr)(out);
+  else if (c == "barrier_never_reached")
+    QSATTN_LAUNCH(barrier_never_reached, 1, 64, 0, nullptr)(out);
+  else if (c == "divergent_barrier")
+    QSATTN_LAUNCH(divergent_barrier, 1, 64, 0, nullptr)(out);
+  else if (c == "partial_mask")
+    QSATTN_LAUNCH(partial_mask, 1, 32, 0, nullptr)(out);
+  else if (c == "shuffle_after_return")
+    QSATTN_LAUNCH(shuffle_after_return, 1, 32, 0, nullptr)(out);
+  else
+    return 2;
   std::printf("error %d out %g %g\n", static_cast<int>(cudaGetLastError()), out[0], out[1]);
   return 0;
 }
