@@ -24,8 +24,10 @@ from .registry import resolve
 
 
 def _prepare(op, feat_src, mode, window, precision, variant, check_finite, values=None):
-    """The checks every call of ``op`` makes; (window, precision, variant, values) as the backend takes them."""
-    chk.check_feature_map("feat_src", feat_src)
+    """The checks every call of ``op`` makes; (window, precision, variant, values) as the backend takes them.
+    Errors name the feature map as the caller's argument does: ``feat`` for entropy, else ``feat_src``."""
+    name = "feat" if op == "entropy" else "feat_src"
+    chk.check_feature_map(name, feat_src)
     chk.check_choice("mode", mode, chk.OP_MODES[op])
     chk.check_choice("variant", variant, chk.VARIANTS)
     window = chk.check_window(window)
@@ -35,7 +37,7 @@ def _prepare(op, feat_src, mode, window, precision, variant, check_finite, value
     if values is not None:
         values = chk.check_values(feat_src, values)
     if check_finite:
-        chk.check_finite("feat_src", feat_src)
+        chk.check_finite(name, feat_src)
         for i, v in enumerate(values or ()):
             if v is not feat_src:
                 chk.check_finite(f"values[{i}]", v)

@@ -40,8 +40,9 @@ def x_and_values():
     (lambda x, v: q.qsattn(torch.ones(2, 4, 5, 6, dtype=torch.int32), v, k=4), TypeError,
      ["feat_src", "int32"]),
     (lambda x, v: q.qsattn(torch.empty(0, 4, 5, 6), v, k=4), ValueError, ["feat_src", "empty"]),
-    (lambda x, v: q.entropy(torch.empty(2, 4, 0, 6)), ValueError, ["feat_src", "empty"]),
-    (lambda x, v: q.entropy(x.numpy()), TypeError, ["feat_src", "Tensor"]),
+    (lambda x, v: q.entropy(torch.empty(2, 4, 0, 6)), ValueError, ["feat:", "empty"]),   # entropy's own name
+    (lambda x, v: q.entropy(x.numpy()), TypeError, ["feat:", "Tensor"]),
+    (lambda x, v: q.entropy(x.masked_fill(x > 1, float("nan"))), ValueError, ["feat:", "NaN"]),
     (lambda x, v: q.route(x, torch.zeros(2, 3), v), TypeError, ["idx", "int64"]),
     (lambda x, v: q.route(x, torch.zeros(3, 3, dtype=torch.int64), v), ValueError, ["idx", "shape"]),
     (lambda x, v: q.route(x, torch.full((2, 3), 30), v), ValueError, ["idx", "[0, 30)"]),
