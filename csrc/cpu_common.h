@@ -16,6 +16,12 @@
 
 namespace qsattn {
 
+// The global entropy kernel's tiling (entropy_global_cpu.cpp); qsattn_fast._C.constants() gives them to the tests.
+namespace entropy_global_tiling {
+constexpr int64_t TS = 384;     // tile edge (384 x 384 fp32: 576 KiB, in L2); 256 and 512 measured 3-15% slower
+constexpr int64_t SMALL_C = 8;  // up to this many channels, tiles by small_logits instead of sgemm
+}  // namespace entropy_global_tiling
+
 // t (B, N, C) itself when each t[b] is a matrix BLAS can read in place (unit stride along one of its
 // dimensions, e.g. the view rows(feat) of an NCHW map), else a contiguous copy.
 inline at::Tensor blas_rows(const at::Tensor& t) { return (t.stride(2) == 1 || t.stride(1) == 1) ? t : t.contiguous(); }

@@ -26,9 +26,9 @@
 namespace qsattn {
 namespace {
 
-constexpr int64_t TS = 384;        // tile edge (384 x 384 fp32: 576 KiB, in L2); 256 and 512 measured 3-15% slower
+using entropy_global_tiling::SMALL_C;
+using entropy_global_tiling::TS;
 constexpr int64_t MAX_SLOTS = 32;  // partial states per row, at most
-constexpr int64_t SMALL_C = 8;     // up to this many channels, tiles by small_logits instead of sgemm
 
 template <typename T>
 void entropy_global_kernel(const at::Tensor& f, at::Tensor& out) {

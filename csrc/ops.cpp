@@ -5,10 +5,11 @@
 #include <Python.h>
 
 #include "cpu_common.h"
+#include "qsattn_cuda.h"
 
 // Importing qsattn_fast._C runs the static kernel registrations of the other files. The module's own
-// functions serve the benchmarks' floor (exp_probe_gexps(threads, seconds), cpu_isa()) and the tests
-// (fast_exp_f32, set_cpu_level).
+// functions serve the benchmarks' floor (exp_probe_gexps(threads, seconds), cpu_isa()), the tests
+// (fast_exp_f32, set_cpu_level) and both (constants).
 static PyObject* py_exp_probe_gexps(PyObject*, PyObject* args) {
   int threads;
   double seconds;
@@ -24,6 +25,14 @@ static PyObject* py_set_cpu_level(PyObject*, PyObject* args) {
   int level;
   if (!PyArg_ParseTuple(args, "i", &level)) return nullptr;
   return PyLong_FromLong(qsattn::set_cpu_level(level));
+}
+
+// The kernels' constants that the tests and the native backend's limits use, by name.
+static PyObject* py_constants(PyObject*, PyObject*) {
+  return Py_BuildValue("{s:L,s:L,s:i}", "entropy_global_tile",
+                       static_cast<long long>(qsattn::entropy_global_tiling::TS), "entropy_global_small_c",
+                       static_cast<long long>(qsattn::entropy_global_tiling::SMALL_C), "cuda_max_window",
+                       qsattn::cuda::kMaxWindow);
 }
 
 // fast_exp over a buffer of float32 (the tests compare it with a float64 exp).
@@ -46,6 +55,9 @@ static PyMethodDef methods[] = {
     {"set_cpu_level", py_set_cpu_level, METH_VARARGS,
      "set_cpu_level(level) -> level in use: run the float loops at x86-64 (0), -v3 (1) or -v4 (2) where the CPU "
      "has it, or at the detected level (-1); for the tests and benchmarks"},
+    {"constants", py_constants, METH_NOARGS,
+     "constants() -> {entropy_global_tile, entropy_global_small_c, cuda_max_window}: the kernels' tile edge, "
+     "small-channel bound and the CUDA kernels' largest window"},
     {"fast_exp_f32", py_fast_exp_f32, METH_VARARGS,
      "fast_exp_f32(float32 bytes, lo) -> bytes: the kernels' exp of each value, 0 below lo (for the tests)"},
     {nullptr, nullptr, 0, nullptr}};

@@ -20,16 +20,27 @@ _BUILD = "'python setup.py build_ext --inplace' or 'pip install --no-build-isola
 def _load_extension() -> str | None:
     """Import qsattn_fast._C (which registers the kernels qsattn::<op>.native); None, or why it is not usable."""
     try:
-        from .. import _C  # noqa: F401
+        from .. import _C
     except ImportError as exc:
         if isinstance(exc, ModuleNotFoundError) or "cannot import name '_C'" in str(exc):
             return f"compiled extension qsattn_fast._C is not built; build it with {_BUILD}"
         return f"compiled extension qsattn_fast._C failed to load ({exc}); rebuild it for this torch with {_BUILD}"
+    if not hasattr(_C, "constants"):
+        return f"compiled extension qsattn_fast._C was built from older sources; rebuild it with {_BUILD}"
     return None
 
 
 #: Why the extension cannot be used (shown by ``python -m qsattn_fast.info``), or None when loaded.
 LOAD_ERROR = _load_extension()
+
+
+def constants() -> dict:
+    """The extension's kernel constants by name (``entropy_global_tile``, ``entropy_global_small_c``: the CPU
+    global entropy's tiling; ``cuda_max_window``: the CUDA kernels' largest window); {} when not loaded."""
+    if LOAD_ERROR is not None:
+        return {}
+    from .. import _C
+    return _C.constants()
 
 
 def has_kernel(op: str, device: str) -> bool:
@@ -44,8 +55,8 @@ class NativeBackend(Backend):
     devices = ("cpu", "cuda")
     dtypes = FLOAT_DTYPES
     precisions = ("ieee",)
-    # The CUDA kernels' limits: kMaxWindow in csrc/qsattn_cuda.h (a test pins it) and 32-bit sizes.
-    limits = {"cuda": {"window": 15, "channels": 2**31 - 1, "n": 2**31 - 1}}
+    # The CUDA kernels' limits: kMaxWindow of csrc/qsattn_cuda.h, as the extension reports it, and 32-bit sizes.
+    limits = {"cuda": {"window": constants().get("cuda_max_window", 0), "channels": 2**31 - 1, "n": 2**31 - 1}}
 
     def unavailable(self):
         return LOAD_ERROR

@@ -16,8 +16,9 @@ from support.numerics import features, rel_err
 
 pytestmark = pytest.mark.skipif(native.LOAD_ERROR is not None, reason=str(native.LOAD_ERROR))
 
-TS = 384      # the kernel's tile edge (csrc/entropy_global_cpu.cpp)
-SMALL_C = 8   # its largest channel count for small_logits instead of sgemm
+# The kernel's tile edge and its largest channel count for small_logits instead of sgemm (csrc/cpu_common.h),
+# as the extension reports them (1, 1 where it is not loaded: the module is skipped then).
+TS, SMALL_C = (lambda c: (c.get("entropy_global_tile", 1), c.get("entropy_global_small_c", 1)))(native.constants())
 
 SHAPES = [(1, 8, 7, 9), (2, 5, 6, 11), (3, 3, 5, 5),
           (1, 3, 23, 29),   # N = 667: 2 tiles, the second ragged
