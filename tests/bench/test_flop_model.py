@@ -10,7 +10,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils.flop_counter import FlopCounterMode
 
 import qsattn_fast as q
-from qsattn_fast import ops
+from qsattn_fast import OP_MODES, ops
 
 from support import ROOT
 
@@ -54,7 +54,7 @@ def test_flop_model_counts_the_products_of_the_math(B, C, H, W, k, window):
     t = torch.randn(B, 2, H, W, dtype=torch.float64, requires_grad=True)
     idx = torch.stack([torch.randperm(N)[:k] for _ in range(B)])
     cv = C + 2
-    for mode in ("global", "local"):
+    for mode in OP_MODES["entropy"]:
         _, n = counted(lambda: q.entropy(x, mode, window, backend="reference"))  # noqa: B023 (called at once)
         assert n == fm.entropy_flops(mode, C, N, B, window)
         route = ((lambda: dense_local_route(x, idx, [x, t], window)) if mode == "local"
@@ -83,7 +83,7 @@ class SoftmaxElements(TorchDispatchMode):
         return func(*args, **(kwargs or {}))
 
 
-@pytest.mark.parametrize("mode", ["global", "local", "local_global"])
+@pytest.mark.parametrize("mode", OP_MODES["qsattn"])
 def test_floor_counts_the_exponentials_and_half_the_global_logits(mode):
     B, C, H, W, k, window = 2, 3, 5, 7, 6, 3
     N, cv = H * W, C + 2

@@ -6,6 +6,8 @@ import sys
 import pytest
 import torch
 
+from qsattn_fast import OP_MODES
+
 from support import ROOT
 
 sys.path.insert(0, str(ROOT / "benchmarks"))
@@ -51,7 +53,7 @@ def test_routes_use_a_fixed_selection():
     assert all(len(set(row.tolist())) == 20 for row in a) and int(a.max()) < 169
 
 
-@pytest.mark.parametrize("mode", ["global", "local", "local_global"])
+@pytest.mark.parametrize("mode", OP_MODES["qsattn"])
 def test_flops_and_floor_are_the_model(mode):
     C, N, B, k = 7, 300, 2, 256
     for backward in (False, True):

@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 import torch
 
+from qsattn_fast import OP_MODES
 from qsattn_fast.backends import native
 from qsattn_fast.ops import SCHEMAS, op
 
@@ -188,7 +189,7 @@ EMPTY = [((2, 10, 3, 0, 4), (2, 2, 5, 3, 0, 4, 3)), ((2, 10, 3, 4, 0), (2, 2, 5,
          ((2, 10, 0, 4, 3), (2, 2, 5, 0, 4, 3, 3)), ((0, 10, 3, 4, 3), (0, 2, 5, 3, 4, 3, 3))]
 
 
-@pytest.mark.parametrize("mode", ["global", "local"])
+@pytest.mark.parametrize("mode", OP_MODES["route"])
 @pytest.mark.parametrize("shapes", EMPTY, ids=["k0", "Cv0", "C0", "B0"])
 def test_empty_sizes_launch_nothing(emulator, mode, shapes, tmp_path):
     """Forward and backward with an empty size run (no empty grid launched) and equal the native kernels."""

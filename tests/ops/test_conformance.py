@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import qsattn_fast as q
-from qsattn_fast import ops
+from qsattn_fast import OP_MODES, ops
 from qsattn_fast._common import rows
 from qsattn_fast.backends.base import request
 
@@ -20,7 +20,7 @@ except pytest.skip.Exception:         # triton missing: the triton backend skips
     DEVICE = "cuda" if torch.cuda.is_available() else "cpu"
 
 BACKENDS = [name for name in q.backends() if name != "reference"]
-MODES = ["global", "local", "local_global"]
+MODES = OP_MODES["qsattn"]
 SHAPES = [(1, 8, 7, 9), (2, 5, 6, 11), (3, 3, 5, 5)]      # N = 63, 66, 25
 
 
@@ -67,7 +67,7 @@ def test_opcheck(backend, sample, case):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("mode", ["global", "local"])
+@pytest.mark.parametrize("mode", OP_MODES["entropy"])
 @pytest.mark.parametrize("B,C,H,W", SHAPES)
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-12)])
 def test_entropy(backend, mode, B, C, H, W, dtype, tol):
@@ -127,7 +127,7 @@ def test_gradients_against_reference(backend, mode, dtype, tol):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("mode", ["global", "local"])
+@pytest.mark.parametrize("mode", OP_MODES["route"])
 def test_route_gradcheck(backend, mode):
     x = features(2, 3, 3, 5, torch.float64)
     runs(backend, "route", on(x), mode, 3)
@@ -139,7 +139,7 @@ def test_route_gradcheck(backend, mode):
 
 
 @pytest.mark.parametrize("backend", ops.IMPLEMENTATIONS)
-@pytest.mark.parametrize("mode", ["global", "local"])
+@pytest.mark.parametrize("mode", OP_MODES["route"])
 def test_routing_returns_each_rows_log_sum_exp(backend, mode):
     """lse, what every routing saves for its backward, is the log-sum-exp of each selected attention row
     (local: over the zero-padded 3 x 3 window, out-of-map keys with logit 0)."""
@@ -158,7 +158,7 @@ def test_routing_returns_each_rows_log_sum_exp(backend, mode):
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("mode", ["global", "local"])
+@pytest.mark.parametrize("mode", OP_MODES["route"])
 def test_three_value_maps(backend, mode):
     """A list of three value maps (the Triton backward reads two in place and concatenates the rest) routes
     like the reference, outputs and gradients."""

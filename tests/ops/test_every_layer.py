@@ -8,6 +8,7 @@ import pytest
 import torch
 
 import qsattn_fast as q
+from qsattn_fast import OP_MODES
 from qsattn_fast.backends.base import Request
 from qsattn_fast.sampler import QSPatchSampler
 from qsattn_fast.train.networks import define_G
@@ -27,7 +28,7 @@ def generator_maps(B, crop):
 
 
 @pytest.mark.parametrize("backend", FAST)
-@pytest.mark.parametrize("mode", ["global", "local", "local_global"])
+@pytest.mark.parametrize("mode", OP_MODES["qsattn"])
 @pytest.mark.parametrize("B,crop", [(1, 28), (2, 20)])
 def test_all_five_layers_through_the_sampler(backend, mode, B, crop):
     """Every layer is a QS layer; selections, pooled rows and the gradients that reach every source map
@@ -99,7 +100,7 @@ def extra_peak(backend, mode, side, C, seed):
 
 
 @pytest.mark.parametrize("backend", FAST)
-@pytest.mark.parametrize("mode", ["global", "local", "local_global"])
+@pytest.mark.parametrize("mode", OP_MODES["qsattn"])
 def test_no_path_holds_n_by_n(backend, mode, fresh_seed):
     """N = 9216 (a 96 x 96 map): one fp32 N x N matrix is 324 MiB. The whole QS-Attn step, forward and
     backward, each in a fresh process, must stay far below it (< 81 MiB extra peak; measured 10-23 MiB),

@@ -9,6 +9,7 @@ import pytest
 import torch
 
 import qsattn_fast as q
+from qsattn_fast import OP_MODES
 from qsattn_fast.backends import native
 from qsattn_fast.backends.base import Request
 from qsattn_fast.ops import split_mode
@@ -19,7 +20,7 @@ from support.numerics import assert_valid_selection, features, rel_err
 built = pytest.mark.skipif(native.LOAD_ERROR is not None, reason=str(native.LOAD_ERROR))
 cuda = pytest.mark.skipif(not (torch.cuda.is_available() and native.has_kernel("entropy_global", "cuda")),
                           reason="needs CUDA and qsattn_fast._C built with CUDA kernels")
-MODES = ["global", "local", "local_global"]
+MODES = OP_MODES["qsattn"]
 
 
 @built
@@ -87,7 +88,7 @@ def test_cuda_select_equals_stable_argsort():
 
 
 @built
-@pytest.mark.parametrize("mode", ["global", "local"])
+@pytest.mark.parametrize("mode", OP_MODES["route"])
 def test_torch_compile_runs_the_native_ops(mode):
     x, t = features(1, 4, 5, 6, requires_grad=True), features(1, 4, 5, 6)
 

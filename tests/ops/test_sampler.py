@@ -3,6 +3,7 @@ import pytest
 import torch
 
 import qsattn_fast as q
+from qsattn_fast import OP_MODES
 from qsattn_fast.ops import split_mode
 from qsattn_fast.sampler import QSPatchSampler, l2_normalize
 
@@ -21,7 +22,7 @@ def head(sampler, i, x):
 
 
 @pytest.mark.parametrize("B", [1, 3])
-@pytest.mark.parametrize("mode", ["global", "local", "local_global"])
+@pytest.mark.parametrize("mode", OP_MODES["qsattn"])
 def test_qs_and_random_layers(B, mode):
     feats = layer_feats(B)
     s = QSPatchSampler(nc=16, mode=mode, backend="torch")
@@ -133,7 +134,7 @@ def test_official_variant_sampler_reproduces_released_patch_sampler(mode):
     assert rel_err(pooled_tgt[3], torch.tensor(OFFICIAL[mode][1], dtype=torch.float64)) < 1e-12
 
 
-@pytest.mark.parametrize("mode", ["global", "local", "local_global"])
+@pytest.mark.parametrize("mode", OP_MODES["qsattn"])
 def test_detach_attention_keeps_only_the_value_gradients(mode):
     """detach_attention: the same pooled features; the attention is built from the detached source, so the
     pooled target reaches the source maps no more, and the pooled source reaches them as a value only."""

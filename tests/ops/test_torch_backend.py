@@ -6,12 +6,13 @@ import pytest
 import torch
 
 import qsattn_fast as q
+from qsattn_fast import OP_MODES
 from qsattn_fast.backends import torch as torch_backend
 from qsattn_fast.ops import split_mode
 
 from support.numerics import assert_valid_selection, features, rel_err
 
-MODES = ["global", "local", "local_global"]
+MODES = OP_MODES["qsattn"]
 SHAPES = [(1, 8, 7, 9), (2, 5, 6, 11), (3, 3, 5, 5)]      # N = 63, 66, 25: odd, never a block multiple
 
 
@@ -23,7 +24,7 @@ def block(monkeypatch):
     monkeypatch.setattr(torch_backend, "MIN_ROWS", 1)
 
 
-@pytest.mark.parametrize("mode", ["global", "local"])
+@pytest.mark.parametrize("mode", OP_MODES["entropy"])
 @pytest.mark.parametrize("B,C,H,W", SHAPES)
 @pytest.mark.parametrize("dtype,tol", [(torch.float32, 2e-4), (torch.float64, 1e-12)])
 def test_entropy(block, mode, B, C, H, W, dtype, tol):
@@ -81,7 +82,7 @@ def test_float64_identical_selection_and_gradients(block, mode):
         assert rel_err(g, r) < 1e-8
 
 
-@pytest.mark.parametrize("mode", ["global", "local"])
+@pytest.mark.parametrize("mode", OP_MODES["route"])
 def test_gradcheck(block, mode):
     x = features(2, 3, 3, 5, torch.float64, requires_grad=True)
     t = features(2, 2, 3, 5, torch.float64, requires_grad=True)

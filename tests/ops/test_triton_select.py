@@ -3,7 +3,7 @@
 import pytest
 import torch
 
-from qsattn_fast import entropy, select
+from qsattn_fast import OP_MODES, entropy, select
 
 from support.numerics import assert_valid_selection, features
 from support.triton_env import DEVICE, triton_op
@@ -39,7 +39,7 @@ def test_all_equal_and_extremes():
     assert torch.equal(SELECT(e.to(DEVICE), 3).cpu(), expected(e, 3))
 
 
-@pytest.mark.parametrize("mode", ["global", "local"])
+@pytest.mark.parametrize("mode", OP_MODES["entropy"])
 def test_valid_on_entropies(mode):
     x = features(3, 16, 9, 11, scale=0.5).to(DEVICE)
     ent = entropy(x, mode, 5, backend="triton")

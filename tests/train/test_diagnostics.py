@@ -3,11 +3,12 @@ itself: tests/train/test_trainer.py)."""
 import pytest
 import torch
 
+from qsattn_fast import OP_MODES
 from qsattn_fast.backends.reference import global_attention, local_attention  # the dense oracle
 from qsattn_fast.train.diagnostics import textbook_entropy
 
 
-@pytest.mark.parametrize("mode", ["global", "local"])
+@pytest.mark.parametrize("mode", OP_MODES["entropy"])
 def test_textbook_entropy_is_the_released_codes(mode):
     """The released code's float32 entropy, blockwise (global) or per window (local), equals the
     reference backend's dense -sum p log p; one-hot rows give exactly 0."""

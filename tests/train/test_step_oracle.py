@@ -20,6 +20,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from qsattn_fast import OP_MODES
 from qsattn_fast.ops import split_mode
 from qsattn_fast.train import networks, options
 from qsattn_fast.train.cycle_gan import CycleGANModel
@@ -332,18 +333,18 @@ def test_fastcut_step(batch, flip):
 
 
 @pytest.mark.parametrize("backend", QS_BACKENDS)
-@pytest.mark.parametrize("mode", ["global", "local", "local_global"])
+@pytest.mark.parametrize("mode", OP_MODES["qsattn"])
 @pytest.mark.parametrize("batch", [1, 2])
 def test_qs_step(batch, mode, backend):
     check_step(["--model", "qs", "--qs_mode", mode, "--qs_backend", backend], batch)
 
 
-@pytest.mark.parametrize("mode", ["global", "local"])
+@pytest.mark.parametrize("mode", OP_MODES["route"])
 def test_qs_step_with_detached_attention(mode):
     check_step(["--model", "qs", "--qs_mode", mode, "--qs_detach_attention"], 1)
 
 
-@pytest.mark.parametrize("mode", ["global", "local"])
+@pytest.mark.parametrize("mode", OP_MODES["route"])
 def test_qs_step_triton_interpreted(mode):
     if NO_TRITON:
         pytest.skip(NO_TRITON)

@@ -16,6 +16,7 @@ import pytest
 import torch
 from PIL import Image
 
+from qsattn_fast import OP_MODES
 from qsattn_fast.train import checkpoint as ckpt, options, trainer
 from qsattn_fast.train.cycle_gan import CycleGANModel
 from qsattn_fast.train.data import SyntheticDataset
@@ -92,7 +93,7 @@ def _one_step(opt, seed=3):
     return losses, model.last_patch_ids, grads
 
 
-@pytest.mark.parametrize("mode", ["global", "local", "local_global"])
+@pytest.mark.parametrize("mode", OP_MODES["qsattn"])
 def test_reference_and_torch_backends_give_the_same_step(tmp_path, mode):
     """One training step (batch 2) with --qs_backend reference and torch from the same seed: equal losses
     (1e-4 relative), the same selected queries on the QS layers, the same generator gradients."""

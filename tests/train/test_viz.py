@@ -10,6 +10,7 @@ import torch
 from PIL import Image
 
 import qsattn_fast as qs
+from qsattn_fast import OP_MODES
 from qsattn_fast.ops import split_mode
 from qsattn_fast.train.data import to_image
 from qsattn_fast.train.networks import define_G
@@ -80,7 +81,7 @@ def test_loss_plot_leaves_non_finite_losses_out(tmp_path):
     assert np.array_equal(*pictures)
 
 
-@pytest.mark.parametrize("mode", ["global", "local", "local_global"])
+@pytest.mark.parametrize("mode", OP_MODES["qsattn"])
 def test_selection_maps_are_the_apis_selection(mode, tmp_path):
     """Per layer: the entropies of the API on the encoder's features, the k lowest rows picked; the figure
     marks exactly those k positions (at their centres in image pixels) and has a heat map per entropy."""
