@@ -18,7 +18,8 @@ pytestmark = pytest.mark.skipif(native.LOAD_ERROR is not None, reason=str(native
 
 # The kernel's tile edge and its largest channel count for small_logits instead of sgemm (csrc/cpu_common.h),
 # as the extension reports them (1, 1 where it is not loaded: the module is skipped then).
-TS, SMALL_C = (lambda c: (c.get("entropy_global_tile", 1), c.get("entropy_global_small_c", 1)))(native.constants())
+_CONSTANTS = native.constants()
+TS, SMALL_C = _CONSTANTS.get("entropy_global_tile", 1), _CONSTANTS.get("entropy_global_small_c", 1)
 
 SHAPES = [(1, 8, 7, 9), (2, 5, 6, 11), (3, 3, 5, 5),
           (1, 3, 23, 29),   # N = 667: 2 tiles, the second ragged
