@@ -1,9 +1,11 @@
 """FID / KID statistics and the synthetic measures (train/metrics.py) against closed forms and
 direct computations."""
 import itertools
+import math
 
 import pytest
 import torch
+import torch.nn.functional as F
 
 from qsattn_fast.train import metrics as M
 from qsattn_fast.train.data import synthetic_pair
@@ -122,15 +124,27 @@ def test_stripe_measures_separate_striped_from_identity_translations():
     assert noisy["background_error"] > 0.05 and striped["background_error"] < noisy["background_error"]
 
 
-@pytest.mark.parametrize("n,size", [(1, 33), (5, 48)])
-def test_paired_measures_are_zero_for_the_identity_and_perfect_for_b(n, size):
+def _has_inner_detail(a, b, mask):
+    """Whether some pixel has its whole 3x3 neighbourhood on the object's unchanged part (a == b)."""
+    kept = (mask & (a == b).all(1)).double()[:, None]
+    return bool((F.avg_pool2d(kept, 3, stride=1, padding=1, count_include_pad=True) == 1).any())
+
+
+@pytest.mark.parametrize("n,size,repaint_detail", [(1, 33, False), (5, 48, False), (3, 40, True)])
+def test_paired_measures_are_zero_for_the_identity_and_perfect_for_b(n, size, repaint_detail):
+    """detail_error is 0 for A and B, and NaN when no object keeps an inner mark (a small object may
+    not; repaint_detail makes B change every object pixel)."""
     a, b, mask = _synthetic_batch(n, size, int(torch.randint(0, 1000, ())), "recolour")
-    assert M.synthetic_measures(a, a, b, mask) == {"conformity": 0.0, "shape_iou": 0.0, "detail_error": 0.0,
-                                                    "background_error": 0.0, "changed_iou": 0.0,
-                                                    "image_error": 1.0}
-    assert M.synthetic_measures(b, a, b, mask) == {"conformity": 1.0, "shape_iou": 1.0, "detail_error": 0.0,
-                                                    "background_error": 0.0, "changed_iou": 1.0,
-                                                    "image_error": 0.0}
+    if repaint_detail:
+        b = torch.where((mask & (a == b).all(1))[:, None], -a, b)
+    has_detail = _has_inner_detail(a, b, mask)
+    assert not (repaint_detail and has_detail)
+    for fake, want in [(a, {"conformity": 0.0, "shape_iou": 0.0, "changed_iou": 0.0, "image_error": 1.0}),
+                       (b, {"conformity": 1.0, "shape_iou": 1.0, "changed_iou": 1.0, "image_error": 0.0})]:
+        got = M.synthetic_measures(fake, a, b, mask)
+        detail = got.pop("detail_error")
+        assert got == {**want, "background_error": 0.0}
+        assert detail == 0.0 if has_detail else math.isnan(detail)
 
 
 def test_paired_measures_against_direct_computations():
