@@ -93,7 +93,7 @@ def run_one(cfg: dict) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def main(argv=None) -> int:
+def parse_args(argv=None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--shapes", nargs="+", type=parse_shape, help="mode:C:N:B entries (N a square)")
     ap.add_argument("--quick", action="store_true", help="two small shapes, for a smoke run")
@@ -111,7 +111,44 @@ def main(argv=None) -> int:
     ap.add_argument("--plot", metavar="JSON",
                     help="only draw the time/memory figure of a report's JSON (beside it, .png)")
     ap.add_argument("--worker", help=argparse.SUPPRESS)
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
+
+
+def summarise(res: dict, cfg: dict, op: str) -> None:
+    """Adds to a worker's result ``res`` the floor's products and exps, the median time, GFLOP/s, and the
+    paired floor ratio and exp fraction (each timed step against the rates measured right after it)."""
+    dims = (f"{op}_{cfg['mode']}", cfg["C"], cfg["N"], cfg["B"], cfg["backward"], cfg["k"])
+    res["floor_products_flop"], res["floor_exps"] = harness.floor(*dims)
+    res["median_s"] = statistics.median(res["times_s"])
+    res["gflops"] = harness.flops(*dims) / res["median_s"] / 1e9
+    paired = list(zip(res["times_s"], res["matmul_gflops_paired"], res["exp_gexps_paired"]))
+    res["floor_ratio_paired"] = statistics.median(t / floor_s(res, r, e) for t, r, e in paired)
+    res["exp_fraction_paired"] = statistics.median(res["floor_exps"] / t / 1e9 / e for t, _, e in paired)
+
+
+def measure(args, device: str) -> list[dict]:
+    """One subprocess per (shape, backend, pass) that the backend runs; the rows of the report."""
+    shapes = args.shapes or [parse_shape(s) for s in (QUICK_SHAPES if args.quick else DEFAULT_SHAPES)]
+    names = args.backends or harness.peers(device)
+    passes = (False,) if args.op == "entropy" else (False, True)
+    todo = [(shape, name, backward) for shape in shapes for name in names for backward in passes
+            if harness.workload(name, f"{args.op}_{shape['mode']}") is not None]
+    rows = []
+    for shape, name, backward in todo:
+        cfg = dict(shape, op=args.op, backend=name, device=device, backward=backward,
+                   k=min(args.k, shape["N"]), repeats=args.repeats, budget_s=args.budget,
+                   cpu_level=args.cpu_level)
+        print(f"[{len(rows) + 1}/{len(todo)}] {shape['mode']} C={shape['C']} N={shape['N']} B={shape['B']} "
+              f"{name} {'fwd+bwd' if backward else 'fwd'}", file=sys.stderr, flush=True)
+        res = run_one(cfg)
+        if "times_s" in res:
+            summarise(res, cfg, args.op)
+        rows.append(dict(cfg, **res))
+    return rows
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     if args.worker:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
@@ -123,33 +160,10 @@ def main(argv=None) -> int:
     import torch
 
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
-    shapes = args.shapes or [parse_shape(s) for s in (QUICK_SHAPES if args.quick else DEFAULT_SHAPES)]
-    names = args.backends or harness.peers(device)
     set_cpu_level(args.cpu_level)
     env = harness.environment(device)
     rate_before, exp_before = harness.matmul_gflops(device), harness.exp_gexps(device)
-    rows = []
-    passes = (False,) if args.op == "entropy" else (False, True)
-    todo = [(shape, name, backward) for shape in shapes for name in names for backward in passes
-            if harness.workload(name, f"{args.op}_{shape['mode']}") is not None]
-    for shape, name, backward in todo:
-        cfg = dict(shape, op=args.op, backend=name, device=device, backward=backward,
-                   k=min(args.k, shape["N"]), repeats=args.repeats, budget_s=args.budget,
-                   cpu_level=args.cpu_level)
-        print(f"[{len(rows) + 1}/{len(todo)}] {shape['mode']} C={shape['C']} N={shape['N']} B={shape['B']} "
-              f"{name} {'fwd+bwd' if backward else 'fwd'}", file=sys.stderr, flush=True)
-        res = run_one(cfg)
-        if "times_s" in res:
-            dims = (f"{args.op}_{shape['mode']}", shape["C"], shape["N"], shape["B"], backward, cfg["k"])
-            res["floor_products_flop"], res["floor_exps"] = harness.floor(*dims)
-            res["median_s"] = statistics.median(res["times_s"])
-            res["gflops"] = harness.flops(*dims) / res["median_s"] / 1e9
-            res["floor_ratio_paired"] = statistics.median(
-                t / floor_s(res, r, e)
-                for t, r, e in zip(res["times_s"], res["matmul_gflops_paired"], res["exp_gexps_paired"]))
-            res["exp_fraction_paired"] = statistics.median(   # exps per second over the exp rate, same repeat
-                res["floor_exps"] / t / 1e9 / e for t, e in zip(res["times_s"], res["exp_gexps_paired"]))
-        rows.append(dict(cfg, **res))
+    rows = measure(args, device)
     env["matmul_fp32_gflops"] = max(rate_before, harness.matmul_gflops(device))   # measured before and after
     env["exp_fp32_gexps"] = max(exp_before, harness.exp_gexps(device))
     env["stream_exp_fp32_gexps"] = harness.stream_exp_gexps(device)   # torch.exp over a large array, for comparison
