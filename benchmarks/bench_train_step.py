@@ -44,7 +44,7 @@ from qsattn_fast.backends.base import Request
 from qsattn_fast.registry import resolve
 from qsattn_fast.train import options
 from qsattn_fast.train.data import synthetic_pair
-from qsattn_fast.train.model import CUTModel
+from qsattn_fast.train.models import create_model
 from qsattn_fast.train.trainer import training_device
 
 from harness import environment
@@ -64,7 +64,7 @@ def make_step(model_name, backend, size=256, ngf=64, batch=1, mode="global", gpu
     opt = options.parse(argv)
     device = training_device(gpu_ids)
     torch.manual_seed(0)
-    model = CUTModel(opt, device)
+    model = create_model(opt, device)
     pairs = [synthetic_pair(0, i, size) for i in range(batch)]
     data = {"A": torch.stack([p[0] for p in pairs]).to(device), "B": torch.stack([p[1] for p in pairs]).to(device)}
     return model, data

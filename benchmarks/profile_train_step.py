@@ -19,7 +19,7 @@ from torch.profiler import ProfilerActivity, profile
 from qsattn_fast import OP_MODES
 from qsattn_fast.train import options
 from qsattn_fast.train.data import synthetic_pair
-from qsattn_fast.train.model import CUTModel
+from qsattn_fast.train.models import create_model
 
 from harness import environment
 
@@ -38,7 +38,7 @@ def main(argv=None) -> int:
                          "--qs_mode", a.qs_mode, "--gpu_ids", "-1", "--crop_size", str(a.size),
                          "--load_size", str(a.size)])
     torch.manual_seed(0)
-    model = CUTModel(opt, "cpu")
+    model = create_model(opt, "cpu")
     pair = synthetic_pair(0, 0, a.size)
     data = {"A": pair[0][None], "B": pair[1][None]}
     model.optimize(data)                                       # warm-up

@@ -36,7 +36,7 @@ import torch
 
 from qsattn_fast.train import options
 from qsattn_fast.train.data import synthetic_pair
-from qsattn_fast.train.trainer import build_model
+from qsattn_fast.train.models import create_model
 from qsattn_fast.train.viz import figure, redraw, save_figure
 
 from bench_train_step import interleaved_times
@@ -146,7 +146,7 @@ def timed_steps(configs, args) -> dict:
     for c in configs:
         opt = options.parse(run_argv(c, 0, args))
         torch.manual_seed(0)
-        model = build_model(opt, "cpu")
+        model = create_model(opt, "cpu")
         pairs = [synthetic_pair(0, i, opt.crop_size, opt.synthetic_task) for i in range(opt.batch_size)]
         data = {"A": torch.stack([p[0] for p in pairs]), "B": torch.stack([p[1] for p in pairs])}
         fns[c] = lambda model=model, data=data: model.optimize(data)

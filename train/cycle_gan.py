@@ -67,8 +67,10 @@ class ImagePool:
 class CycleGANModel(GANModel):
     """Networks G_A, G_B, D_A, D_B with Adam optimisers "G" (G_A and G_B) and "D" (D_A and D_B) on
     ``device``; ``world`` > 1 averages gradients over the default process group. ``gen`` draws the
-    pools' choices."""
+    pools' choices. Sets no option defaults of its own: the base ones (no_dropout, lsgan, 200 + 200
+    epochs) are CycleGAN's."""
 
+    NAME = "cycle_gan"
     TRANSLATOR = "G_A"
     LOSS_NAMES = ("D_A", "G_A", "cycle_A", "idt_A", "D_B", "G_B", "cycle_B", "idt_B")
 

@@ -48,8 +48,8 @@ def layer_selection_stats(feat: torch.Tensor, opt) -> dict:
 
 @torch.no_grad()
 def selection_stats(model) -> dict:
-    """QS-Attn's selection on a :class:`.model.CUTModel`'s last source images (``real_A``), per QS layer
-    (keyed by NCE layer id); {} unless ``--model qs``. ``textbook_zero_rows``: the fraction of all rows
+    """QS-Attn's selection on a :class:`.model.QSAttnModel`'s last source images (``real_A``), per QS layer
+    (keyed by NCE layer id). ``textbook_zero_rows``: the fraction of all rows
     whose released-code entropy (:func:`textbook_entropy`) is exactly 0 (above num_patches / N, the
     released code picks among tied rows arbitrarily); ``selected_textbook_zero``: that fraction among the
     rows we select; ``selected_entropy`` {p5, p50, p95, max}: our entropies of the selected rows;
@@ -57,8 +57,6 @@ def selection_stats(model) -> dict:
     in float32, or, on the native CPU kernel, falls below its e^-87 flush: such rows tie for us too and are
     taken in index order; docs/design.md §2). Costs one encoder pass and one entropy pass per QS layer."""
     opt = model.opt
-    if opt.model != "qs":
-        return {}
     with model.autocast:
         feats = model.netG(model.real_A, opt.nce_layers_list, encode_only=True)
     return {str(opt.nce_layers_list[i]): layer_selection_stats(feats[i].float(), opt)

@@ -19,6 +19,7 @@ from __future__ import annotations
 import contextlib
 import copy
 import math
+import os
 
 import torch
 import torch.distributed as dist
@@ -26,7 +27,7 @@ from torch import nn
 
 from qsattn_fast import QSPatchSampler
 
-from . import networks
+from . import diagnostics, networks
 
 #: ``--lr_policy`` choices (CUT's schedules).
 LR_POLICIES = ("linear", "step", "cosine")
@@ -46,16 +47,6 @@ def lr_factor(opt, epoch: int) -> float:
     return (1 + math.cos(math.pi * c / opt.n_epochs)) / 2
 
 
-def qs_layer_positions(opt):
-    """``qs_layers`` of the sampler: () for cut/fastcut; for qs the positions of ``--qs_layers`` in
-    the NCE layer list (None = the last two)."""
-    if opt.model != "qs":
-        return ()
-    if not opt.qs_layers_list:
-        return None
-    return tuple(opt.nce_layers_list.index(i) for i in opt.qs_layers_list)
-
-
 class GANModel:
     """What the models share: the options, ``device``, bfloat16 autocast, a per-process
     ``torch.Generator`` for the step's own random draws (in the resume state), the GAN loss
@@ -67,12 +58,21 @@ class GANModel:
     exponential moving average of its weights (saved as ``<which>_net_<TRANSLATOR>_ema.pth``), and
     :meth:`translator` (what evaluation, grids and the best checkpoint use) is the EMA net.
     ``LOSS_NAMES``: every loss the model can log, ``loss_<name>`` attributes set by the step, in CUT's
-    order."""
+    order. ``NAME``: the model's ``--model`` name (:data:`.models.MODELS` looks it up), ``DEFAULTS``: the
+    option defaults it sets over the base ones (CUT's ``modify_commandline_options``). Hooks the trainer
+    calls: :meth:`epoch_diagnostics` after each epoch, :meth:`evaluation_pictures` after each evaluation."""
 
+    NAME = ""
+    DEFAULTS: dict = {}
     TRANSLATOR = "G"
     LOSS_NAMES: tuple[str, ...] = ()
+    #: The file under the run's folder that :meth:`epoch_diagnostics`' records go to (None: none).
+    DIAGNOSTICS_LOG: str | None = None
 
     def __init__(self, opt, device, world=1, rank=0):
+        if opt.model != self.NAME:
+            raise ValueError(f"{type(self).__name__} is --model {self.NAME}, not {opt.model} "
+                             "(models.create_model picks the class)")
         self.opt, self.device, self.world, self.rank = opt, torch.device(device), world, rank
         self.gen = torch.Generator()
         self.reseed(0)
@@ -208,12 +208,29 @@ class GANModel:
         """Restore what :meth:`state_for_resume` returned (``state`` may hold other keys too)."""
         raise NotImplementedError
 
+    def epoch_diagnostics(self) -> dict:
+        """After an epoch (rank 0): a JSON-able record about the last batch for :data:`DIAGNOSTICS_LOG`."""
+        return {}
+
+    def evaluation_pictures(self, image: torch.Tensor, epoch: int, folder: str) -> list[tuple[str, str]]:
+        """After an evaluation (rank 0): the model's own pictures of held-out ``image`` (1, C, H, W) in
+        [-1, 1], written as PNGs into ``folder``; returns [(TensorBoard tag, path)]."""
+        return []
+
 
 class CUTModel(GANModel):
-    """Networks netG, netD, netF with their Adam optimisers on ``device``; ``world`` > 1 averages
-    gradients over the default process group. ``gen`` draws the flips of flip equivariance."""
+    """CUT: networks netG, netD, netF with their Adam optimisers on ``device``; ``world`` > 1 averages
+    gradients over the default process group. ``gen`` draws the flips of flip equivariance. netF pools
+    random patches on every NCE layer (QS-Attn on :meth:`qs_layer_positions`, none here)."""
 
+    NAME = "cut"
+    DEFAULTS = dict(nce_idt=True, lambda_NCE=1.0)
     LOSS_NAMES = ("G_GAN", "D_real", "D_fake", "G", "NCE", "NCE_Y")
+
+    @classmethod
+    def qs_layer_positions(cls, opt):
+        """The sampler's ``qs_layers``: positions in the NCE layer list (None: the last two)."""
+        return ()
 
     def __init__(self, opt, device, world=1, rank=0):
         super().__init__(opt, device, world, rank)
@@ -221,7 +238,8 @@ class CUTModel(GANModel):
                                       opt.init_type, opt.init_gain, opt.no_antialias, opt.no_antialias_up).to(device)
         self.netD = networks.define_D(opt.output_nc, opt.ndf, opt.netD, opt.n_layers_D, opt.normD, opt.init_type,
                                       opt.init_gain, opt.no_antialias).to(device)
-        self.netF = QSPatchSampler(use_mlp=opt.netF == "mlp_sample", nc=opt.netF_nc, qs_layers=qs_layer_positions(opt),
+        self.netF = QSPatchSampler(use_mlp=opt.netF == "mlp_sample", nc=opt.netF_nc,
+                                   qs_layers=self.qs_layer_positions(opt),
                                    mode=opt.qs_mode, window=opt.qs_window, backend=opt.qs_backend,
                                    precision=opt.qs_precision, variant=opt.qs_variant, init_type=opt.init_type,
                                    init_gain=opt.init_gain, check_finite=False,
@@ -235,7 +253,7 @@ class CUTModel(GANModel):
         if opt.netF == "mlp_sample":
             self.optimizers["F"] = torch.optim.Adam(self.netF.parameters(), **adam)
         self.last_patch_ids = None
-        self.source_needs_grad = opt.model == "qs" and not opt.qs_detach_attention
+        self.source_needs_grad = False   # no gradient reaches the source features (PatchNCE detaches keys)
         self._ready()
 
     @property
@@ -326,3 +344,53 @@ class CUTModel(GANModel):
         """{name: (B, 3, H, W)} of the last step: real A, fake B, real B[, idt B]."""
         out = {"real A": self.real_A, "fake B": self.fake_B, "real B": self.real_B}
         return out | ({"idt B": self.idt_B} if self.idt_B is not None else {})
+
+
+class FastCUTModel(CUTModel):
+    """FastCUT: CUT without the identity NCE, with lambda_NCE 10, flip equivariance and 150 + 50 epochs."""
+
+    NAME = "fastcut"
+    DEFAULTS = dict(nce_idt=False, lambda_NCE=10.0, flip_equivariance=True, n_epochs=150, n_epochs_decay=50)
+
+
+class QSAttnModel(CUTModel):
+    """CUT with QS-Attn on ``--qs_layers`` (selection and routing by the source features' attention):
+    the source features get gradients through the attention rows unless ``--qs_detach_attention``.
+    Logs the selection's ties after each epoch (``selection_log.jsonl``, :mod:`.diagnostics`) and draws
+    the selection on a test image after each evaluation (:func:`.viz.plot_selection`)."""
+
+    NAME = "qs"
+    DEFAULTS = CUTModel.DEFAULTS
+    DIAGNOSTICS_LOG = "selection_log.jsonl"
+
+    def __init__(self, opt, device, world=1, rank=0):
+        super().__init__(opt, device, world, rank)
+        self.source_needs_grad = not opt.qs_detach_attention
+
+    @classmethod
+    def qs_layer_positions(cls, opt):
+        if not opt.qs_layers_list:
+            return None
+        return tuple(opt.nce_layers_list.index(i) for i in opt.qs_layers_list)
+
+    def epoch_diagnostics(self) -> dict:
+        """{"layers": :func:`.diagnostics.selection_stats`} of the last batch."""
+        return {"layers": diagnostics.selection_stats(self)}
+
+    @torch.no_grad()
+    def evaluation_pictures(self, image, epoch, folder):
+        """selection_epochNNN.png: the selection (the paper's Figure 2) per QS layer, through the
+        translator's encoder (the EMA net's) in eval mode."""
+        from .viz import plot_selection, selection_maps
+        opt, net = self.opt, self.translator()
+        layers = [opt.nce_layers_list[i] for i in sorted(self.netF.qs_positions(len(opt.nce_layers_list)))]
+        was = net.training
+        net.eval()
+        try:
+            maps = selection_maps(net, image, layers, opt.qs_mode, opt.num_patches, opt.qs_window, opt.qs_backend)
+        finally:
+            net.train(was)
+        path = os.path.join(folder, f"selection_epoch{epoch:03d}.png")
+        plot_selection(image[0], maps, path,
+                       title=f"epoch {epoch}: QS-Attn's selection ({opt.qs_mode}) on test image 0")
+        return [("selection", path)]

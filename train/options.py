@@ -1,7 +1,8 @@
 """Command-line options of ``qsattn-train``: CUT's flag names and defaults, plus the QS-Attn flags.
 
-Model-dependent defaults follow CUT (``--model cut``: nce_idt on, lambda_NCE 1; ``fastcut``: nce_idt
-off, lambda_NCE 10, flip equivariance, 150 + 50 epochs; ``cycle_gan``: CUT's cycle_gan_model, whose
+Model-dependent defaults (each model's ``DEFAULTS``, :mod:`.models`) follow CUT (``--model cut``:
+nce_idt on, lambda_NCE 1; ``fastcut``: nce_idt off, lambda_NCE 10, flip equivariance, 150 + 50 epochs;
+``cycle_gan``: CUT's cycle_gan_model, whose
 flags lambda_A 10, lambda_B 10, lambda_identity 0.5 and pool_size 50 only it reads, and which leaves
 the base defaults as they are: no_dropout on, lsgan, 200 + 200 epochs) and QS-Attn (``--model qs``: as
 CUT, with QS-Attn on ``--qs_layers``). ``--CUT_mode FastCUT`` and ``--QS_mode`` are accepted as in those repos.
@@ -19,14 +20,8 @@ from . import demo
 from .cli import Parser, add_debug_flag
 from .data import DATASET_MODES, PREPROCESS, SYNTHETIC_TASKS
 from .model import LR_POLICIES, NONFINITE_POLICIES
+from .models import MODELS
 from .networks import DISCRIMINATORS, GENERATOR_BLOCKS, NORMS, GANLoss
-
-MODEL_DEFAULTS = {
-    "cut": dict(nce_idt=True, lambda_NCE=1.0),
-    "fastcut": dict(nce_idt=False, lambda_NCE=10.0, flip_equivariance=True, n_epochs=150, n_epochs_decay=50),
-    "qs": dict(nce_idt=True, lambda_NCE=1.0),
-    "cycle_gan": dict(),
-}
 
 
 def str2bool(v) -> bool:
@@ -75,7 +70,7 @@ def build_parser() -> Parser:
                    help="torch's intra-op threads, torch.set_num_threads (0: torch's default); 1 is fastest for small "
                         "runs on a busy machine. --cpu_threads is its old name, accepted until 0.2")
     g = p.add_argument_group("model")
-    g.add_argument("--model", default=None, choices=sorted(MODEL_DEFAULTS),
+    g.add_argument("--model", default=None, choices=sorted(MODELS),
                    help="cut: CUT (the default); fastcut: FastCUT; qs: CUT with QS-Attn on --qs_layers; "
                         "cycle_gan: CycleGAN (CUT's cycle_gan_model)")
     g.add_argument("--CUT_mode", default=None, choices=["CUT", "cut", "FastCUT", "fastcut"],
@@ -213,7 +208,7 @@ def parse(argv=None) -> argparse.Namespace:
     model = first.model or ("qs" if first.demo else "cut")
     if first.CUT_mode:
         model = "fastcut" if first.CUT_mode.lower() == "fastcut" else "cut"
-    defaults = {"n_epochs": 200, "n_epochs_decay": 200, "flip_equivariance": False, **MODEL_DEFAULTS[model]}
+    defaults = {"n_epochs": 200, "n_epochs_decay": 200, "flip_equivariance": False, **MODELS[model].DEFAULTS}
     if first.demo:
         defaults.update(demo.SETTINGS)
     defaults["model"] = model

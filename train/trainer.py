@@ -52,20 +52,17 @@ import torch.distributed as dist
 
 from . import checkpoint as ckpt, demo
 from .cli import one_line_errors
-from .cycle_gan import CycleGANModel
 from .data import EpochSampler, SyntheticDataset, UnalignedDataset, dequantize
 from .device import pick_device
-from .diagnostics import selection_stats
 from .evaluation import TestSetEvaluator, jsonable
 from .metrics import MEANINGS
-from .model import CUTModel
+from .models import create_model
 from .options import parse
-from .viz import plot_losses, plot_selection, save_grid, selection_maps
+from .viz import plot_losses, save_grid
 
 LOG_NAME = "loss_log.jsonl"
 EVAL_LOG = "eval_log.jsonl"
 EVAL_BEST = "eval_best.json"
-SELECTION_LOG = "selection_log.jsonl"
 STOP_SIGNALS = (signal.SIGINT, signal.SIGTERM, signal.SIGUSR1)   # saved and exit 128 + the signal's number
 REPEAT_S = 1.0   # the same stop signal again within this many seconds is the same request (see _on_signal)
 EXIT_NONFINITE = 3
@@ -89,11 +86,6 @@ def make_dataset(opt):
                                 opt.synthetic_period_scale)
     return UnalignedDataset(opt.dataroot, opt.phase, opt.max_dataset_size, opt.preprocess, opt.load_size,
                             opt.crop_size, opt.no_flip, opt.serial_batches, opt.skip_bad_images)
-
-
-def build_model(opt, device, world=1, rank=0):
-    """The model of ``--model``: :class:`.cycle_gan.CycleGANModel` or :class:`.model.CUTModel`."""
-    return (CycleGANModel if opt.model == "cycle_gan" else CUTModel)(opt, device, world, rank)
 
 
 def _rng_state(device):
@@ -144,7 +136,7 @@ class Trainer:
         if self.rank == 0 and opt.eval_freq > 0:
             self.evaluator = TestSetEvaluator(opt, self.device, log=lambda m: print(m, file=sys.stderr))
         torch.manual_seed(opt.seed)
-        self.model = build_model(opt, self.device, self.world, self.rank)
+        self.model = create_model(opt, self.device, self.world, self.rank)
         if self.rank > 0:  # patch ids differ across processes, as their data do
             torch.manual_seed(opt.seed * 1_000_003 + self.rank)
         self.epoch, self.epoch_iter, self.step = opt.epoch_count, 0, 0
@@ -160,7 +152,8 @@ class Trainer:
             self._resume()
         if self.rank == 0:
             self._trim_log(self.log_path)
-            self._trim_log(os.path.join(self.save_dir, SELECTION_LOG))
+            if self.model.DIAGNOSTICS_LOG:
+                self._trim_log(os.path.join(self.save_dir, self.model.DIAGNOSTICS_LOG))
             if self.evaluator is not None:
                 self.best = self._trim_log(os.path.join(self.save_dir, EVAL_LOG), self.evaluator.primary)
             os.makedirs(os.path.join(self.save_dir, "samples"), exist_ok=True)
@@ -337,57 +330,14 @@ class Trainer:
     def run(self) -> int:
         """Train until the last epoch, ``--max_steps`` or a stop signal; returns the exit code (0, or
         128 + the signal's number)."""
-        from tqdm import tqdm
-        opt, model = self.opt, self.model
-        last_epoch = opt.n_epochs + opt.n_epochs_decay
         t0 = time.time()
         previous = {s: signal.signal(s, self._on_signal) for s in STOP_SIGNALS} if self._main_thread() else {}
         try:
-            while self.epoch <= last_epoch:
-                lr = model.set_lr(self.epoch)
-                self.dataset.finetuning = self.epoch > opt.n_epochs
-                sampler = EpochSampler(len(self.dataset), opt.seed, self.epoch, self.rank, self.world,
-                                       opt.serial_batches, skip=self.epoch_iter * opt.batch_size)
-                loader = torch.utils.data.DataLoader(self.dataset, opt.batch_size, sampler=sampler,
-                                                     num_workers=opt.num_threads,
-                                                     pin_memory=self.device.type == "cuda",
-                                                     generator=torch.Generator())  # keeps the global RNG untouched
-                self.epoch_steps = self.epoch_iter + len(loader)   # a resumed epoch skips its first steps
-                bar = tqdm(loader, desc=f"epoch {self.epoch}/{last_epoch}", disable=self.rank != 0 or not self.tty,
-                           dynamic_ncols=True, unit="it")
-                for batch in self._batches(bar):
-                    skipped = model.skipped_updates
-                    losses = model.optimize(batch)
-                    self.epoch_iter += 1
-                    self.step += 1
-                    self._watch(losses, model.skipped_updates > skipped)
-                    code = self._stop_code()
-                    if self._log_due():
-                        self._guard()
-                        if self.world > 1:
-                            losses = self._mean_over_ranks(losses)
-                    if self.rank == 0:
-                        self._after_step(losses, lr, t0, bar)
-                    if self._every(opt.save_latest_freq) or code is not None:
-                        self.save("latest")
-                    if code is not None:
-                        bar.close()
-                        if self.rank == 0:
-                            why = f"stopped by {signal.Signals(code - 128).name}" if code else \
-                                f"--max_steps {opt.max_steps} reached"
-                            print(f"qsattn-train: {why}; saved {self.save_dir}/latest_* at step {self.step} "
-                                  "(--continue_train resumes)", file=sys.stderr)
-                        return code
-                bar.close()
-                finished = self.epoch
-                self.epoch, self.epoch_iter = self.epoch + 1, 0
-                self.save("latest")
-                if self.rank == 0 and opt.model == "qs":
-                    self.log_selection(finished)
-                if finished % opt.save_epoch_freq == 0 or finished == last_epoch:
-                    self.save(finished)
-                if opt.eval_freq > 0 and (finished % opt.eval_freq == 0 or finished == last_epoch):
-                    self.run_evaluation(finished)
+            while self.epoch <= self.last_epoch:
+                code = self._run_epoch(t0)
+                if code is not None:
+                    return code
+                self._end_epoch()
             if self.rank == 0:
                 self.write_plot()
                 print(f"qsattn-train: done in {time.time() - t0:.0f} s; checkpoints, samples and loss plot in "
@@ -399,6 +349,73 @@ class Trainer:
                 signal.signal(s, handler)
             if self.board is not None:
                 self.board.close()
+
+    @property
+    def last_epoch(self) -> int:
+        return self.opt.n_epochs + self.opt.n_epochs_decay
+
+    def _loader(self):
+        """The current epoch's batches of this process, from step ``epoch_iter`` on (a resumed epoch)."""
+        opt = self.opt
+        sampler = EpochSampler(len(self.dataset), opt.seed, self.epoch, self.rank, self.world, opt.serial_batches,
+                               skip=self.epoch_iter * opt.batch_size)
+        return torch.utils.data.DataLoader(self.dataset, opt.batch_size, sampler=sampler, num_workers=opt.num_threads,
+                                           pin_memory=self.device.type == "cuda",
+                                           generator=torch.Generator())  # keeps the global RNG untouched
+
+    def _run_epoch(self, t0) -> int | None:
+        """The steps of the current epoch; the exit code if the run stops within it (saved), else None."""
+        from tqdm import tqdm
+        model = self.model
+        lr = model.set_lr(self.epoch)
+        self.dataset.finetuning = self.epoch > self.opt.n_epochs
+        loader = self._loader()
+        self.epoch_steps = self.epoch_iter + len(loader)   # a resumed epoch skips its first steps
+        bar = tqdm(loader, desc=f"epoch {self.epoch}/{self.last_epoch}", disable=self.rank != 0 or not self.tty,
+                   dynamic_ncols=True, unit="it")
+        for batch in self._batches(bar):
+            skipped = model.skipped_updates
+            losses = model.optimize(batch)
+            self.epoch_iter += 1
+            self.step += 1
+            self._watch(losses, model.skipped_updates > skipped)
+            code = self._stop_code()
+            if self._log_due():
+                self._guard()
+                if self.world > 1:
+                    losses = self._mean_over_ranks(losses)
+            if self.rank == 0:
+                self._after_step(losses, lr, t0, bar)
+            if self._every(self.opt.save_latest_freq) or code is not None:
+                self.save("latest")
+            if code is not None:
+                bar.close()
+                self._say_stopped(code)
+                return code
+        bar.close()
+        return None
+
+    def _say_stopped(self, code):
+        if self.rank == 0:
+            why = f"stopped by {signal.Signals(code - 128).name}" if code else \
+                f"--max_steps {self.opt.max_steps} reached"
+            print(f"qsattn-train: {why}; saved {self.save_dir}/latest_* at step {self.step} "
+                  "(--continue_train resumes)", file=sys.stderr)
+
+    def _end_epoch(self):
+        """After an epoch's last step: save latest (and the epoch's checkpoint every ``save_epoch_freq``),
+        the model's diagnostics, and the evaluation every ``eval_freq`` epochs and after the last."""
+        opt, finished = self.opt, self.epoch
+        self.epoch, self.epoch_iter = self.epoch + 1, 0
+        self.save("latest")
+        if self.rank == 0 and self.model.DIAGNOSTICS_LOG:
+            rec = {"epoch": finished, "step": self.step, **self.model.epoch_diagnostics()}
+            with open(os.path.join(self.save_dir, self.model.DIAGNOSTICS_LOG), "a") as f:
+                f.write(json.dumps(rec) + "\n")
+        if finished % opt.save_epoch_freq == 0 or finished == self.last_epoch:
+            self.save(finished)
+        if opt.eval_freq > 0 and (finished % opt.eval_freq == 0 or finished == self.last_epoch):
+            self.run_evaluation(finished)
 
     def _batches(self, loader):
         """The loader's batches; a data error (an image that verified but does not decode) saves the
@@ -418,13 +435,6 @@ class Trainer:
                 raise ValueError(f"{last}; saved {self.save_dir}/latest_* after step {self.step} "
                                  "(resume with --continue_train once the image is fixed or removed)") from e
             yield batch
-
-    def log_selection(self, epoch):
-        """Append the QS-Attn selection statistics of the epoch's last batch (:func:`.diagnostics.selection_stats`:
-        how many rows the released code's float32 entropy ties at exactly 0) to selection_log.jsonl."""
-        rec = {"epoch": epoch, "step": self.step, "layers": selection_stats(self.model)}
-        with open(os.path.join(self.save_dir, SELECTION_LOG), "a") as f:
-            f.write(json.dumps(rec) + "\n")
 
     def run_evaluation(self, epoch):
         """Rank 0: the test split's metrics after ``epoch`` (translated by the model's translator: the EMA
@@ -448,8 +458,9 @@ class Trainer:
             self.last_eval = rec, os.path.join(self.save_dir, "samples", f"test_epoch{epoch:03d}.png")
             self.evaluator.save_grid(self.last_eval[1])
             self._board_image("test translations", self.last_eval[1])
-            if self.opt.model == "qs":
-                self.save_selection(epoch)
+            image = dequantize(self.evaluator.sources[:1]).to(self.device)
+            for tag, path in self.model.evaluation_pictures(image, epoch, os.path.join(self.save_dir, "samples")):
+                self._board_image(tag, path)
             if self.board is not None:
                 for k, v in numbers.items():
                     if isinstance(v, float):
@@ -459,23 +470,6 @@ class Trainer:
                   file=sys.stderr)
         if self.world > 1:
             dist.barrier()
-
-    @torch.no_grad()
-    def save_selection(self, epoch):
-        """samples/selection_epochNNN.png: QS-Attn's selection (train/viz.py, the paper's Figure 2) on the
-        first test image, per QS layer, through the translator's encoder (the EMA net's) in eval mode."""
-        opt, net = self.opt, self.model.translator()
-        layers = [opt.nce_layers_list[i] for i in sorted(self.model.netF.qs_positions(len(opt.nce_layers_list)))]
-        x = dequantize(self.evaluator.sources[:1]).to(self.device)
-        was = net.training
-        net.eval()
-        try:
-            maps = selection_maps(net, x, layers, opt.qs_mode, opt.num_patches, opt.qs_window, opt.qs_backend)
-        finally:
-            net.train(was)
-        path = os.path.join(self.save_dir, "samples", f"selection_epoch{epoch:03d}.png")
-        plot_selection(x[0], maps, path, title=f"epoch {epoch}: QS-Attn's selection ({opt.qs_mode}) on test image 0")
-        self._board_image("selection", path)
 
     def _print_summary(self):
         """After the last epoch: the held-out measures of the last evaluation, what they mean, and the
@@ -502,8 +496,7 @@ class Trainer:
             if self.tty:
                 bar.set_postfix(shown, refresh=False)
             else:   # a log file: one line per logged step instead of progress-bar redraws
-                last = opt.n_epochs + opt.n_epochs_decay
-                print(f"epoch {self.epoch}/{last} step {self.step} ({self.epoch_iter}/{self.epoch_steps}) "
+                print(f"epoch {self.epoch}/{self.last_epoch} step {self.step} ({self.epoch_iter}/{self.epoch_steps}) "
                       f"{rec['time']:.0f} s lr {lr:.2e} " + " ".join(f"{k} {v}" for k, v in shown.items())
                       + (f" skipped {rec['skipped']}" if "skipped" in rec else ""), file=sys.stderr, flush=True)
         if self._every(opt.display_freq):

@@ -25,7 +25,7 @@ from qsattn_fast.ops import split_mode
 from qsattn_fast.train import networks, options
 from qsattn_fast.train.cycle_gan import CycleGANModel
 from qsattn_fast.train.data import SyntheticDataset
-from qsattn_fast.train.model import CUTModel
+from qsattn_fast.train.models import create_model
 
 from support.training import TINY, one_thread, pool_query  # noqa: F401 (fixture)
 
@@ -233,7 +233,7 @@ def run_step(argv, batch, dtype=F64, flip=None):
     """One optimize() step of a fresh model; returns the model, its pre-step parameters, the post-step
     D, the step's draws, its losses and gradients."""
     opt = options.parse(TINY + ["--batch_size", str(batch)] + argv)
-    model = CUTModel(opt, "cpu")
+    model = create_model(opt, "cpu")
     for net in model.nets.values():
         net.to(dtype)
     if flip is not None:

@@ -18,9 +18,9 @@ from PIL import Image
 
 from qsattn_fast import OP_MODES
 from qsattn_fast.train import checkpoint as ckpt, options, trainer
-from qsattn_fast.train.cycle_gan import CycleGANModel
 from qsattn_fast.train.data import SyntheticDataset
-from qsattn_fast.train.model import CUTModel, GANModel, lr_factor, qs_layer_positions
+from qsattn_fast.train.model import GANModel, QSAttnModel, lr_factor
+from qsattn_fast.train.models import MODELS, create_model
 
 from support import ROOT
 from support.numerics import rel_err
@@ -66,11 +66,15 @@ def test_cut_defaults_and_model_defaults():
 
 def test_qs_layers_map_to_sampler_positions():
     base = ["--dataroot", "x", "--model", "qs"]
-    assert qs_layer_positions(options.parse(base)) is None  # the sampler's default: the last two
-    assert qs_layer_positions(options.parse(base + ["--qs_layers", "8,16"])) == (2, 4)
-    assert qs_layer_positions(options.parse(["--dataroot", "x", "--model", "cut", "--qs_layers", "16"])) == ()
-    assert qs_layer_positions(options.parse(base + ["--qs_layers", "all"])) == (0, 1, 2, 3, 4)
-    assert qs_layer_positions(options.parse(base + ["--qs_layers", "all", "--nce_layers", "4,16"])) == (0, 1)
+
+    def positions(argv):
+        opt = options.parse(argv)
+        return MODELS[opt.model].qs_layer_positions(opt)
+    assert positions(base) is None  # the sampler's default: the last two
+    assert positions(base + ["--qs_layers", "8,16"]) == (2, 4)
+    assert positions(["--dataroot", "x", "--model", "cut", "--qs_layers", "16"]) == ()
+    assert positions(base + ["--qs_layers", "all"]) == (0, 1, 2, 3, 4)
+    assert positions(base + ["--qs_layers", "all", "--nce_layers", "4,16"]) == (0, 1)
     for bad in (["--qs_layers", "al"], ["--nce_layers", "0,x"]):
         with pytest.raises(SystemExit):
             options.parse(base + bad)
@@ -85,7 +89,7 @@ def test_linear_lr_schedule_is_cuts():
 
 def _one_step(opt, seed=3):
     torch.manual_seed(seed)
-    model = CUTModel(opt, "cpu")
+    model = create_model(opt, "cpu")
     ds = SyntheticDataset(opt.seed, 4, opt.load_size, opt.crop_size)
     batch = torch.utils.data.default_collate([ds[(0, 11)], ds[(1, 12)]])
     losses = model.optimize(batch)
@@ -656,12 +660,14 @@ def test_qs_detach_attention_changes_only_the_gradient(tmp_path):
 
 
 def test_both_models_implement_the_interface_the_base_class_declares():
-    """GANModel declares what the trainer calls; CUT and CycleGAN implement each with its signature."""
+    """GANModel declares what the trainer calls; every model (CUT and its variants, CycleGAN) implements
+    each with its signature, and is looked up by its own name."""
     import inspect
     declared = ("forward", "compute_D_loss", "compute_G_loss", "optimize", "visuals", "state_for_resume",
                 "load_state_for_resume")
-    for cls in (CUTModel, CycleGANModel):
-        assert cls.LOSS_NAMES
+    assert set(MODELS) == {"cut", "fastcut", "qs", "cycle_gan"}
+    for key, cls in MODELS.items():
+        assert cls.LOSS_NAMES and cls.NAME == key
         for name in declared:
             assert getattr(cls, name) is not getattr(GANModel, name), (cls.__name__, name)
             assert inspect.signature(getattr(cls, name)).parameters.keys() == \
@@ -698,7 +704,7 @@ def test_qs_run_logs_selection_statistics(tmp_path):
     """--model qs writes one selection record per epoch, per QS layer (12, 16), with fractions in [0, 1]
     and ordered entropy percentiles; cut writes none."""
     assert trainer.main(tiny(tmp_path, "--model", "qs", "--qs_backend", "torch")) == 0
-    with open(tmp_path / "run" / trainer.SELECTION_LOG) as f:
+    with open(tmp_path / "run" / QSAttnModel.DIAGNOSTICS_LOG) as f:
         recs = [json.loads(line) for line in f]
     assert [r["epoch"] for r in recs] == [1, 2] and recs[-1]["step"] == 8
     for r in recs:
@@ -708,7 +714,7 @@ def test_qs_run_logs_selection_statistics(tmp_path):
             e = s["selected_entropy"]
             assert 0 <= e["p5"] <= e["p50"] <= e["p95"] <= e["max"]
     assert trainer.main(tiny(tmp_path, "--model", "cut", name="cut")) == 0
-    assert not (tmp_path / "cut" / trainer.SELECTION_LOG).exists()
+    assert not (tmp_path / "cut" / QSAttnModel.DIAGNOSTICS_LOG).exists()
 
 
 def test_a_log_file_gets_one_line_per_logged_step_not_progress_bars(tmp_path, capsys):
