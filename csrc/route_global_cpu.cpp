@@ -66,6 +66,96 @@ void route_global_kernel(const at::Tensor& f, const at::Tensor& idx, const std::
   }
 }
 
+// The backward's inputs for one image b: the rows, the selected rows Q and each row's lse and D.
+template <typename T>
+struct BackwardImage {
+  int64_t b, N, C, k;
+  at::Tensor fb, ib, q;  // (N, C) rows of image b, (k) selected indices, (k, C) Q = fb[ib]
+  const T *lse, *d;      // (k) log-sum-exp and D = sum_i rowsum(dO_i * O_i) of each selected row
+};
+
+// Row r's dS over keys n0 .. n0 + nk in place of its dP (srow), from its logits (prow, which become
+// P = exp(s - lse)): dS = P * (dP - D), and 0 at a pivot (P > PIVOT; its key is written to pivot).
+// Returns the row's sum of dS off the pivot.
+template <typename T>
+T ds_row(T* prow, T* srow, int64_t nk, int64_t n0, T lse, T d, int64_t& pivot) {
+  const T z = exp_shift(prow, nk, lse);
+  T sum = 0;
+#pragma omp simd reduction(+ : sum)
+  for (int64_t j = 0; j < nk; ++j) {
+    srow[j] = prow[j] * (srow[j] - d);
+    sum += srow[j];
+  }
+  if (z > T(PIVOT)) {  // only a block holding more than PIVOT of the row can hold its pivot
+    for (int64_t j = 0; j < nk; ++j) {
+      if (prow[j] > T(PIVOT)) {
+        pivot = n0 + j;
+        sum -= srow[j];
+        srow[j] = 0;
+      }
+    }
+  }
+  return sum;
+}
+
+// One task: keys n0 .. n0 + nk of image x against all k selected rows. P and dS (k x nk, in this
+// thread's pbuf and sbuf) give the keys' rows of dV_i = P^T dO_i and dK = dS^T Q; dQ = dS K_blk goes to
+// this thread's accumulator dqt and each row's sum of dS off its pivot to rs.
+template <typename T>
+void backward_key_block(const BackwardImage<T>& x, int64_t n0, const std::vector<at::Tensor>& v,
+                        const std::vector<at::Tensor>& g, at::Tensor& df, std::vector<at::Tensor>& dv, at::Tensor& pbuf,
+                        at::Tensor& sbuf, at::Tensor& dqt, T* rs, int64_t* piv) {
+  const int64_t b = x.b, k = x.k, nk = std::min(BK, x.N - n0);
+  const at::Tensor kb = x.fb.narrow(0, n0, nk);
+  at::Tensor p = pbuf.narrow(0, 0, k * nk).view({k, nk});
+  at::Tensor ds = sbuf.narrow(0, 0, k * nk).view({k, nk});
+  at::mm_out(p, x.q, kb.t());
+  at::mm_out(ds, g[0][b], v[0][b].narrow(0, n0, nk).t());  // dP = sum_i dO_i V_i,blk^T
+  for (size_t i = 1; i < v.size(); ++i) ds.addmm_(g[i][b], v[i][b].narrow(0, n0, nk).t());
+  T *pp = p.data_ptr<T>(), *sp = ds.data_ptr<T>();
+  for (int64_t r = 0; r < k; ++r) rs[r] += ds_row(pp + r * nk, sp + r * nk, nk, n0, x.lse[r], x.d[r], piv[r]);
+  for (size_t i = 0; i < v.size(); ++i) {
+    at::Tensor dvb = dv[i][b].narrow(0, n0, nk);
+    at::mm_out(dvb, p.t(), g[i][b]);
+  }
+  df[b].narrow(0, n0, nk).addmm_(ds.t(), x.q);
+  dqt.addmm_(ds, kb);
+}
+
+// dF[idx] += dQ (dqs, summed over threads), plus the pivots' terms c_i = -rss_i (each row's sum of dS
+// off its pivot): dK_pivot += c_i Q_i, dQ_i += c_i K_pivot. Whole rows where dF's rows are contiguous,
+// else CB channels at a time (CB planes of NCHW maps, which stay cached while the rows are scattered).
+template <typename T>
+void scatter_dq(const BackwardImage<T>& x, const at::Tensor& dqs, const at::Tensor& rss, const int64_t* piv,
+                at::Tensor& df) {
+  const int64_t C = x.C, k = x.k;
+  const int64_t* ip = x.ib.template data_ptr<int64_t>();
+  const T *dqp = dqs.data_ptr<T>(), *rsp = rss.data_ptr<T>(), *qp = x.q.template data_ptr<T>(),
+          *fp = x.fb.template data_ptr<T>();
+  T* dfp = df.data_ptr<T>() + x.b * df.stride(0);
+  const int64_t sn = df.stride(1), sc = df.stride(2), fn = x.fb.stride(0), fc = x.fb.stride(1);
+  std::vector<int64_t> fix;  // rows with c_i != 0
+  for (int64_t r = 0; r < k; ++r)
+    if (piv[r] >= 0 && rsp[r] != 0) fix.push_back(r);
+  const int64_t cb = sc == 1 ? C : CB;
+  for (int64_t c0 = 0; c0 < C; c0 += cb) {
+    const int64_t c1 = std::min(C, c0 + cb);
+    for (int64_t r = 0; r < k; ++r) {
+      T* dst = dfp + ip[r] * sn;
+      for (int64_t c = c0; c < c1; ++c) dst[c * sc] += dqp[r * C + c];
+    }
+    for (const int64_t r : fix) {
+      const T cr = -rsp[r];
+      T *dqr = dfp + ip[r] * sn, *dkr = dfp + piv[r] * sn;
+      const T* kr = fp + piv[r] * fn;
+      for (int64_t c = c0; c < c1; ++c) {
+        dqr[c * sc] += cr * kr[c * fc];
+        dkr[c * sc] += cr * qp[r * C + c];
+      }
+    }
+  }
+}
+
 template <typename T>
 void route_global_backward_kernel(const at::Tensor& f, const at::Tensor& idx, const std::vector<at::Tensor>& v,
                                   const std::vector<at::Tensor>& out, const at::Tensor& lse,
@@ -77,13 +167,12 @@ void route_global_backward_kernel(const at::Tensor& f, const at::Tensor& idx, co
   for (size_t i = 0; i < v.size(); ++i) dsum.add_((g[i] * out[i]).sum(-1));
   at::Tensor dq = at::zeros({nt, k, C}, f.options());
   at::Tensor rsum = at::zeros({nt, k}, f.options());  // per thread: each row's sum of dS off its pivot
-  std::vector<int64_t> piv(k), fix;                   // each row's pivot key or -1; rows with c_i != 0
-  int64_t* pv = piv.data();
+  std::vector<int64_t> piv(k);                        // each row's pivot key or -1
   const at::ThreadLocalState tls;
   for (int64_t b = 0; b < B; ++b) {
-    const at::Tensor fb = f[b], ib = idx[b], q = fb.index_select(0, ib);
-    const T* lp = lse.data_ptr<T>() + b * k;
-    const T* dp = dsum.data_ptr<T>() + b * k;
+    const at::Tensor fb = f[b], ib = idx[b];
+    const BackwardImage<T> x{
+        b, N, C, k, fb, ib, fb.index_select(0, ib), lse.data_ptr<T>() + b * k, dsum.data_ptr<T>() + b * k};
     std::fill(piv.begin(), piv.end(), -1);
 #pragma omp parallel num_threads(nt)
     {
@@ -92,74 +181,11 @@ void route_global_backward_kernel(const at::Tensor& f, const at::Tensor& idx, co
       at::Tensor dqt = dq[omp_get_thread_num()];
       T* rs = rsum[omp_get_thread_num()].data_ptr<T>();
 #pragma omp for schedule(dynamic, 1)
-      for (int64_t blk = 0; blk < nblk; ++blk) {
-        const int64_t n0 = blk * BK, nk = std::min(BK, N - n0);
-        const at::Tensor kb = fb.narrow(0, n0, nk);
-        at::Tensor p = pbuf.narrow(0, 0, k * nk).view({k, nk});
-        at::Tensor ds = sbuf.narrow(0, 0, k * nk).view({k, nk});
-        at::mm_out(p, q, kb.t());
-        at::mm_out(ds, g[0][b], v[0][b].narrow(0, n0, nk).t());
-        for (size_t i = 1; i < v.size(); ++i) ds.addmm_(g[i][b], v[i][b].narrow(0, n0, nk).t());
-        T* pp = p.data_ptr<T>();
-        T* sp = ds.data_ptr<T>();
-        for (int64_t r = 0; r < k; ++r) {
-          T* prow = pp + r * nk;
-          T* srow = sp + r * nk;
-          const T z = exp_shift(prow, nk, lp[r]), d = dp[r];
-          T sum = 0;
-#pragma omp simd reduction(+ : sum)
-          for (int64_t j = 0; j < nk; ++j) {
-            srow[j] = prow[j] * (srow[j] - d);
-            sum += srow[j];
-          }
-          if (z > T(PIVOT)) {  // only a block holding more than PIVOT of the row can hold its pivot
-            for (int64_t j = 0; j < nk; ++j) {
-              if (prow[j] > T(PIVOT)) {
-                pv[r] = n0 + j;
-                sum -= srow[j];
-                srow[j] = 0;
-              }
-            }
-          }
-          rs[r] += sum;
-        }
-        for (size_t i = 0; i < v.size(); ++i) {
-          at::Tensor dvb = dv[i][b].narrow(0, n0, nk);
-          at::mm_out(dvb, p.t(), g[i][b]);
-        }
-        df[b].narrow(0, n0, nk).addmm_(ds.t(), q);
-        dqt.addmm_(ds, kb);
-      }
+      for (int64_t blk = 0; blk < nblk; ++blk)
+        backward_key_block(x, blk * BK, v, g, df, dv, pbuf, sbuf, dqt, rs, piv.data());
     }
-    // dF[idx] += sum over threads of dQ, plus the pivots' terms with c_i = -sum over threads of rsum:
-    // whole rows where dF's rows are contiguous, else CB channels at a time (CB planes of NCHW maps,
-    // which stay cached while the rows are scattered); then reset the accumulators for the next image.
-    const at::Tensor dqs = dq.sum(0), rss = rsum.sum(0);
-    const int64_t* ip = ib.data_ptr<int64_t>();
-    const T *dqp = dqs.data_ptr<T>(), *rsp = rss.data_ptr<T>(), *qp = q.data_ptr<T>(), *fp = fb.data_ptr<T>();
-    T* dfp = df.data_ptr<T>() + b * df.stride(0);
-    const int64_t sn = df.stride(1), sc = df.stride(2), fn = fb.stride(0), fc = fb.stride(1);
-    fix.clear();
-    for (int64_t r = 0; r < k; ++r)
-      if (pv[r] >= 0 && rsp[r] != 0) fix.push_back(r);
-    const int64_t cb = sc == 1 ? C : CB;
-    for (int64_t c0 = 0; c0 < C; c0 += cb) {
-      const int64_t c1 = std::min(C, c0 + cb);
-      for (int64_t r = 0; r < k; ++r) {
-        T* dst = dfp + ip[r] * sn;
-        for (int64_t c = c0; c < c1; ++c) dst[c * sc] += dqp[r * C + c];
-      }
-      for (const int64_t r : fix) {
-        const T cr = -rsp[r];
-        T *dqr = dfp + ip[r] * sn, *dkr = dfp + pv[r] * sn;
-        const T* kr = fp + pv[r] * fn;
-        for (int64_t c = c0; c < c1; ++c) {
-          dqr[c * sc] += cr * kr[c * fc];
-          dkr[c * sc] += cr * qp[r * C + c];
-        }
-      }
-    }
-    dq.zero_();
+    scatter_dq(x, dq.sum(0), rsum.sum(0), piv.data(), df);
+    dq.zero_();  // the accumulators, reset for the next image
     rsum.zero_();
   }
 }
