@@ -153,7 +153,7 @@ def main(argv=None) -> int:
         print(json.dumps(worker(json.loads(args.worker))))
         return 0
     if args.plot:
-        from qsattn_fast.train.viz import redraw
+        from qsattn_fast.plots import redraw
         print(f"wrote {redraw(args.plot, lambda data, png: plot(data['results'], data['environment'], png))}")
         return 0
 
@@ -182,7 +182,7 @@ def main(argv=None) -> int:
 def plot(rows: list[dict], env: dict, path: str) -> None:
     """Time and extra peak memory against N, log-log, one line per backend, mode, C and B (fwd+bwd where
     measured, else fwd): the reference is the released code's footprint. Written to ``path`` as PNG."""
-    from qsattn_fast.train.viz import figure, save_figure
+    from qsattn_fast.plots import figure, save_figure
     lines: dict[tuple, list] = {}
     for r in rows:
         if "median_s" in r:

@@ -34,10 +34,10 @@ import time
 
 import torch
 
+from qsattn_fast.plots import figure, redraw, save_figure
 from qsattn_fast.train import options
 from qsattn_fast.train.data import synthetic_pair
 from qsattn_fast.train.models import create_model
-from qsattn_fast.train.viz import figure, redraw, save_figure
 
 from bench_train_step import interleaved_times
 from harness import environment

@@ -5,11 +5,13 @@
 #include <atomic>
 
 // The float loops are compiled three times, for the ISA levels x86-64 (SSE2), x86-64-v3 (AVX2 + FMA) and
-// x86-64-v4 (AVX-512), and picked at run time by cpu_level() (cpuid feature bits; set_cpu_level() lets the
-// tests and benchmarks run a lower level on the same machine). Levels, not CPU models: GCC's "arch=haswell"
-// clones dispatch on the model, which sends AMD's AVX2 machines to the SSE2 default. The generic loops are the
-// templates below, written so GCC vectorises them; at x86-64-v4 the entropy's exp loops are written with
-// intrinsics instead (v4:: below: vscalefps for 2^n, mask registers for the flush and the max's 1).
+// x86-64-v4 (AVX-512), and picked at run time by cpu_level() from the cpuid feature bits; set_cpu_level()
+// (_C.set_cpu_level) runs a lower level on the same machine, so that the tests cover every dispatch path and
+// the benchmarks compare the levels. Levels, not CPU models: GCC's "arch=haswell" clones dispatch on the
+// model, which sends AMD's AVX2 machines to the SSE2 default. The generic loops are the templates below,
+// branch-free around fast_exp (cpu_common.h) so that GCC vectorises them; at x86-64-v4 the entropy's exp
+// loops are written with intrinsics instead (v4:: below: vscalefps for 2^n, mask registers for the flush
+// and the max's 1).
 #if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && __GNUC__ >= 12
 #define QSATTN_X86 1
 #include <immintrin.h>
@@ -224,8 +226,9 @@ static inline __attribute__((always_inline)) T exp_shift_impl(T* s, int64_t n, T
 
 #ifdef QSATTN_X86
 // The x86-64-v4 loops of the entropy's exp: the same Cody-Waite reduction and Cephes polynomial as
-// exp_unflushed, with 2^n applied by vscalefps (no integer exponent arithmetic, no underflow of the
-// intermediate), the flush and the max's 1 as mask registers, and the tail as masked loads.
+// exp_unflushed, with 2^n applied by vscalefps (one instruction instead of three, no integer exponent
+// arithmetic, no underflow of the intermediate), so an exp is kept as (p, n) with e^d = p 2^n; the flush
+// and the max's 1 as mask registers; whole vectors loaded and stored plainly, only a row's tail masked.
 namespace v4 {
 
 struct Exp {  // e^d = p 2^n, p in [0.7, 1.42]: a column term scales p before 2^n is applied (no underflow)
@@ -258,8 +261,10 @@ QSATTN_V4 static inline __attribute__((always_inline)) __mmask16 lanes(int64_t l
 }
 
 // Adds the terms of logits at d = s - max <= 0 (lanes in k, e^d = p 2^n) as add_exp_terms does: e^d
-// where lo <= d < 0 to r and e^d d to t; returns the lanes with d < 0 (the others are at the max: the
-// callers count them as c from this mask). Without Flush the caller knows that every d >= lo.
+// where lo <= d < 0 to r and e^d d to t (the two compares feed vscalefps' zero-masking); returns the lanes
+// with d < 0: the others are at the max, and the callers count them as c from this mask (a popcount for
+// the row, a masked subtract for the columns), with no compare of their own. Without Flush the caller
+// knows that every d >= lo.
 template <bool Flush>
 QSATTN_V4 static inline __attribute__((always_inline)) __mmask16 add_terms(__mmask16 k, __m512 d, __m512 p, __m512 n,
                                                                            __m512& r, __m512& t) {
@@ -346,10 +351,13 @@ QSATTN_V4 static void exp_sums_v4(const float* s, int64_t n, float m, float* rr,
   v4::sums<false, false, true>(s, n, 1, n, &m, nullptr, nullptr, nullptr, rr, tt, cc, nullptr, nullptr, nullptr);
 }
 
-// The column factors e^{M - m_j} of the tile constant M = max_j m_j need M - m_j <= kReuseSpan and
-// |m_i - M| <= kReuseSpan for every row: then a column term that is kept (s - m_j >= -87) has a row gap
-// s - m_i >= -87 - 2 kReuseSpan, whose rounding adds at most ~1e-5 relative error to it; other tiles take
-// two exps per logit.
+// One exp per logit where the tile's maxima are close: with M = max_j m_j, e^{s - m_j} = e^{s - m_i}
+// e^{m_i - M} e^{M - m_j}, the row's factor computed once per row, the columns' once per tile. It needs
+// M - m_j <= kReuseSpan and |m_i - M| <= kReuseSpan for every row: the factors are then normal floats in
+// [e^-32, e^32] that scale the row exp's p before its vscalefps (no intermediate under- or overflows), and
+// a column term that is kept (s - m_j >= -87) has a row gap s - m_i >= -87 - 2 kReuseSpan, whose rounding
+// adds at most ~1e-5 relative error to it (the logits' own rounding is of that order). Other tiles take
+// two exps per logit; layer 0's maxima (C = 3) lie within a few units.
 constexpr float kReuseSpan = 32.0f;
 
 QSATTN_V4 static void row_col_exp_sums_v4(const float* s, int64_t ld, int64_t nr, int64_t n, const float* mi,

@@ -28,10 +28,11 @@ inline at::Tensor blas_rows(const at::Tensor& t) { return (t.stride(2) == 1 || t
 
 inline int num_threads() { return at::get_num_threads(); }
 
-// exp(x) for float to ~1 ulp, written so that GCC vectorises loops calling it (no libm call, no
-// branch; at x86-64-v4 the entropy's loops write the same math with intrinsics): x = n ln2 + r with
-// |r| <= ln2/2 (ln2 in two parts, Cody and Waite), e^r = 1 + r + r^2 P(r)
-// with Cephes' degree-5 minimax P, 2^n from the exponent bits. exp(x) for x < lo is returned as 0.
+// exp(x) for float, within 1 ulp of a float64 exp on [-87, 0] and exactly 1 at 0, written so that GCC
+// vectorises loops calling it (no libm call, no branch; at x86-64-v4 the entropy's loops write the same
+// math with intrinsics): x = n ln2 + r with |r| <= ln2/2 (ln2 in two parts, Cody and Waite),
+// e^r = 1 + r + r^2 P(r) with Cephes' degree-5 minimax P, 2^n from the exponent bits. exp(x) for x < lo
+// is returned as 0.
 // The routing kernels keep lo = -64 (e^-64 ~ 1.6e-28 is below the float resolution of any sum it
 // joins): this keeps subnormal numbers, which are ~100x slower in MKL's sgemm, out of the attention
 // rows and their products. The entropy sums take
@@ -73,13 +74,15 @@ void exp_sums(const float* s, int64_t n, float m, float* rr, float* tt, float* c
 void exp_sums(const double* s, int64_t n, double m, double* rr, double* tt, double* cc);
 
 // Column-wise twins of row_max / exp_sums over an nr x nc row-major tile s (nr > 0), vectorised along
-// the columns: row_col_max sets rm[i] = max_j s_ij and m[j] = max_i s_ij in one pass.
+// the columns: row_col_max sets rm[i] = max_j s_ij and m[j] = max_i s_ij in one pass (after an sgemm tile;
+// small_logits forms the maxima with the tile).
 void row_col_max(const float* s, int64_t nr, int64_t nc, float* rm, float* m);
 void row_col_max(const double* s, int64_t nr, int64_t nc, double* rm, double* m);
 // The nr rows of a tile s (row stride ld, n columns), both ways: r[i], t[i], c[i] as exp_sums gives them
 // for row i with max mi[i], and added to rr[j], tt[j], cc[j] the terms of column j against its max m[j]
-// (one load of each logit for its two terms). work: n + nr scratch values; lower: a lower bound of the tile's
-// logits (-inf if none is known), which may spare the flush's test.
+// (one load of each logit for its two terms: the row's reduced in registers, the columns' added to the
+// three arrays, L1-resident for a tile's width). work: n + nr scratch values; lower: a lower bound of the
+// tile's logits (-inf if none is known), which may spare the flush's test.
 void row_col_exp_sums(const float* s, int64_t ld, int64_t nr, int64_t n, const float* mi, const float* m, float* r,
                       float* t, float* c, float* rr, float* tt, float* cc, float* work, float lower);
 void row_col_exp_sums(const double* s, int64_t ld, int64_t nr, int64_t n, const double* mi, const double* m, double* r,
@@ -178,7 +181,8 @@ struct EntropyState {
   T entropy() const { return std::log1p(r) - t / (1 + r); }
 };
 
-// cols[j].merge of the state (m[j], rr[j] + cc[j] - 1, tt[j]) that row_col_exp_sums gave, for j < n.
+// cols[j].merge of the state (m[j], rr[j] + cc[j] - 1, tt[j]) that row_col_exp_sums gave, for j < n: the
+// branch-free EntropyState::merge, vectorised along the columns.
 void merge_columns(EntropyState<float>* cols, const float* m, const float* rr, const float* tt, const float* cc,
                    int64_t n);
 void merge_columns(EntropyState<double>* cols, const double* m, const double* rr, const double* tt, const double* cc,

@@ -15,36 +15,9 @@ import os
 import torch
 from PIL import Image, ImageDraw, ImageFont
 
+from qsattn_fast.plots import figure, save_figure, save_image
+
 from .data import to_image
-
-
-def _save_png(img: Image.Image, path: str) -> None:
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    img.save(tmp)
-    os.replace(tmp, path)
-
-
-def save_figure(fig, path: str) -> None:
-    """Writes a matplotlib figure to ``path`` as PNG, atomically (a reader never sees half a file)."""
-    tmp = f"{path}.tmp{os.getpid()}.png"
-    fig.savefig(tmp, dpi=100, format="png")
-    os.replace(tmp, path)
-
-
-def redraw(json_path: str, draw) -> str:
-    """The PNG beside a results JSON (same name, .png), drawn anew by ``draw(data, png_path)``; its path."""
-    with open(json_path) as f:
-        data = json.load(f)
-    png = os.path.splitext(json_path)[0] + ".png"
-    draw(data, png)
-    return png
-
-
-def figure(rows: int, cols: int, panel=(4.0, 3.0)):
-    """A matplotlib Figure of rows x cols panels, without pyplot (no global state, no display)."""
-    from matplotlib.figure import Figure
-    fig = Figure(figsize=(panel[0] * cols, panel[1] * rows), layout="constrained")
-    return fig, fig.subplots(rows, cols, squeeze=False)
 
 
 def tile_scale(h: int, w: int, min_tile: int) -> int:
@@ -69,7 +42,7 @@ def save_grid(columns, path: str, labels=None, pad: int = 2, min_tile: int = 128
         for i in range(b):
             grid.paste(to_image(col[i]).resize((tw, th), Image.NEAREST),
                        (pad + j * (tw + pad), head + pad + i * (th + pad)))
-    _save_png(grid, path)
+    save_image(grid, path)
 
 
 # ---------------------------------------------------------------- loss curves
