@@ -11,6 +11,7 @@ import qsattn_fast as q
 from qsattn_fast import OP_MODES, ops
 from qsattn_fast._common import rows
 from qsattn_fast.backends.base import request
+from qsattn_fast.sample_inputs import sample_inputs
 
 from support.numerics import assert_valid_selection, features, rel_err
 
@@ -48,21 +49,21 @@ def test_every_backend_implements_every_op_of_the_contract(backend):
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"qsattn::{name}.{backend}", key), (name, key)
 
 
-#: ops.sample_inputs settings of the opcheck cases: float64 at (2, 3, 5, 7), k = 6, window 3, precision None;
+#: sample_inputs settings of the opcheck cases: float64 at (2, 3, 5, 7), k = 6, window 3, precision None;
 #: float32 on a 2 x 3 map with k = N, a window larger than the map and precision "ieee" spelled out.
 OPCHECK_CASES = {"fp64": dict(dtype=torch.float64),
                  "fp32-tiny": dict(dtype=torch.float32, shape=(1, 2, 2, 3), k=6, window=7, precision="ieee")}
 
 
 @pytest.mark.parametrize("backend", ops.IMPLEMENTATIONS)
-@pytest.mark.parametrize("sample", range(len(ops.sample_inputs("torch"))),
-                         ids=[name for name, _ in ops.sample_inputs("torch")])
+@pytest.mark.parametrize("sample", range(len(sample_inputs("torch"))),
+                         ids=[name for name, _ in sample_inputs("torch")])
 @pytest.mark.parametrize("case", OPCHECK_CASES)
 def test_opcheck(backend, sample, case):
-    """torch.library.opcheck of each implementation on ops.sample_inputs: schema, fake kernel (shapes,
+    """torch.library.opcheck of each implementation on sample_inputs: schema, fake kernel (shapes,
     dtypes, strides), autograd registration, and AOT dispatch (the routing ops' shared autograd glue)."""
     runs(backend, "qsattn", on(features(2, 3, 5, 7, torch.float64)), "global")
-    name, args = ops.sample_inputs(backend, DEVICE, requires_grad=True, **OPCHECK_CASES[case])[sample]
+    name, args = sample_inputs(backend, DEVICE, requires_grad=True, **OPCHECK_CASES[case])[sample]
     torch.library.opcheck(ops.op(name, backend), args)
 
 
