@@ -13,7 +13,7 @@ from qsattn_fast._common import rows
 from qsattn_fast.backends.base import request
 from qsattn_fast.sample_inputs import sample_inputs
 
-from support.numerics import assert_valid_selection, features, rel_err
+from support.numerics import SHAPES, assert_valid_selection, features, op, ref_entropy, rel_err, run, stable
 
 try:                                  # the Triton kernels: compiled on a GPU, else under the interpreter
     from support.triton_env import DEVICE
@@ -22,12 +22,11 @@ except pytest.skip.Exception:         # triton missing: the triton backend skips
 
 BACKENDS = [name for name in q.backends() if name != "reference"]
 MODES = OP_MODES["qsattn"]
-SHAPES = [(1, 8, 7, 9), (2, 5, 6, 11), (3, 3, 5, 5)]      # N = 63, 66, 25
 
 
-def runs(backend, op, x, mode=None, window=7):
-    """Skip unless ``backend`` takes the request (forced, as the tests call it)."""
-    why = q.backends()[backend].why_not(request(op, x, mode, window=window))
+def runs(backend, name, x, mode=None, window=7):
+    """Skip unless ``backend`` takes the request of op ``name`` (forced, as the tests call it)."""
+    why = q.backends()[backend].why_not(request(name, x, mode, window=window))
     if why:
         pytest.skip(f"{backend}: {'; '.join(why)}")
 
@@ -44,7 +43,7 @@ def test_every_backend_implements_every_op_of_the_contract(backend):
     runs(backend, "qsattn", x, "global")
     key = x.device.type.upper()
     for name, schema in ops.SCHEMAS.items():
-        overload = ops.op(name, backend)
+        overload = op(name, backend)
         assert str(overload._schema) == f"qsattn::{name}.{backend}{schema}"
         assert torch._C._dispatch_has_kernel_for_dispatch_key(f"qsattn::{name}.{backend}", key), (name, key)
 
@@ -64,7 +63,7 @@ def test_opcheck(backend, sample, case):
     dtypes, strides), autograd registration, and AOT dispatch (the routing ops' shared autograd glue)."""
     runs(backend, "qsattn", on(features(2, 3, 5, 7, torch.float64)), "global")
     name, args = sample_inputs(backend, DEVICE, requires_grad=True, **OPCHECK_CASES[case])[sample]
-    torch.library.opcheck(ops.op(name, backend), args)
+    torch.library.opcheck(op(name, backend), args)
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -75,7 +74,7 @@ def test_entropy(backend, mode, B, C, H, W, dtype, tol):
     x = features(B, C, H, W, dtype, scale=1.0)
     runs(backend, "entropy", on(x), mode)
     got = q.entropy(on(x), mode, 5, backend=backend).cpu()
-    ref = q.entropy(x.double(), mode, 5, backend="reference")
+    ref = ref_entropy(x, mode, 5)
     assert got.dtype == (torch.float64 if dtype == torch.float64 else torch.float32) and got.shape == (B, H * W)
     assert rel_err(got, ref) < tol
 
@@ -93,10 +92,10 @@ def test_qsattn_against_reference(backend, mode, B, C, H, W, dtype, tol):
     idx, (a, b) = q.qsattn(on(x), [on(x), on(t)], k=k, mode=mode, window=5, backend=backend)
     idx, a, b = idx.cpu(), a.cpu(), b.cpu()
     sel_mode = ops.split_mode(mode)[0]
-    ref_ent = q.entropy(x.double(), sel_mode, 5, backend="reference")
+    ref_ent = ref_entropy(x, sel_mode, 5)
     assert_valid_selection(idx, ref_ent, k, tol=max(tol, 1e-4) * float(ref_ent.abs().max()))
     own = q.entropy(on(x), sel_mode, 5, backend=backend).cpu()
-    assert torch.equal(idx, torch.argsort(own, dim=1, stable=True)[:, :k])
+    assert torch.equal(idx, stable(own, k))
     ra, rb = q.route(x.double(), idx, [x.double(), t.double()], ops.split_mode(mode)[1], 5,
                      backend="reference")
     assert a.dtype == dtype and a.shape == (B, k, C) and b.shape == (B, k, C + 2)
@@ -148,7 +147,7 @@ def test_routing_returns_each_rows_log_sum_exp(backend, mode):
     runs(backend, "route", on(x), mode, 3)
     idx = torch.stack([torch.randperm(35)[:8] for _ in range(2)])
     tail = (None,) if mode == "global" else (5, 7, 3)
-    _, lse = ops.op(f"route_{mode}", backend)(rows(on(x)), on(idx), [rows(on(x))], *tail)
+    _, lse = op(f"route_{mode}", backend)(rows(on(x)), on(idx), [rows(on(x))], *tail)
     q = rows(x).gather(1, idx[..., None].expand(-1, -1, 6))
     if mode == "global":
         s = q @ x.flatten(2)
@@ -167,14 +166,10 @@ def test_three_value_maps(backend, mode):
     runs(backend, "route", on(x), mode, 3)
     vals = [features(2, c, 3, 5, torch.float64) for c in (2, 5, 1)]
     idx = torch.stack([torch.randperm(15)[:7], torch.randperm(15)[:7]])
-    ws = [torch.randn(2, 7, c, dtype=torch.float64) for c in (4, 2, 5, 1)]
-    got, ref = [], []
-    for be, dev, out in ((backend, DEVICE, got), ("reference", "cpu", ref)):
-        ins = [m.to(dev).requires_grad_() for m in (x, *vals)]
-        routed = q.route(ins[0], idx.to(dev), ins, mode, 3, backend=be)
-        loss = sum((r.cpu() * w).sum() for r, w in zip(routed, ws))
-        out.extend([*(r.detach().cpu() for r in routed), *(g.cpu() for g in torch.autograd.grad(loss, ins))])
-    assert all(rel_err(a, b) < 1e-10 for a, b in zip(got, ref))
+    (outs, grads), (ref_outs, ref_grads) = (run(backend, on(x), on(idx), [None, *map(on, vals)], mode, 3),
+                                            run("reference", x, idx, [None, *vals], mode, 3))
+    assert len(outs) == len(grads) == 4
+    assert all(rel_err(a.cpu(), b) < 1e-10 for a, b in zip([*outs, *grads], [*ref_outs, *ref_grads], strict=True))
 
 
 @pytest.mark.parametrize("backend", BACKENDS)
@@ -198,7 +193,7 @@ def test_ties_broken_by_lower_index(backend):
     ent = q.entropy(on(x), "global", backend=backend)
     idx = q.select(ent, 7, backend=backend).cpu()
     ent = ent.cpu()
-    assert torch.equal(idx, torch.argsort(ent, dim=1, stable=True)[:, :7])
+    assert torch.equal(idx, stable(ent, 7))
     picked = ent.gather(1, idx)
     assert bool((picked[:, 1:] == picked[:, :-1]).any())       # the selection did cross exact ties
 

@@ -12,7 +12,7 @@ import torch
 import qsattn_fast as q
 from qsattn_fast.backends import native
 
-from support.numerics import features, rel_err
+from support.numerics import SHAPES as COMMON_SHAPES, features, op, rel_err
 
 pytestmark = pytest.mark.skipif(native.LOAD_ERROR is not None, reason=str(native.LOAD_ERROR))
 
@@ -21,7 +21,7 @@ pytestmark = pytest.mark.skipif(native.LOAD_ERROR is not None, reason=str(native
 _CONSTANTS = native.constants()
 TS, SMALL_C = _CONSTANTS.get("entropy_global_tile", 1), _CONSTANTS.get("entropy_global_small_c", 1)
 
-SHAPES = [(1, 8, 7, 9), (2, 5, 6, 11), (3, 3, 5, 5),
+SHAPES = [*COMMON_SHAPES,
           (1, 3, 23, 29),   # N = 667: 2 tiles, the second ragged
           (2, 4, 24, 32),   # N = 768: exactly 2 tiles, 2 images
           (1, 5, 32, 36),   # N = 1152: exactly 3 tiles
@@ -74,7 +74,7 @@ def test_row_maxima_in_column_served_tiles(dtype, tol, cpu_level):
     ref = q.entropy(f.transpose(1, 2).reshape(2, 6, 26, 50), "global", backend="reference")
     rows_max_at = (f @ f.transpose(1, 2)).argmax(-1)
     assert bool((rows_max_at[:, 2 * TS:] < TS).any())   # the case this test is about does occur
-    assert rel_err(torch.ops.qsattn.entropy_global.native(f.to(dtype), None), ref) < tol
+    assert rel_err(op("entropy_global", "native")(f.to(dtype), None), ref) < tol
 
 
 def test_superblocks_beyond_32_tiles(cpu_level):
@@ -86,7 +86,7 @@ def test_superblocks_beyond_32_tiles(cpu_level):
     rows = torch.cat([torch.randperm(N - 100)[:1200], torch.arange(N - 100, N)])
     logp = torch.log_softmax(f[rows] @ f.T, -1)
     ref = -(logp.exp() * logp).sum(-1)
-    assert rel_err(torch.ops.qsattn.entropy_global.native(f[None].float(), None)[0, rows], ref) < 2e-4
+    assert rel_err(op("entropy_global", "native")(f[None].float(), None)[0, rows], ref) < 2e-4
 
 
 def test_tiles_with_close_and_far_apart_maxima(cpu_level):
@@ -97,9 +97,9 @@ def test_tiles_with_close_and_far_apart_maxima(cpu_level):
     logits = f[0, 2 * TS:] @ f[0, 2 * TS:].T
     assert float(logits[:TS, TS:].amax(0).max() - logits[:TS, TS:].amax(0).min()) > 32   # far apart there
     assert float((f[0, :2 * TS] @ f[0, :2 * TS].T).abs().max()) < 16                      # close here
-    ref = torch.ops.qsattn.entropy_global.native(f, None)
+    ref = op("entropy_global", "native")(f, None)
     assert rel_err(ref, q.entropy(f.transpose(1, 2).reshape(1, 4, 32, 48), "global", backend="reference")) < 1e-12
-    assert rel_err(torch.ops.qsattn.entropy_global.native(f.float(), None), ref) < 2e-4
+    assert rel_err(op("entropy_global", "native")(f.float(), None), ref) < 2e-4
 
 
 def test_peaked_columns_through_one_exp_per_logit(cpu_level):
@@ -118,14 +118,14 @@ def test_peaked_columns_through_one_exp_per_logit(cpu_level):
     f[n + j, (j + 1) % n] = (P - g) / a                                # ... and P_j - g_j with row j + 1
     f32 = f.float()
     want = q.entropy(f32.double().T.reshape(1, n, 2 * n, 1), "global", backend="torch")[0, n:]
-    got = torch.ops.qsattn.entropy_global.native(f32[None], None)[0, n:]
+    got = op("entropy_global", "native")(f32[None], None)[0, n:]
     assert bool(((want > 1e-38) & (want < 1e-24)).all())
     assert float(((got.double() - want) / want).abs().max()) < 1e-4
 
 
 def test_constant_rows_give_log_n():
     f = torch.zeros(2, 37, 4)
-    assert torch.allclose(torch.ops.qsattn.entropy_global.native(f, None),
+    assert torch.allclose(op("entropy_global", "native")(f, None),
                           torch.full((2, 37), float(torch.log(torch.tensor(37.)))))
 
 
@@ -133,8 +133,8 @@ def test_transposed_view_equals_contiguous_rows():
     x = features(2, 6, 5, 7)
     f = x.flatten(2).transpose(1, 2)
     assert not f.is_contiguous()
-    assert torch.equal(torch.ops.qsattn.entropy_global.native(f, None),
-                       torch.ops.qsattn.entropy_global.native(f.contiguous(), None))
+    assert torch.equal(op("entropy_global", "native")(f, None),
+                       op("entropy_global", "native")(f.contiguous(), None))
 
 
 @pytest.mark.parametrize("C", [5, SMALL_C + 4])
@@ -145,9 +145,9 @@ def test_result_does_not_depend_on_thread_count(C, cpu_level):
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = torch.ops.qsattn.entropy_global.native(f, None)
+        one = op("entropy_global", "native")(f, None)
         torch.set_num_threads(max(2, old))
-        many = torch.ops.qsattn.entropy_global.native(f, None)
+        many = op("entropy_global", "native")(f, None)
     finally:
         torch.set_num_threads(old)
     assert torch.equal(one, many)
@@ -168,17 +168,17 @@ def test_half_inputs_computed_in_fp32(dtype):
 ])
 def test_bad_inputs(f, match):
     with pytest.raises(RuntimeError, match=match):
-        torch.ops.qsattn.entropy_global.native(f, None)
+        op("entropy_global", "native")(f, None)
 
 
 def test_precision_ieee_only():
     """precision None or "ieee" (the same plain arithmetic); the native kernels have no other."""
     f = torch.randn(2, 13, 5)
-    assert torch.equal(torch.ops.qsattn.entropy_global.native(f, "ieee"),
-                       torch.ops.qsattn.entropy_global.native(f, None))
+    assert torch.equal(op("entropy_global", "native")(f, "ieee"),
+                       op("entropy_global", "native")(f, None))
     for precision in ("tf32", "tf32x3", "bf16"):
         with pytest.raises(RuntimeError, match="precision: .*ieee.*got \"" + precision):
-            torch.ops.qsattn.entropy_global.native(f, precision)
+            op("entropy_global", "native")(f, precision)
 
 
 def test_peaked_rows_down_to_the_smallest_normal_floats():

@@ -6,11 +6,9 @@ import torch
 import qsattn_fast as q
 from qsattn_fast.backends import native
 
+from support.numerics import op, stable
+
 pytestmark = pytest.mark.skipif(native.LOAD_ERROR is not None, reason=str(native.LOAD_ERROR))
-
-
-def stable(e, k):
-    return torch.argsort(e, dim=1, stable=True)[:, :k]
 
 
 @pytest.mark.parametrize("B,N", [(1, 1), (1, 37), (2, 300), (3, 4097)])
@@ -26,7 +24,7 @@ def test_ties_broken_by_lower_index(levels):
     e = torch.randint(0, levels, (3, 257)).float()
     e[1, ::2] = -0.0                                        # -0.0 == 0.0: a tie, not an order
     for k in (1, 16, 128, 257):
-        assert torch.equal(torch.ops.qsattn.select.native(e, k), stable(e, k))
+        assert torch.equal(op("select", "native")(e, k), stable(e, k))
 
 
 def test_nan_sorts_last():
@@ -34,7 +32,7 @@ def test_nan_sorts_last():
     e[0, [3, 17, 40]] = float("nan")
     e[1, :45] = float("nan")
     for k in (10, 47, 50):
-        assert torch.equal(torch.ops.qsattn.select.native(e, k), stable(e, k))
+        assert torch.equal(op("select", "native")(e, k), stable(e, k))
 
 
 def test_half_entropies_are_upcast():
@@ -45,9 +43,9 @@ def test_half_entropies_are_upcast():
 @pytest.mark.parametrize("k", [0, 38, -1])
 def test_bad_k(k):
     with pytest.raises(RuntimeError, match="k: must lie in"):
-        torch.ops.qsattn.select.native(torch.randn(2, 37), k)
+        op("select", "native")(torch.randn(2, 37), k)
 
 
 def test_bad_entropy():
     with pytest.raises(RuntimeError, match="entropy: expected a 2-D tensor"):
-        torch.ops.qsattn.select.native(torch.randn(37), 3)
+        op("select", "native")(torch.randn(37), 3)

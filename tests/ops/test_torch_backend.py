@@ -10,10 +10,9 @@ from qsattn_fast import OP_MODES
 from qsattn_fast.backends import torch as torch_backend
 from qsattn_fast.ops import split_mode
 
-from support.numerics import assert_valid_selection, features, rel_err
+from support.numerics import SHAPES, assert_valid_selection, features, rel_err
 
 MODES = OP_MODES["qsattn"]
-SHAPES = [(1, 8, 7, 9), (2, 5, 6, 11), (3, 3, 5, 5)]      # N = 63, 66, 25: odd, never a block multiple
 
 
 @pytest.fixture

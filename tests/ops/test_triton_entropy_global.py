@@ -4,22 +4,14 @@ import torch
 
 from qsattn_fast import entropy
 from qsattn_fast._common import rows
-from qsattn_fast.backends.reference import ReferenceBackend
 
-from support.numerics import features, rel_err
-from support.triton_env import DEVICE, INTERPRET, triton_op
+from support.numerics import features, op, ref_entropy, rel_err
+from support.triton_env import DEVICE, INTERPRET
 
 
 def entropy_global(x, precision=None):
     """The Triton op on the rows of x (B, C, H, W), as the backend calls it."""
-    return triton_op("entropy_global")(rows(x), precision)
-
-
-REF = ReferenceBackend()
-
-
-def ref_entropy(x):
-    return REF.entropy(x.double().cpu(), "global", 7, None, "paper")
+    return op("entropy_global", "triton")(rows(x), precision)
 
 
 @pytest.mark.parametrize("B,C,H,W", [(1, 3, 7, 9), (2, 19, 9, 11), (3, 40, 5, 13), (1, 130, 12, 12)])

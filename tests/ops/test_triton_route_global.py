@@ -3,25 +3,11 @@ through Q = F[idx] and K = F, and every value) against the float64 reference."""
 import pytest
 import torch
 
-from qsattn_fast import route
-
-from support.numerics import ROUTE_TOL as TOL, features, random_idx, rel_err
+from support.numerics import ROUTE_TOL as TOL, features, random_idx, rel_err, run
 from support.triton_env import DEVICE, INTERPRET
 
 # (B, C, H, W, k, value channels): N and C not block multiples, C = 3, k = N, three batch sizes.
 SHAPES = [(1, 3, 7, 9, 20, (3, 5)), (2, 19, 9, 11, 37, (19, 21)), (3, 8, 5, 5, 25, (8,)), (1, 130, 9, 9, 81, (2,))]
-
-
-def run(backend, x, idx, values, mode="global", precision=None):
-    """Routed outputs and the gradients of a random linear loss w.r.t. x and the values."""
-    x = x.detach().requires_grad_()
-    values = [x if v is None else v.detach().requires_grad_() for v in values]
-    outs = route(x, idx, values, mode, 5, backend=backend, precision=precision)
-    gen = torch.Generator().manual_seed(7)
-    loss = sum((o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device)).sum()
-               for o in outs)
-    leaves = [x] + [v for v in values if v is not x]
-    return outs, torch.autograd.grad(loss, leaves)
 
 
 def compare(x, idx, values, dtype, mode="global", precision=None, tol=None) -> float:
@@ -29,7 +15,7 @@ def compare(x, idx, values, dtype, mode="global", precision=None, tol=None) -> f
     output error."""
     out_tol, grad_tol = tol or TOL[dtype]
     got_o, got_g = run("triton", x.to(DEVICE), idx.to(DEVICE), [None if v is None else v.to(DEVICE) for v in values],
-                       mode, precision)
+                       mode, precision=precision)
     ref_o, ref_g = run("reference", x.double(), idx, [None if v is None else v.double() for v in values], mode)
     for g, r in zip(got_o, ref_o):
         assert g.dtype == dtype and g.shape == r.shape

@@ -5,14 +5,10 @@ import torch
 
 from qsattn_fast import OP_MODES, entropy, select
 
-from support.numerics import assert_valid_selection, features
-from support.triton_env import DEVICE, triton_op
+from support.numerics import assert_valid_selection, features, op, stable
+from support.triton_env import DEVICE
 
-SELECT = triton_op("select")
-
-
-def expected(e, k):
-    return torch.argsort(e, dim=1, stable=True)[:, :k]
+SELECT = op("select", "triton")
 
 
 @pytest.mark.parametrize("B,N,k", [(1, 1, 1), (2, 37, 5), (3, 200, 200), (2, 1000, 17), (1, 5000, 256), (3, 4099, 1)])
@@ -23,20 +19,20 @@ def test_equals_stable_argsort_with_ties(B, N, k):
         e[0, 0], e[0, 3] = -0.0, 0.0
     got = SELECT(e.to(DEVICE), k)
     assert got.dtype == torch.int64
-    assert torch.equal(got.cpu(), expected(e, k))
+    assert torch.equal(got.cpu(), stable(e, k))
 
 
 @pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
 def test_half_entropies(dtype):
     e = torch.rand(2, 300).to(dtype)             # half precision: plenty of ties
-    assert torch.equal(select(e.to(DEVICE), 50, backend="triton").cpu(), expected(e, 50))
+    assert torch.equal(select(e.to(DEVICE), 50, backend="triton").cpu(), stable(e, 50))
 
 
 def test_all_equal_and_extremes():
     e = torch.zeros(2, 70)
     e[1, 5], e[1, 9] = float("inf"), -float("inf")
-    assert torch.equal(SELECT(e.to(DEVICE), 70).cpu(), expected(e, 70))
-    assert torch.equal(SELECT(e.to(DEVICE), 3).cpu(), expected(e, 3))
+    assert torch.equal(SELECT(e.to(DEVICE), 70).cpu(), stable(e, 70))
+    assert torch.equal(SELECT(e.to(DEVICE), 3).cpu(), stable(e, 3))
 
 
 @pytest.mark.parametrize("mode", OP_MODES["entropy"])
@@ -50,4 +46,4 @@ def test_valid_on_entropies(mode):
 
 def test_float64_entropies():
     e = torch.randn(2, 123, dtype=torch.float64)
-    assert torch.equal(select(e.to(DEVICE), 31, backend="triton").cpu(), expected(e, 31))
+    assert torch.equal(select(e.to(DEVICE), 31, backend="triton").cpu(), stable(e, 31))

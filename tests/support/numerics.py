@@ -1,5 +1,18 @@
-"""Error measures, random feature maps and the selection check shared by the op tests."""
+"""What the op tests share: the common shapes, error measures, random maps and indices, the oracles (stable
+selection, reference entropies, the selection check) and the ways they call the ops (one op of one
+backend; a routing with the gradients of a random loss)."""
 import torch
+
+import qsattn_fast as q
+
+#: (B, C, H, W) of the tests that sweep shapes: N = 63, 66, 25 (odd, never a multiple of a block), B = 1..3.
+SHAPES = [(1, 8, 7, 9), (2, 5, 6, 11), (3, 3, 5, 5)]
+
+
+def op(name: str, backend: str):
+    """``torch.ops.qsattn.<name>.<backend>``: ``backend``'s implementation of the contract's op ``name``
+    (qsattn_fast/ops.py), its kernels loaded (Triton's on first use)."""
+    return q.backends()[backend].kernel(name)
 
 
 def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
@@ -36,3 +49,25 @@ ROUTE_TOL = {torch.float64: (1e-8, 1e-8), torch.float32: (2e-4, 1e-4), torch.flo
 def random_idx(B, N, k):
     """(B, k) int64: k distinct random rows of N per image."""
     return torch.stack([torch.randperm(N)[:k] for _ in range(B)]) if B else torch.empty(0, k, dtype=torch.int64)
+
+
+def stable(e, k):
+    """(B, N) -> (B, k): the contract's selection, argsort(e, stable=True)[:, :k]."""
+    return torch.argsort(e, dim=1, stable=True)[:, :k]
+
+
+def ref_entropy(x, mode="global", window=7):
+    """x (B, C, H, W) -> (B, H*W): the reference backend's float64 entropies, on the CPU."""
+    return q.entropy(x.double().cpu(), mode, window, backend="reference")
+
+
+def run(backend, x, idx, values, mode="global", window=5, precision=None):
+    """``route`` on ``backend``: the routed outputs and the gradients, w.r.t. x and every value map (None
+    stands for x itself), of a linear loss with fixed random weights (the same on every backend)."""
+    x = x.detach().requires_grad_()
+    values = [x if v is None else v.detach().requires_grad_() for v in values]
+    outs = q.route(x, idx, values, mode, window, backend=backend, precision=precision)
+    gen = torch.Generator().manual_seed(7)
+    loss = sum((o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device)).sum()
+               for o in outs)
+    return outs, torch.autograd.grad(loss, [x] + [v for v in values if v is not x])

@@ -40,10 +40,3 @@ INTERPRET = importlib.import_module("qsattn_fast.kernels._common").INTERPRET
 if not INTERPRET and not torch.cuda.is_available():
     pytest.skip("Triton kernels were compiled for a GPU but CUDA is not available", allow_module_level=True)
 DEVICE = "cpu" if INTERPRET else "cuda"
-
-
-def triton_op(name: str):
-    """The Triton implementation of the contract's op ``name`` (qsattn_fast/ops.py), registered by the
-    kernels imported above: ``torch.ops.qsattn.<name>.triton``."""
-    from qsattn_fast import ops
-    return ops.op(name, "triton")
