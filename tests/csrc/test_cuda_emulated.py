@@ -17,10 +17,10 @@ import torch
 
 from qsattn_fast import OP_MODES
 from qsattn_fast.backends import native
-from qsattn_fast.ops import SCHEMAS, op
+from qsattn_fast.ops import SCHEMAS
 
 from support import ROOT
-from support.numerics import ROUTE_TOL, random_idx, rel_err
+from support.numerics import ROUTE_TOL, op, random_idx, rel_err
 
 pytestmark = [pytest.mark.skipif(native.LOAD_ERROR is not None, reason=str(native.LOAD_ERROR)),
               pytest.mark.skipif(shutil.which(os.environ.get("CXX", "g++")) is None, reason="no C++ compiler")]

@@ -9,7 +9,7 @@ import torch
 import qsattn_fast as q
 from qsattn_fast.backends import native
 
-from support.numerics import features, random_idx, rel_err
+from support.numerics import features, op, random_idx, rel_err
 
 pytestmark = pytest.mark.skipif(native.LOAD_ERROR is not None, reason=str(native.LOAD_ERROR))
 
@@ -28,7 +28,7 @@ def test_forward_against_reference(B, C, H, W, k, dtype, tol, cpu_level):
 def test_lse_is_the_row_log_sum_exp():
     f, v = torch.randn(2, 17, 4, dtype=torch.float64), torch.randn(2, 17, 3, dtype=torch.float64)
     idx = random_idx(2, 17, 5)
-    _, lse = torch.ops.qsattn.route_global.native(f, idx, [v], None)
+    _, lse = op("route_global", "native")(f, idx, [v], None)
     q_rows = f.gather(1, idx[..., None].expand(-1, -1, 4))
     assert torch.allclose(lse, torch.logsumexp(q_rows @ f.transpose(1, 2), -1), rtol=1e-12)
 
@@ -88,9 +88,9 @@ def test_peaked_rows_against_autograd(contiguous, cpu_level):
     f = f.contiguous() if contiguous else f
     v = torch.randn(2, 323, 3, dtype=torch.float64)
     idx = random_idx(2, 323, 40)
-    (out,), lse = torch.ops.qsattn.route_global.native(f, idx, [v], None)
+    (out,), lse = op("route_global", "native")(f, idx, [v], None)
     g = torch.randn_like(out)
-    df, (dv,) = torch.ops.qsattn.route_global_backward.native(f, idx, [v], [out], lse, [g], None)
+    df, (dv,) = op("route_global_backward", "native")(f, idx, [v], [out], lse, [g], None)
     fr, vr = f.detach().requires_grad_(), v.requires_grad_()
     p = torch.softmax(fr.gather(1, idx[..., None].expand(-1, -1, 12)) @ fr.transpose(1, 2), -1)
     top = p.detach().amax(-1)
@@ -104,11 +104,11 @@ def test_strided_and_contiguous_rows_agree():
     f, vr = x.flatten(2).transpose(1, 2), v.flatten(2).transpose(1, 2)
     idx = random_idx(2, 35, 9)
     g = torch.randn(2, 9, 3)
-    (out_s,), lse_s = torch.ops.qsattn.route_global.native(f, idx, [vr], None)
-    (out_c,), lse_c = torch.ops.qsattn.route_global.native(f.contiguous(), idx, [vr.contiguous()], None)
+    (out_s,), lse_s = op("route_global", "native")(f, idx, [vr], None)
+    (out_c,), lse_c = op("route_global", "native")(f.contiguous(), idx, [vr.contiguous()], None)
     assert torch.allclose(out_s, out_c, rtol=1e-6, atol=1e-7) and torch.allclose(lse_s, lse_c, rtol=1e-6)
-    df_s, (dv_s,) = torch.ops.qsattn.route_global_backward.native(f, idx, [vr], [out_s], lse_s, [g], None)
-    df_c, (dv_c,) = torch.ops.qsattn.route_global_backward.native(f.contiguous(), idx, [vr.contiguous()], [out_c],
+    df_s, (dv_s,) = op("route_global_backward", "native")(f, idx, [vr], [out_s], lse_s, [g], None)
+    df_c, (dv_c,) = op("route_global_backward", "native")(f.contiguous(), idx, [vr.contiguous()], [out_c],
                                                                   lse_c, [g], None)
     assert torch.allclose(df_s, df_c, rtol=1e-5, atol=1e-6) and torch.allclose(dv_s, dv_c, rtol=1e-5, atol=1e-6)
 
@@ -118,12 +118,12 @@ def test_several_values_equal_their_concatenation():
     f = torch.randn(2, 23, 5, dtype=torch.float64)
     v1, v2 = torch.randn(2, 23, 3, dtype=torch.float64), torch.randn(2, 23, 4, dtype=torch.float64)
     idx = random_idx(2, 23, 7)
-    (o1, o2), lse = torch.ops.qsattn.route_global.native(f, idx, [v1, v2], None)
-    (oc,), lse_c = torch.ops.qsattn.route_global.native(f, idx, [torch.cat([v1, v2], 2)], None)
+    (o1, o2), lse = op("route_global", "native")(f, idx, [v1, v2], None)
+    (oc,), lse_c = op("route_global", "native")(f, idx, [torch.cat([v1, v2], 2)], None)
     assert torch.allclose(torch.cat([o1, o2], 2), oc, rtol=1e-12) and torch.allclose(lse, lse_c, rtol=1e-12)
     g1, g2 = torch.randn_like(o1), torch.randn_like(o2)
-    df, (d1, d2) = torch.ops.qsattn.route_global_backward.native(f, idx, [v1, v2], [o1, o2], lse, [g1, g2], None)
-    dfc, (dc,) = torch.ops.qsattn.route_global_backward.native(f, idx, [torch.cat([v1, v2], 2)], [oc], lse_c,
+    df, (d1, d2) = op("route_global_backward", "native")(f, idx, [v1, v2], [o1, o2], lse, [g1, g2], None)
+    dfc, (dc,) = op("route_global_backward", "native")(f, idx, [torch.cat([v1, v2], 2)], [oc], lse_c,
                                                                 [torch.cat([g1, g2], 2)], None)
     assert torch.allclose(df, dfc, rtol=1e-12) and torch.allclose(torch.cat([d1, d2], 2), dc, rtol=1e-12)
 
@@ -140,34 +140,34 @@ def test_several_values_equal_their_concatenation():
 def test_bad_inputs(args, match):
     f, idx, v = args
     with pytest.raises(RuntimeError, match=match):
-        torch.ops.qsattn.route_global.native(f, idx, [v], None)
+        op("route_global", "native")(f, idx, [v], None)
 
 
 def test_backward_rejects_mismatched_saved_tensors():
     f, v, idx = torch.randn(1, 9, 4), torch.randn(1, 9, 3), torch.tensor([[0, 5]])
-    (out,), lse = torch.ops.qsattn.route_global.native(f, idx, [v], None)
+    (out,), lse = op("route_global", "native")(f, idx, [v], None)
     with pytest.raises(RuntimeError, match="grad_out: expected the shape of out"):
-        torch.ops.qsattn.route_global_backward.native(f, idx, [v], [out], lse, [torch.randn(1, 2, 4)], None)
+        op("route_global_backward", "native")(f, idx, [v], [out], lse, [torch.randn(1, 2, 4)], None)
     with pytest.raises(RuntimeError, match="lse: expected shape"):
-        torch.ops.qsattn.route_global_backward.native(f, idx, [v], [out], lse[:, :1], [torch.randn_like(out)], None)
+        op("route_global_backward", "native")(f, idx, [v], [out], lse[:, :1], [torch.randn_like(out)], None)
     with pytest.raises(RuntimeError, match="one tensor per value"):
-        torch.ops.qsattn.route_global_backward.native(f, idx, [v], [out, out], lse, [torch.randn_like(out)], None)
+        op("route_global_backward", "native")(f, idx, [v], [out, out], lse, [torch.randn_like(out)], None)
     with pytest.raises(RuntimeError, match="v: expected at least one"):
-        torch.ops.qsattn.route_global_backward.native(f, idx, [], [], lse, [], None)
+        op("route_global_backward", "native")(f, idx, [], [], lse, [], None)
 
 
 def test_precision_ieee_only():
     """precision None or "ieee" (the same plain arithmetic), forward and backward; others raise."""
     f, v, idx = torch.randn(1, 9, 4), torch.randn(1, 9, 3), torch.tensor([[0, 5]])
-    (out,), lse = torch.ops.qsattn.route_global.native(f, idx, [v], None)
-    (out_i,), lse_i = torch.ops.qsattn.route_global.native(f, idx, [v], "ieee")
+    (out,), lse = op("route_global", "native")(f, idx, [v], None)
+    (out_i,), lse_i = op("route_global", "native")(f, idx, [v], "ieee")
     assert torch.equal(out, out_i) and torch.equal(lse, lse_i)
     g = torch.randn_like(out)
-    df, (dv,) = torch.ops.qsattn.route_global_backward.native(f, idx, [v], [out], lse, [g], None)
-    df_i, (dv_i,) = torch.ops.qsattn.route_global_backward.native(f, idx, [v], [out], lse, [g], "ieee")
+    df, (dv,) = op("route_global_backward", "native")(f, idx, [v], [out], lse, [g], None)
+    df_i, (dv_i,) = op("route_global_backward", "native")(f, idx, [v], [out], lse, [g], "ieee")
     assert torch.equal(df, df_i) and torch.equal(dv, dv_i)
     for precision in ("tf32", "tf32x3", "bf16"):
         with pytest.raises(RuntimeError, match="precision: .*ieee"):
-            torch.ops.qsattn.route_global.native(f, idx, [v], precision)
+            op("route_global", "native")(f, idx, [v], precision)
         with pytest.raises(RuntimeError, match="precision: .*ieee"):
-            torch.ops.qsattn.route_global_backward.native(f, idx, [v], [out], lse, [g], precision)
+            op("route_global_backward", "native")(f, idx, [v], [out], lse, [g], precision)

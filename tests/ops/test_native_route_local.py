@@ -10,7 +10,7 @@ import qsattn_fast as q
 from qsattn_fast._common import rows
 from qsattn_fast.backends import native
 
-from support.numerics import features, random_idx, rel_err
+from support.numerics import features, op, random_idx, rel_err
 
 pytestmark = pytest.mark.skipif(native.LOAD_ERROR is not None, reason=str(native.LOAD_ERROR))
 
@@ -61,7 +61,7 @@ def test_fp32_gradients_against_reference(cpu_level):
 
 def route_local(f, idx, v, H, W, window):
     """The native op with its autograd (qsattn_fast/ops.py): ([out_i], lse)."""
-    return torch.ops.qsattn.route_local.native(f, idx, v, H, W, window)
+    return op("route_local", "native")(f, idx, v, H, W, window)
 
 
 @pytest.mark.parametrize("B,C,H,W,k,window,channels", [(2, 3, 5, 7, 9, 3, (1, 5)),
@@ -103,9 +103,9 @@ def test_backward_does_not_depend_on_thread_count():
     old = torch.get_num_threads()
     try:
         torch.set_num_threads(1)
-        one = torch.ops.qsattn.route_local_backward.native(f, idx, vs, outs, lse, gs, 7, 9, 5)
+        one = op("route_local_backward", "native")(f, idx, vs, outs, lse, gs, 7, 9, 5)
         torch.set_num_threads(2)
-        two = torch.ops.qsattn.route_local_backward.native(f, idx, vs, outs, lse, gs, 7, 9, 5)
+        two = op("route_local_backward", "native")(f, idx, vs, outs, lse, gs, 7, 9, 5)
     finally:
         torch.set_num_threads(old)
     assert torch.equal(one[0], two[0]) and all(torch.equal(a, b) for a, b in zip(one[1], two[1]))
@@ -128,12 +128,12 @@ def bad(**kw):
 ])
 def test_bad_inputs(args, match):
     with pytest.raises(RuntimeError, match=match):
-        torch.ops.qsattn.route_local.native(*args)
+        op("route_local", "native")(*args)
 
 
 def test_backward_rejects_mismatched_saved_tensors():
     f, idx, v, H, W, window = bad()
-    outs, lse = torch.ops.qsattn.route_local.native(f, idx, v, H, W, window)
+    outs, lse = op("route_local", "native")(f, idx, v, H, W, window)
     gs = [torch.randn_like(o) for o in outs]
     cases = [((v, outs[:1], lse, gs), "one tensor per value map"),
              ((v, outs, lse, [gs[0], gs[0]]), "grad_out: expected the shape of out"),
@@ -141,4 +141,4 @@ def test_backward_rejects_mismatched_saved_tensors():
              ((v, outs, lse[:, :1], gs), "lse: expected shape")]
     for (vv, oo, ll, gg), match in cases:
         with pytest.raises(RuntimeError, match=match):
-            torch.ops.qsattn.route_local_backward.native(f, idx, vv, oo, ll, gg, H, W, window)
+            op("route_local_backward", "native")(f, idx, vv, oo, ll, gg, H, W, window)
