@@ -16,6 +16,8 @@ Layout and dtypes, the same for every implementation:
 * Both routings save f, idx, v, out and lse for the backward (one autograd glue, below), which
   recomputes the attention rows from lse; an output without a gradient gets zeros.
 * ``precision`` (global ops): None or "ieee" everywhere; Triton also "tf32x3", "tf32", "bf16".
+* Every implementation checks its arguments first (ranks, dtypes, devices, sizes; ``check_args``, or
+  csrc/op_checks.h for native) and refuses bad ones with a one-line error naming the argument.
 
 No argument has a default: the autograd of an op with a ``Tensor[]`` argument mis-counts the inputs
 when the dispatcher drops arguments equal to their defaults (torch 2.13), so every call passes all.
@@ -77,10 +79,86 @@ def as_grad(g: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
     return g if g.stride() == x.stride() else torch.empty_like(x).copy_(g)
 
 
+def _check_tensor(name: str, t: torch.Tensor, dim: int) -> None:
+    if t.dim() != dim:
+        raise ValueError(f"{name}: expected a {dim}-D tensor, got shape {tuple(t.shape)}")
+    if not t.is_floating_point():
+        raise TypeError(f"{name}: expected a floating tensor, got {t.dtype}")
+
+
+def _check_routing(f: torch.Tensor, idx: torch.Tensor, v: list[torch.Tensor]) -> None:
+    """v_i (B, N, C_i) like f; idx (B, k) int64 on f's device, in [0, N) (checked on the CPU only: no sync)."""
+    B, N, _ = f.shape
+    if not v:
+        raise ValueError("v: expected at least one value tensor")
+    for x in v:
+        _check_tensor("v", x, 3)
+        if x.shape[:2] != f.shape[:2]:
+            raise ValueError(f"v: expected shape (B={B}, N={N}, C_v), got {tuple(x.shape)}")
+        if x.dtype != f.dtype:
+            raise TypeError(f"v: dtype {x.dtype} differs from f's {f.dtype}")
+        if x.device != f.device:
+            raise ValueError(f"v: on {x.device} but f is on {f.device}")
+    if idx.dtype != torch.int64:
+        raise TypeError(f"idx: expected int64 indices, got {idx.dtype}")
+    if idx.dim() != 2 or idx.shape[0] != B:
+        raise ValueError(f"idx: expected shape (B={B}, k), got {tuple(idx.shape)}")
+    if idx.device != f.device:
+        raise ValueError(f"idx: on {idx.device} but f is on {f.device}")
+    if idx.device.type == "cpu" and idx.numel():
+        low, high = torch.aminmax(idx)
+        if int(low) < 0 or int(high) >= N:
+            raise ValueError(f"idx: indices must lie in [0, {N})")
+
+
+def _check_saved(f, idx, v, out, lse, grad_out) -> None:
+    """A routing backward's out_i and grad_out_i (B, k, C_i), one per v_i, and lse (B, k)."""
+    if len(out) != len(v) or len(grad_out) != len(v):
+        raise ValueError(f"out, grad_out: expected one tensor per value map ({len(v)}), got {len(out)} and "
+                         f"{len(grad_out)}")
+    B, k = idx.shape
+    for x, o, g in zip(v, out, grad_out):
+        if o.shape != (B, k, x.shape[2]):
+            raise ValueError(f"out: expected shape (B, k, C_v) = {(B, k, x.shape[2])}, got {tuple(o.shape)}")
+        if g.shape != o.shape:
+            raise ValueError(f"grad_out: expected the shape of out {tuple(o.shape)}, got {tuple(g.shape)}")
+    if lse.shape != (B, k):
+        raise ValueError(f"lse: expected shape (B, k) = {(B, k)}, got {tuple(lse.shape)}")
+
+
+def check_args(name: str, args: tuple) -> None:
+    """The arguments of op ``name`` as SCHEMAS lists them, checked as the native kernels check theirs
+    (csrc/op_checks.h): ranks, dtypes, devices, sizes that must agree, k in [1, N], H*W = N, odd window.
+    Raises ValueError or TypeError, one line starting with the argument's name; reads no data but a CPU
+    idx."""
+    if name == "select":
+        entropy, k = args
+        _check_tensor("entropy", entropy, 2)
+        if not 1 <= k <= entropy.shape[1]:
+            raise ValueError(f"k: must lie in [1, N = {entropy.shape[1]}], got {k}")
+        return
+    f = args[0]
+    _check_tensor("f", f, 3)
+    if name.startswith("route"):
+        _check_routing(f, args[1], args[2])
+    if name.endswith("_backward"):
+        _check_saved(*args[:6])
+    if "local" in name:
+        H, W, window = args[-3:]
+        if H < 1 or W < 1 or H * W != f.shape[1]:
+            raise ValueError(f"H, W: H*W must equal N = {f.shape[1]}, got H={H}, W={W}")
+        if window < 1 or window % 2 == 0:
+            raise ValueError(f"window: must be a positive odd number, got {window}")
+
+
 def implement(name: str, backend: str, devices=("CPU", "CUDA")):
-    """Decorator: register a Python function as ``backend``'s kernel of op ``name`` on ``devices``."""
+    """Decorator: register a Python function as ``backend``'s kernel of op ``name`` on ``devices``, behind
+    :func:`check_args` (the native kernels check in C++)."""
     def register(fn):
-        torch.library.impl(f"qsattn::{name}.{backend}", list(devices), func=fn, lib=_LIB)
+        def checked(*args):
+            check_args(name, args)
+            return fn(*args)
+        torch.library.impl(f"qsattn::{name}.{backend}", list(devices), func=checked, lib=_LIB)
         return fn
     return register
 

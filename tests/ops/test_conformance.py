@@ -224,17 +224,40 @@ def test_half_inputs_accumulate_in_fp32(backend, dtype):
     assert rel_err(a.cpu(), ra) < tol and rel_err(b.cpu(), rb) < tol
 
 
-@pytest.mark.parametrize("backend", BACKENDS)
-@pytest.mark.parametrize("call,words", [
-    (lambda x, be: q.qsattn(x, [x], k=31, backend=be), ["k", "<= 30"]),
-    (lambda x, be: q.qsattn(x.masked_fill(x > 1, float("nan")), [x], k=3, backend=be),
-     ["feat_src", "NaN"]),
-    (lambda x, be: q.qsattn(x, [x[:, :, :4]], k=3, backend=be), ["values[0]"]),
-    (lambda x, be: q.route(x, torch.full((2, 3), 30, device=x.device), [x], backend=be), ["idx", "[0, 30)"]),
-    (lambda x, be: q.entropy(x, "local", 4, backend=be), ["window", "odd"]),
+def _zeros(f, *size):
+    return f.new_zeros(size)
+
+
+@pytest.mark.parametrize("backend", ops.IMPLEMENTATIONS)
+@pytest.mark.parametrize("call,words", [   # run(name): the backend's op; f (2, 30, 4) rows of a 5 x 6 map
+    (lambda run, f, idx: run("select")(f[..., 0], 31), ["k:", "31"]),
+    (lambda run, f, idx: run("select")(f[..., 0], 0), ["k:", "0"]),
+    (lambda run, f, idx: run("entropy_global")(f[0], None), ["f:", "3-D"]),
+    (lambda run, f, idx: run("entropy_global")(f.int(), None), ["f:", "float"]),
+    (lambda run, f, idx: run("entropy_local")(f, 5, 6, 4), ["window:", "odd"]),
+    (lambda run, f, idx: run("entropy_local")(f, 6, 6, 3), ["H, W:", "N = 30"]),
+    (lambda run, f, idx: run("select")(f[0, :, 0], 3), ["entropy:", "2-D"]),
+    (lambda run, f, idx: run("route_global")(f, idx, [f[:, :29]], None), ["v:", "shape", "29"]),
+    (lambda run, f, idx: run("route_local")(f, idx, [f[:1]], 5, 6, 3), ["v:", "shape", "B=2"]),
+    (lambda run, f, idx: run("route_global")(f, idx, [f.double()], None), ["v:", "dtype"]),
+    (lambda run, f, idx: run("route_local")(f, idx, [], 5, 6, 3), ["v:", "at least one"]),
+    (lambda run, f, idx: run("route_local")(f, idx[:1], [f], 5, 6, 3), ["idx:", "shape"]),
+    (lambda run, f, idx: run("route_global")(f, idx.int(), [f], None), ["idx:", "int64"]),
+    (lambda run, f, idx: run("route_global_backward")(f, idx, [f], [], _zeros(f, 2, 3), [], None),
+     ["out, grad_out:", "one tensor per value map"]),
+    (lambda run, f, idx: run("route_local_backward")(f, idx, [f], [_zeros(f, 2, 3, 4)], _zeros(f, 2, 1),
+                                                     [_zeros(f, 2, 3, 4)], 5, 6, 3), ["lse:", "shape"]),
+    pytest.param(lambda run, f, idx: run("route_global")(f, idx + 28, [f], None), ["idx:", "[0, 30)"],
+                 marks=pytest.mark.skipif(DEVICE != "cpu", reason="on CUDA only the API checks the range (a sync)")),
+    pytest.param(lambda run, f, idx: run("route_local")(f, idx.cpu(), [f], 5, 6, 3), ["idx:", "cpu"],
+                 marks=pytest.mark.skipif(DEVICE == "cpu", reason="needs a second device: CUDA")),
 ])
 def test_bad_inputs_are_refused_whatever_the_backend(backend, call, words):
-    x = on(features(2, 4, 5, 6, scale=1.0))
-    with pytest.raises(ValueError) as info:
-        call(x, backend)
-    assert all(w in str(info.value) for w in words), str(info.value)
+    """Each implementation of the contract refuses bad arguments itself (the API's own checks, before any
+    backend, are test_api.py's): a one-line error that starts with the argument's name."""
+    x = on(features(2, 4, 5, 6))
+    runs(backend, "qsattn", x, "global")
+    with pytest.raises((RuntimeError, ValueError, TypeError)) as info:
+        call(lambda name: op(name, backend), rows(x), on(torch.tensor([[0, 7, 29], [3, 3, 11]])))
+    msg = str(info.value)
+    assert msg.startswith(words[0]) and "\n" not in msg and all(w in msg for w in words), msg
