@@ -166,8 +166,8 @@ def test_three_value_maps(backend, mode):
     runs(backend, "route", on(x), mode, 3)
     vals = [features(2, c, 3, 5, torch.float64) for c in (2, 5, 1)]
     idx = torch.stack([torch.randperm(15)[:7], torch.randperm(15)[:7]])
-    (outs, grads), (ref_outs, ref_grads) = (run(backend, on(x), on(idx), [None, *map(on, vals)], mode, 3),
-                                            run("reference", x, idx, [None, *vals], mode, 3))
+    outs, grads = run(backend, on(x), on(idx), [None, *map(on, vals)], mode, 3)
+    ref_outs, ref_grads = run("reference", x, idx, [None, *vals], mode, 3)
     assert len(outs) == len(grads) == 4
     assert all(rel_err(a.cpu(), b) < 1e-10 for a, b in zip([*outs, *grads], [*ref_outs, *ref_grads], strict=True))
 
