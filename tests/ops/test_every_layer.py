@@ -10,6 +10,7 @@ import torch
 import qsattn_fast as q
 from qsattn_fast import OP_MODES
 from qsattn_fast.backends.base import Request
+from qsattn_fast.ops import split_mode
 from qsattn_fast.sampler import QSPatchSampler
 from qsattn_fast.train.networks import define_G
 
@@ -51,16 +52,39 @@ def test_all_five_layers_through_the_sampler(backend, mode, B, crop):
         out[be] = (pooled, ids, grads)
     (p_ref, i_ref, g_ref), (p, i, g) = out["reference"], out[backend]
     # Layer 0 is the reflection-padded image: a border pixel and its mirror are equal rows with equal
-    # entropies, which two backends may order differently by an ulp. So selections are compared by the
-    # rows they pick, and layer 0's gradient where the generator receives it, folded back through the pad.
-    assert all(torch.equal(picked(f, a), picked(f, b)) for f, a, b in zip(feats, i, i_ref))
-    assert all(rel_err(a, b) < 1e-9 for a, b in zip(p, p_ref))
+    # entropies, which two backends may order differently by an ulp; peaked rows' entropies (~1e-13) may
+    # lie closer together than the reference's rounding. So selections are compared by the rows they
+    # pick, in the same order up to such near-ties, and layer 0's gradient where the generator receives
+    # it, folded back through the pad.
+    for f, a, b, x, x_ref in zip(feats, i, i_ref, p, p_ref):
+        perm = matching_rows(f, b, a)
+        assert perm is not None
+        ent = q.entropy(f.detach(), split_mode(mode)[0], 7, backend="reference")
+        assert float((ent.gather(1, a) - ent.gather(1, b)).abs().max()) <= 1e-12   # moved only among near-ties
+        at = perm[..., None].expand(-1, -1, x.shape[-1])
+        assert rel_err(x.view(B, a.shape[1], -1), x_ref.view(B, a.shape[1], -1).gather(1, at)) < 1e-9
     assert all(rel_err(a, b) < 1e-8 for a, b in zip([unpad(g[0]), *g[1:]], [unpad(g_ref[0]), *g_ref[1:]]))
 
 
 def picked(f, idx):
     """The rows (B, k, C) of map f (B, C, H, W) at positions idx (B, k)."""
     return f.flatten(2).transpose(1, 2).gather(1, idx[..., None].expand(-1, -1, f.shape[1]))
+
+
+def matching_rows(f, a, b):
+    """perm (B, k) such that row j of selection b of map f is row perm[j] of selection a (each position
+    of a used once); None when b picks a row that a does not."""
+    pa, pb = picked(f, a), picked(f, b)
+    perm = torch.empty_like(a)
+    for n in range(a.shape[0]):
+        free = list(range(a.shape[1]))
+        for j in range(a.shape[1]):
+            m = next((m for m in free if torch.equal(pb[n, j], pa[n, m])), None)
+            if m is None:
+                return None
+            perm[n, j] = m
+            free.remove(m)
+    return perm
 
 
 def unpad(g, pad=3):
