@@ -3,27 +3,17 @@ through Q = F[idx] and K = F, and every value) against the float64 reference."""
 import pytest
 import torch
 
-from support.numerics import ROUTE_TOL as TOL, features, random_idx, rel_err, run
+from support import numerics
+from support.numerics import features, random_idx
 from support.triton_env import DEVICE, INTERPRET
 
 # (B, C, H, W, k, value channels): N and C not block multiples, C = 3, k = N, three batch sizes.
 SHAPES = [(1, 3, 7, 9, 20, (3, 5)), (2, 19, 9, 11, 37, (19, 21)), (3, 8, 5, 5, 25, (8,)), (1, 130, 9, 9, 81, (2,))]
 
 
-def compare(x, idx, values, dtype, mode="global", precision=None, tol=None) -> float:
-    """Triton against the float64 reference: outputs and gradients within ``tol``; returns the largest
-    output error."""
-    out_tol, grad_tol = tol or TOL[dtype]
-    got_o, got_g = run("triton", x.to(DEVICE), idx.to(DEVICE), [None if v is None else v.to(DEVICE) for v in values],
-                       mode, precision=precision)
-    ref_o, ref_g = run("reference", x.double(), idx, [None if v is None else v.double() for v in values], mode)
-    for g, r in zip(got_o, ref_o):
-        assert g.dtype == dtype and g.shape == r.shape
-        assert rel_err(g.cpu(), r) < out_tol
-    for g, r in zip(got_g, ref_g):
-        assert g.dtype == dtype and g.shape == r.shape
-        assert rel_err(g.cpu(), r) < grad_tol
-    return max(rel_err(g.cpu(), r) for g, r in zip(got_o, ref_o))
+def compare(x, idx, values, dtype, precision=None, tol=None) -> float:
+    """Triton's global routing against the float64 reference (support.numerics.compare)."""
+    return numerics.compare("triton", DEVICE, x, idx, values, dtype, precision=precision, tol=tol)
 
 
 @pytest.mark.parametrize("dtype", [torch.float64, torch.float32, torch.float16])

@@ -71,3 +71,21 @@ def run(backend, x, idx, values, mode="global", window=5, precision=None):
     loss = sum((o.double() * torch.randn(o.shape, generator=gen, dtype=torch.float64).to(o.device)).sum()
                for o in outs)
     return outs, torch.autograd.grad(loss, [x] + [v for v in values if v is not x])
+
+
+def compare(backend, device, x, idx, values, dtype, mode="global", window=5, precision=None, tol=None) -> float:
+    """:func:`run` on ``backend`` with the inputs on ``device`` against the float64 reference: outputs and
+    gradients of ``dtype`` and the reference's shapes, within ``tol`` (default ROUTE_TOL[dtype]); returns
+    the largest output error."""
+    out_tol, grad_tol = tol or ROUTE_TOL[dtype]
+    got_o, got_g = run(backend, x.to(device), idx.to(device), [None if v is None else v.to(device) for v in values],
+                       mode, window, precision)
+    ref_o, ref_g = run("reference", x.double(), idx, [None if v is None else v.double() for v in values], mode,
+                       window)
+    for g, r in zip(got_o, ref_o):
+        assert g.dtype == dtype and g.shape == r.shape
+        assert rel_err(g.cpu(), r) < out_tol
+    for g, r in zip(got_g, ref_g):
+        assert g.dtype == dtype and g.shape == r.shape
+        assert rel_err(g.cpu(), r) < grad_tol
+    return max(rel_err(g.cpu(), r) for g, r in zip(got_o, ref_o))
