@@ -354,13 +354,12 @@ class FastCUTModel(CUTModel):
 
 
 class QSAttnModel(CUTModel):
-    """CUT with QS-Attn on ``--qs_layers`` (selection and routing by the source features' attention):
+    """CUT (its defaults) with QS-Attn on ``--qs_layers`` (selection and routing by the source features' attention):
     the source features get gradients through the attention rows unless ``--qs_detach_attention``.
     Logs the selection's ties after each epoch (``selection_log.jsonl``, :mod:`.diagnostics`) and draws
     the selection on a test image after each evaluation (:func:`.viz.plot_selection`)."""
 
     NAME = "qs"
-    DEFAULTS = CUTModel.DEFAULTS
     DIAGNOSTICS_LOG = "selection_log.jsonl"
 
     def __init__(self, opt, device, world=1, rank=0):
